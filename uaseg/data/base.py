@@ -1,0 +1,146 @@
+"""The one interface every dataset offers to the training module.
+
+A dataset module only says *which cases exist* (``load_cases``) and *how to turn a case dict into
+tensors* (``train_transforms`` / ``eval_transforms``, MONAI dictionary transforms). Everything
+else -- loaders, patch batching, whole-image evaluation loaders -- is shared here, so the
+LightningModule never needs to know which dataset it is training on.
+
+Batches are dicts:
+  * ``image``: float tensor ``(B, C, *spatial)`` (a MONAI ``MetaTensor`` carrying the affine),
+  * ``label``: integer tensor ``(B, 1, *spatial)`` with classes ``0..num_classes-1``,
+  * ``case_id``: list of ``str``; ``group``: list of ``str`` (e.g. GlaS test part ``testA``).
+Training batches hold random patches; validation and test batches hold one whole image each,
+segmented by the module with sliding-window inference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+from monai.data import DataLoader, Dataset
+from monai.transforms import Compose
+
+
+class SegDataModule(L.LightningDataModule):
+    """Base class for all uaseg datasets; subclasses set the class attributes and three hooks."""
+
+    #: number of spatial dimensions (2 or 3)
+    spatial_dims: int = 2
+    #: image channels (3 for RGB histology, 1 for CT)
+    in_channels: int = 1
+    #: foreground class names, in label order 1..K-1
+    class_names: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        root: str | None = None,
+        patch_size: Sequence[int] = (64, 64),
+        batch_size: int = 8,
+        num_workers: int = 0,
+        fold: int = 0,
+        num_folds: int = 5,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        samples_per_image: int = 1,
+        cache_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: unknown dataset options {sorted(kwargs)}")
+        self.root = Path(root).expanduser() if root else None
+        self.patch_size = tuple(int(p) for p in patch_size)
+        if len(self.patch_size) != self.spatial_dims:
+            raise ValueError(
+                f"{type(self).__name__}: patch_size {list(self.patch_size)} must have "
+                f"{self.spatial_dims} entries"
+            )
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.fold = int(fold)
+        self.num_folds = int(num_folds)
+        if not 0 <= self.fold < self.num_folds:
+            raise ValueError(f"dataset.fold={fold} must be in 0..{self.num_folds - 1}")
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+        self.samples_per_image = int(samples_per_image)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.splits: dict[str, list[dict]] | None = None
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    @property
+    def num_classes(self) -> int:
+        """Number of output channels, background included."""
+        return len(self.class_names) + 1
+
+    def load_cases(self) -> dict[str, list[dict]]:
+        """Return ``{"train": [...], "val": [...], "test": [...]}``; each case a dict with
+        ``case_id`` (str), ``group`` (str), and whatever ``*_transforms`` read (paths or arrays).
+        Cases never appear in two splits."""
+        raise NotImplementedError
+
+    def train_transforms(self) -> Compose:
+        """Case dict -> ``samples_per_image`` random patches of ``patch_size``."""
+        raise NotImplementedError
+
+    def eval_transforms(self) -> Compose:
+        """Case dict -> one whole image (padded to at least ``patch_size``)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared machinery
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:
+            self.splits = self.load_cases()
+            check_disjoint(self.splits)
+
+    def dataset(self, split: str, transforms: Compose | None = None) -> Dataset:
+        self.setup()
+        assert self.splits is not None
+        if transforms is None:
+            transforms = self.train_transforms() if split == "train" else self.eval_transforms()
+        return Dataset(self.splits[split], transform=transforms)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.dataset("train"),
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _whole_image_loader(self, split: str) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=1, shuffle=False, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._whole_image_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._whole_image_loader("test")
+
+    def describe(self) -> dict[str, Any]:
+        """Short, JSON-able description for logs and summaries."""
+        self.setup()
+        assert self.splits is not None
+        return {
+            "dataset": type(self).__name__,
+            "fold": self.fold,
+            "cases": {k: len(v) for k, v in self.splits.items()},
+            "classes": list(self.class_names),
+        }
+
+
+def check_disjoint(splits: dict[str, list[dict]]) -> None:
+    """Fail loudly if a case id sits in two splits (a leak would make every metric dishonest)."""
+    seen: dict[str, str] = {}
+    for split, cases in splits.items():
+        if not cases:
+            raise ValueError(f"split '{split}' is empty; check the dataset size and fold settings")
+        for case in cases:
+            cid = case["case_id"]
+            if cid in seen and seen[cid] != split:
+                raise ValueError(f"case {cid!r} is in both '{seen[cid]}' and '{split}' splits")
+            seen[cid] = split
