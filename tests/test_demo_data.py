@@ -1,0 +1,76 @@
+"""The built-in datasets: deterministic, correctly labelled, split by case, patch-padded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from uaseg.data.demo2d import Demo2DDataModule
+from uaseg.data.demo3d import Demo3DDataModule
+from uaseg.data.synth import gland_image, heart_volume
+
+
+def test_gland_generator_is_deterministic_and_binary():
+    a_img, a_lab = gland_image(3, 7, 64)
+    b_img, b_lab = gland_image(3, 7, 64)
+    c_img, _ = gland_image(3, 8, 64)
+    assert a_img.shape == (3, 64, 64) and a_img.dtype == np.float32
+    assert a_lab.shape == (64, 64)
+    np.testing.assert_array_equal(a_img, b_img)
+    np.testing.assert_array_equal(a_lab, b_lab)
+    assert not np.array_equal(a_img, c_img)
+    assert set(np.unique(a_lab)) <= {0, 1} and 0 < a_lab.mean() < 1
+    assert 0 <= a_img.min() and a_img.max() <= 1
+
+
+def test_heart_generator_has_all_structures_in_mmwhs_order():
+    img, lab = heart_volume(0, 0, 48)
+    assert img.dtype == np.int16 and img.shape == lab.shape == (48, 48, 48)
+    assert set(np.unique(lab)) == set(range(8))
+    # cavities are bright (contrast CT), myocardium darker, lungs air-like
+    assert img[lab == 1].mean() > img[lab == 5].mean() + 100
+    assert img.min() < -500
+    np.testing.assert_array_equal(lab, heart_volume(0, 0, 48)[1])
+
+
+@pytest.mark.parametrize("cls,size,patch", [(Demo2DDataModule, 48, (32, 32)), (Demo3DDataModule, 24, (16, 16, 16))])
+def test_splits_are_disjoint_and_persisted(tmp_path, cls, size, patch):
+    dm = cls(num_cases=10, image_size=size, patch_size=patch, cache_dir=tmp_path, batch_size=2)
+    dm.setup()
+    ids = {k: {c["case_id"] for c in v} for k, v in dm.splits.items()}
+    assert ids["train"] and ids["val"] and ids["test"]
+    assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
+    assert len(ids["train"] | ids["val"] | ids["test"]) == 10
+    assert (dm.case_dir / "splits_final.json").exists()
+    other = cls(num_cases=10, image_size=size, patch_size=patch, cache_dir=tmp_path, fold=1)
+    other.setup()
+    test1 = {c["case_id"] for c in other.splits["test"]}
+    assert not (test1 & ids["test"])  # folds partition the cases
+
+
+def test_batches_have_the_documented_format(tmp_path):
+    dm = Demo2DDataModule(num_cases=10, image_size=48, patch_size=(32, 32), cache_dir=tmp_path, batch_size=2,
+                          samples_per_image=2)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["label"].shape == (4, 1, 32, 32) and batch["label"].dtype == torch.long
+    val = next(iter(dm.val_dataloader()))
+    assert val["image"].shape == (1, 3, 48, 48)
+    assert isinstance(val["case_id"][0], str) and val["group"] == ["test"]
+
+
+def test_patch_larger_than_image_is_padded(tmp_path):
+    dm = Demo3DDataModule(num_cases=10, image_size=16, patch_size=(24, 24, 24), cache_dir=tmp_path, batch_size=1)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (1, 1, 24, 24, 24)
+    assert torch.isfinite(batch["image"]).all()
+
+
+def test_bad_options_are_reported(tmp_path):
+    with pytest.raises(ValueError, match="patch_size"):
+        Demo2DDataModule(patch_size=(32, 32, 32), cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="fold"):
+        Demo2DDataModule(fold=5, cache_dir=tmp_path)
+    with pytest.raises(TypeError, match="unknown dataset options"):
+        Demo2DDataModule(cache_dir=tmp_path, bogus=1)

@@ -1,0 +1,70 @@
+"""Shared machinery of the built-in demo datasets: generate once, cache, split by case.
+
+Cases are generated on first use into ``cache_dir/<name>-<hash of the generator settings>/`` and
+read back afterwards; changing any generator setting gives a new folder, never a stale cache.
+The k-fold split is persisted beside the cases (``splits_final.json``), as for the real datasets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from uaseg.data.base import SegDataModule
+from uaseg.data.splits import carve_validation, load_or_make_folds
+
+#: bump when a generator changes so old caches are not reused
+GENERATOR_VERSION = 1
+
+
+class DemoDataModule(SegDataModule):
+    """A procedurally generated dataset; subclasses name the generator and the transforms."""
+
+    name = "demo"
+    generator: Callable[[int, int, int], tuple[np.ndarray, np.ndarray]]
+
+    def __init__(self, num_cases: int = 40, image_size: int = 256, data_seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_cases = int(num_cases)
+        self.image_size = int(image_size)
+        self.data_seed = int(data_seed)
+        if self.cache_dir is None:
+            self.cache_dir = Path(".cache")
+
+    @property
+    def case_dir(self) -> Path:
+        settings = {"v": GENERATOR_VERSION, "n": self.num_cases, "size": self.image_size, "seed": self.data_seed}
+        key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+        assert self.cache_dir is not None
+        return self.cache_dir / f"{self.name}-{key}"
+
+    def generate(self) -> None:
+        """Write every missing case file (atomic per file, so an interrupted run is harmless)."""
+        folder = self.case_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(self.num_cases):
+            path = folder / f"case_{i:03d}.npz"
+            if not path.exists():
+                image, label = type(self).generator(self.data_seed, i, self.image_size)
+                tmp = folder / f".case_{i:03d}.tmp.npz"
+                np.savez_compressed(tmp, image=image, label=label)
+                tmp.replace(path)
+
+    def load_cases(self) -> dict[str, list[dict]]:
+        self.generate()
+        ids = [f"case_{i:03d}" for i in range(self.num_cases)]
+        folds = load_or_make_folds(self.case_dir / "splits_final.json", ids, self.num_folds, self.data_seed)
+        train, val = carve_validation(folds[self.fold]["train"], self.val_fraction, self.data_seed)
+        split_ids = {"train": train, "val": val, "test": folds[self.fold]["test"]}
+        return {split: [self._case(cid) for cid in cids] for split, cids in split_ids.items()}
+
+    def _case(self, case_id: str) -> dict:
+        with np.load(self.case_dir / f"{case_id}.npz") as f:
+            image, label = f["image"], f["label"]
+        if image.ndim == self.spatial_dims:  # add the channel axis MONAI expects
+            image = image[None]
+        return {"case_id": case_id, "group": "test", "image": image, "label": label[None]}

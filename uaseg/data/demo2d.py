@@ -1,0 +1,45 @@
+"""``dataset=demo2d``: gland-like RGB histology tiles, binary gland vs stroma (GlaS stand-in)."""
+
+from __future__ import annotations
+
+import torch
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    RandAdjustContrastd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandRotate90d,
+    SpatialPadd,
+)
+
+from uaseg.data.demo import DemoDataModule
+from uaseg.data.synth import gland_image
+
+
+class Demo2DDataModule(DemoDataModule):
+    name = "demo2d"
+    generator = staticmethod(gland_image)
+    spatial_dims = 2
+    in_channels = 3
+    class_names = ("gland",)
+
+    def train_transforms(self) -> Compose:
+        keys = ["image", "label"]
+        return Compose(
+            [
+                SpatialPadd(keys, self.patch_size),
+                RandCropByPosNegLabeld(
+                    keys, "label", self.patch_size, pos=1, neg=1, num_samples=self.samples_per_image
+                ),
+                RandFlipd(keys, prob=0.5, spatial_axis=0),
+                RandFlipd(keys, prob=0.5, spatial_axis=1),
+                RandRotate90d(keys, prob=0.5),
+                RandAdjustContrastd("image", prob=0.3, gamma=(0.8, 1.25)),
+                EnsureTyped("image", dtype=torch.float32),
+                EnsureTyped("label", dtype=torch.long),
+            ]
+        )
+
+    def eval_transforms(self) -> Compose:
+        return Compose([EnsureTyped("image", dtype=torch.float32), EnsureTyped("label", dtype=torch.long)])

@@ -1,0 +1,57 @@
+"""``dataset=demo3d``: heart-like CT volumes (HU), seven structures in MM-WHS class order."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    RandCropByPosNegLabeld,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ScaleIntensityRanged,
+    SpatialPadd,
+)
+
+from uaseg.data.demo import DemoDataModule
+from uaseg.data.synth import HEART_CLASSES, heart_volume
+
+
+class Demo3DDataModule(DemoDataModule):
+    name = "demo3d"
+    generator = staticmethod(heart_volume)
+    spatial_dims = 3
+    in_channels = 1
+    class_names = HEART_CLASSES
+
+    def __init__(self, hu_window: Sequence[float] = (-1000.0, 1000.0), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hu_window = tuple(float(v) for v in hu_window)
+
+    def _normalise(self) -> list:
+        lo, hi = self.hu_window
+        return [
+            EnsureTyped("image", dtype=torch.float32),
+            ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
+            EnsureTyped("label", dtype=torch.long),
+        ]
+
+    def train_transforms(self) -> Compose:
+        keys = ["image", "label"]
+        # no flips: left/right heart structures have distinct labels
+        return Compose(
+            self._normalise()
+            + [
+                SpatialPadd(keys, self.patch_size),
+                RandCropByPosNegLabeld(
+                    keys, "label", self.patch_size, pos=1, neg=1, num_samples=self.samples_per_image
+                ),
+                RandScaleIntensityd("image", factors=0.1, prob=0.5),
+                RandShiftIntensityd("image", offsets=0.05, prob=0.5),
+            ]
+        )
+
+    def eval_transforms(self) -> Compose:
+        return Compose(self._normalise())
