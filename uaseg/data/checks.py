@@ -1,0 +1,207 @@
+"""Validation helpers shared by the file-based datasets (MM-WHS, GlaS).
+
+Rule of the house: a problem with the user's files is an error that names the file -- never a silent
+skip and never wrong numbers. Everything here raises :class:`DatasetError` (a ``ValueError``).
+
+* :func:`natural_key` -- sort ``train_2`` before ``train_10``.
+* :func:`nifti_header_geometry` -- shape/affine/spacing from a NIfTI header only (cheap, no voxel read).
+* :class:`LoadImageNamedd` -- MONAI ``LoadImaged`` that names the unreadable file.
+* :class:`CheckSameGeometryd` -- image and label must share spatial shape (and affine, for 3-D).
+* :class:`CheckLabelValuesd` -- label values must be in an allowed set (optionally fixing known
+  typos like MM-WHS ``421`` -> ``420`` with a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any, Hashable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import LoadImaged, MapTransform
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """A problem with the dataset files (missing, unreadable, inconsistent); the message names them."""
+
+
+def natural_key(text: str) -> list:
+    """Sort key splitting digits out: ``train_2`` < ``train_10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(text))]
+
+
+def source_name(x: Any) -> str:
+    """The file a (Meta)tensor was loaded from, or ``'<unknown file>'``."""
+    meta = getattr(x, "meta", None) or {}
+    name = meta.get("filename_or_obj")
+    if isinstance(name, (list, tuple)):
+        name = name[0] if name else None
+    return str(name) if name else "<unknown file>"
+
+
+def nifti_header_geometry(path: str | Path) -> tuple[tuple[int, ...], np.ndarray, tuple[float, ...]]:
+    """``(shape, affine, spacing)`` of a NIfTI file from its header (voxels are not read)."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+        affine = np.asarray(img.affine, dtype=np.float64)
+        zooms = tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
+    except Exception as e:  # nibabel raises several types for a bad/truncated header
+        raise DatasetError(f"{path}: cannot read the NIfTI header ({type(e).__name__}: {e})") from e
+    return shape, affine, zooms
+
+
+def check_same_geometry(
+    image_file: str, label_file: str, shape_i, shape_l, affine_i=None, affine_l=None, atol: float = 1e-3
+) -> None:
+    """Raise naming both files if spatial shapes (or affines) of image and label differ."""
+    if tuple(shape_i) != tuple(shape_l):
+        raise DatasetError(
+            f"image {image_file} has shape {tuple(shape_i)} but its label {label_file} has shape "
+            f"{tuple(shape_l)}; they must be on the same grid"
+        )
+    if affine_i is not None and affine_l is not None:
+        a, b = np.asarray(affine_i, dtype=np.float64), np.asarray(affine_l, dtype=np.float64)
+        if a.shape != b.shape or not np.allclose(a, b, atol=atol, rtol=1e-4):
+            raise DatasetError(
+                f"image {image_file} and its label {label_file} have different affines "
+                f"(voxel-to-world matrices):\n{np.round(a, 4)}\nvs\n{np.round(b, 4)}"
+            )
+
+
+class LoadImageNamedd(MapTransform):
+    """``monai.transforms.LoadImaged`` key by key, turning any reader error into a
+    :class:`DatasetError` that names the file (corrupt, truncated, wrong format...)."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **load_kwargs: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loaders = {k: LoadImaged(keys=k, **load_kwargs) for k in self.keys}
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            try:
+                d = self.loaders[key](d)
+            except Exception as e:
+                raise DatasetError(f"{d[key]}: cannot read this file ({type(e).__name__}: {e})") from e
+        return d
+
+
+class CheckSameGeometryd(MapTransform):
+    """Image and label (already loaded, channel-first) must share spatial shape and, if
+    ``check_affine``, their affine. The error names both files."""
+
+    def __init__(self, image_key: str = "image", label_key: str = "label", check_affine: bool = True) -> None:
+        super().__init__([image_key, label_key])
+        self.image_key, self.label_key, self.check_affine = image_key, label_key, check_affine
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        img, lab = d[self.image_key], d[self.label_key]
+        check_same_geometry(
+            source_name(img),
+            source_name(lab),
+            img.shape[1:],
+            lab.shape[1:],
+            getattr(img, "affine", None) if self.check_affine else None,
+            getattr(lab, "affine", None) if self.check_affine else None,
+        )
+        return d
+
+
+_warned_fixups: set[tuple[str, float]] = set()
+
+
+class CheckLabelValuesd(MapTransform):
+    """Fail (naming the file and the values) if a label holds a value outside ``allowed``.
+
+    ``fixups`` maps known-bad values to good ones (e.g. MM-WHS ``{421: 420}``); each fix is logged
+    with ``logging.warning`` once per file and value per process.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        allowed: Iterable[float],
+        fixups: Mapping[float, float] | None = None,
+        what: str = "label",
+    ) -> None:
+        super().__init__(keys)
+        self.allowed = sorted(float(v) for v in allowed)
+        self.fixups = {float(k): float(v) for k, v in (fixups or {}).items()}
+        self.what = what
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            lab = d[key]
+            name = source_name(lab)
+            values = torch.unique(torch.as_tensor(lab)).tolist()
+            for bad, good in self.fixups.items():
+                if bad in values:
+                    if (name, bad) not in _warned_fixups:
+                        _warned_fixups.add((name, bad))
+                        log.warning("%s: %s value %g mapped to %g (known defect of the release)", name, self.what, bad, good)
+                    lab = torch.where(lab == bad, torch.as_tensor(good, dtype=lab.dtype), lab)
+                    values = [good if v == bad else v for v in values]
+            unexpected = sorted({v for v in values if v not in self.allowed})
+            if unexpected:
+                raise DatasetError(
+                    f"{name}: unexpected {self.what} values {_fmt(unexpected)}; "
+                    f"allowed are {_fmt(self.allowed)}"
+                    + (f" (plus {_fmt(self.fixups)} fixed automatically)" if self.fixups else "")
+                )
+            d[key] = lab
+        return d
+
+
+class Binarized(MapTransform):
+    """Instance-id map -> binary foreground (``x > 0``), keeping dtype and metadata."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = (d[key] > 0).to(d[key].dtype)
+        return d
+
+
+def _fmt(values: Any) -> str:
+    if isinstance(values, Mapping):
+        return "{" + ", ".join(f"{_fmt_num(k)}->{_fmt_num(v)}" for k, v in values.items()) + "}"
+    return "[" + ", ".join(_fmt_num(v) for v in values) + "]"
+
+
+def _fmt_num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def expected_layout_error(dataset: str, root: Path | None, layout: str, problem: str) -> DatasetError:
+    """One clear error for a missing/empty dataset folder, showing the expected layout."""
+    return DatasetError(
+        f"{dataset}: {problem} (dataset.root={root}).\n"
+        f"Point dataset.root at the folder you downloaded; the expected layout is:\n{layout}"
+    )
+
+
+def first_cause(exc: BaseException, kind: type[BaseException] = DatasetError) -> BaseException | None:
+    """The first exception of type ``kind`` in ``exc``'s cause/context chain (MONAI wraps
+    transform errors in ``RuntimeError('applying transform ...')``)."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, kind):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def describe_values(values: Sequence[float]) -> str:
+    return _fmt(values)
