@@ -1,0 +1,111 @@
+"""Figures: risk-coverage, Dice-coverage (paper Fig. 3) and a per-case panel.
+
+All use matplotlib's Agg backend and return the PNG path.  ``plot_case_panel`` shows
+one row: image, label, prediction, error map, uncertainty map, referral mask
+(``u > threshold``).  For 3-D volumes it shows the slice along the last axis with the
+most foreground in label or prediction (the middle slice when there is none), since
+the middle slice often misses small structures.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _as_list(results):
+    if isinstance(results, dict) and "curve" in results:
+        return {"": results}
+    return dict(results)
+
+
+def plot_risk_coverage(results, path, title: str = "Risk-coverage") -> Path:
+    """Dice risk (left) and voxel selective risk (right) vs coverage.
+
+    ``results``: one result dict or {name: result} to overlay methods.
+    """
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, r in _as_list(results).items():
+        lab = f"{name} " if name else ""
+        a.plot(r["curve"]["coverage"], r["curve"]["risk"],
+               label=f"{lab}AURC {r['aurc_dice']:.3f}%")
+        vc = r["voxel_curve"]
+        b.plot(vc["coverage"], vc["selective_risk"], label=f"{lab}AURC {r['aurc']:.4f}")
+    a.set(xlabel="coverage", ylabel="risk = 1 - Dice", title="Dice risk")
+    b.set(xlabel="coverage", ylabel="voxel selective risk", title="Voxel selective risk")
+    for ax in (a, b):
+        ax.set_xlim(1.0, 0.0)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_dice_coverage(results, path, title: str = "Dice-coverage", min_coverage: float = 0.6) -> Path:
+    """Mean Dice vs coverage, x from 1 down to ``min_coverage`` (paper Fig. 3)."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, r in _as_list(results).items():
+        dc = r["dice_coverage"]
+        m = dc["coverage"] >= min_coverage
+        ax.plot(dc["coverage"][m], dc["dice"][m], label=name or None)
+    ax.set(xlabel="coverage", ylabel="Dice", title=title, xlim=(1.0, min_coverage))
+    ax.grid(alpha=0.3)
+    if any(_as_list(results)):
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _slice(a: np.ndarray, idx, spatial_ndim: int):
+    return a[..., idx] if spatial_ndim == 3 else a
+
+
+def plot_case_panel(image, label, prediction, uncertainty, threshold, path,
+                    title: str = "") -> Path:
+    """Row of image | label | prediction | error | uncertainty | referred (u > threshold).
+
+    ``image`` may be (*spatial), (C, *spatial) with C in {1, 3}; spatial is 2-D or 3-D.
+    """
+    from .case_stats import to_numpy
+
+    img, y, p, u = (to_numpy(a) for a in (image, label, prediction, uncertainty))
+    nd = y.ndim
+    if img.ndim == nd + 1:
+        img = np.moveaxis(img, 0, -1) if img.shape[0] in (3, 4) else img[0]
+    idx = None
+    if nd == 3:
+        fg = ((y > 0) | (p > 0)).sum(axis=(0, 1))
+        idx = int(np.argmax(fg)) if fg.max() > 0 else y.shape[-1] // 2
+        img = img[..., idx, :] if img.ndim == 4 else img[..., idx]
+        y, p, u = y[..., idx], p[..., idx], u[..., idx]
+    if img.ndim == 3 and img.dtype != np.uint8:
+        lo, hi = float(img.min()), float(img.max())
+        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img, dtype=float)
+    k = max(int(y.max()), int(p.max()), 1)
+    panels = [("image", img, "gray", None), ("label", y, "tab10", (0, max(k, 9))),
+              ("prediction", p, "tab10", (0, max(k, 9))), ("error", (p != y), "Reds", (0, 1)),
+              ("uncertainty", u, "viridis", None),
+              (f"referred (u > {threshold:.3g})", u > threshold, "Greys", (0, 1))]
+    fig, axes = plt.subplots(1, 6, figsize=(18, 3.4))
+    for ax, (name, a, cmap, lim) in zip(axes, panels):
+        kw = {"vmin": lim[0], "vmax": lim[1]} if lim else {}
+        im = ax.imshow(a, cmap=None if (name == "image" and a.ndim == 3) else cmap,
+                       interpolation="nearest", **kw)
+        if name == "uncertainty":
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title + (f"  (slice {idx})" if idx is not None else ""))
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
