@@ -45,6 +45,7 @@ class SegDataModule(L.LightningDataModule):
         seed: int = 0,
         samples_per_image: int = 1,
         cache_dir: str | None = None,
+        sw_overlap: float = 0.5,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -67,6 +68,8 @@ class SegDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.samples_per_image = int(samples_per_image)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        #: sliding-window overlap the module's inferer uses on this dataset's whole images
+        self.sw_overlap = float(sw_overlap)
         self.splits: dict[str, list[dict]] | None = None
 
     # ------------------------------------------------------------------ hooks for subclasses
