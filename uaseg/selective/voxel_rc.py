@@ -55,9 +55,10 @@ def rc_core(index, res_u_sorted: np.ndarray, res_cum: np.ndarray,
     keep_c, keep_s, keep_g, keep_t = [], [], [], []
     last_bin = None
     first_sel = None
+    cum0 = np.concatenate([[0.0], res_cum])   # cum0[j]: residual sum of the first j
     for vals, cnt in index.iter_distinct():
         j = np.searchsorted(res_u_sorted, vals, side="right")
-        err = np.where(j > 0, res_cum[np.maximum(j - 1, 0)], 0.0)
+        err = cum0[j]
         cov = cnt / n
         srisk = err / cnt
         grisk = err / n
