@@ -32,6 +32,7 @@ import torch
 from monai.data import Dataset, PersistentDataset, decollate_batch
 from monai.data.utils import json_hashing, pickle_hashing
 from monai.transforms import Compose, Invertd
+from monai.transforms.utils import reset_ops_id
 
 from uaseg.data.base import SegDataModule
 from uaseg.data.checks import DatasetError, first_cause
@@ -204,6 +205,8 @@ class FileSegDataModule(SegDataModule):
         preds = decollate_batch(prediction.detach(), detach=True)
         out = []
         for item, pred in zip(items, preds):
+            # the loader's transform instances differ from the fresh ones used to invert
+            item["image"] = reset_ops_id(item["image"])
             item["pred"] = pred
             out.append(inverter(item)["pred"])
         return out

@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""Validate a downloaded MM-WHS or GlaS folder before training.
+
+    python scripts/check_dataset.py --dataset mmwhs --root /data/MM-WHS
+    python scripts/check_dataset.py --dataset glas  --root /data/Warwick_QU_Dataset
+
+Reads every file completely (not only headers) and prints one row per case: shape, spacing /
+orientation (MM-WHS) or size / mode (GlaS), label values and per-class voxel counts. All problems
+are collected (not only the first) and listed at the end, each naming its file. Exit code 0 when the
+folder is usable, 1 when some case has a problem, 2 when the folder itself is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from uaseg.data.checks import DatasetError, check_same_geometry, describe_values, nifti_header_geometry
+from uaseg.data.glas import check_glas_headers, find_glas_cases
+from uaseg.data.mmwhs import MMWHS_CLASSES, MMWHS_FIXUPS, MMWHS_VALUES, check_mmwhs_headers, find_mmwhs_cases
+
+Row = dict[str, str]
+
+
+def scan_mmwhs(root: Path) -> tuple[list[Row], list[str]]:
+    import nibabel as nib
+
+    rows, problems = [], []
+    for c in find_mmwhs_cases(root):
+        row: Row = {"case": c["case_id"], "image": Path(c["image"]).name}
+        try:
+            check_mmwhs_headers([c])
+            shape, affine, zooms = nifti_header_geometry(c["image"])
+            row["shape"] = "x".join(map(str, shape))
+            row["spacing"] = "x".join(f"{z:.3g}" for z in zooms)
+            row["orient"] = "".join(nib.aff2axcodes(affine))
+            for key in ("image", "label"):
+                try:
+                    arr = np.asarray(nib.load(c[key]).dataobj)
+                except Exception as e:
+                    raise DatasetError(f"{c[key]}: cannot read the voxels ({type(e).__name__}: {e})") from e
+                if key == "image":
+                    row["HU min/max"] = f"{arr.min():.0f}/{arr.max():.0f}"
+                else:
+                    lab = arr
+            values, counts = np.unique(lab, return_counts=True)
+            row["label values"] = describe_values(values.tolist())
+            fixed = [v for v in values if int(v) in MMWHS_FIXUPS and v == int(v)]
+            bad = [v for v in values if v not in (0, *MMWHS_VALUES) and int(v) not in MMWHS_FIXUPS]
+            by_value = dict(zip(values.tolist(), counts.tolist()))
+            for name, v in zip(MMWHS_CLASSES, MMWHS_VALUES):
+                n = by_value.get(v, 0) + sum(by_value.get(b, 0) for b, g in MMWHS_FIXUPS.items() if g == v)
+                row[name] = str(n)
+            if fixed:
+                row["note"] = f"{describe_values(fixed)} -> {describe_values([MMWHS_FIXUPS[int(v)] for v in fixed])}"
+            if bad:
+                problems.append(f"{c['label']}: unexpected label values {describe_values(bad)}")
+        except DatasetError as e:
+            problems.append(str(e))
+        rows.append(row)
+    return rows, problems
+
+
+def scan_glas(root: Path) -> tuple[list[Row], list[str]]:
+    from PIL import Image
+
+    rows, problems = [], []
+    for c in find_glas_cases(root):
+        row: Row = {"case": c["case_id"], "group": c["group"], "grade": c["grade"], "patient": c["patient"]}
+        try:
+            check_glas_headers([c])
+            arrs = {}
+            for key in ("image", "label"):
+                try:
+                    with Image.open(c[key]) as im:
+                        row[f"{key} mode"] = im.mode
+                        arrs[key] = np.asarray(im)
+                except Exception as e:
+                    raise DatasetError(f"{c[key]}: cannot read ({type(e).__name__}: {e})") from e
+            h, w = arrs["image"].shape[:2]
+            check_same_geometry(c["image"], c["label"], arrs["image"].shape[:2], arrs["label"].shape[:2])
+            row["size WxH"] = f"{w}x{h}"
+            inst = arrs["label"]
+            ids = np.unique(inst)
+            row["instances"] = str(int((ids > 0).sum()))
+            row["gland px"] = str(int((inst > 0).sum()))
+            row["gland %"] = f"{100.0 * (inst > 0).mean():.1f}"
+        except DatasetError as e:
+            problems.append(str(e))
+        rows.append(row)
+    return rows, problems
+
+
+SCANNERS: dict[str, Callable[[Path], tuple[list[Row], list[str]]]] = {"mmwhs": scan_mmwhs, "glas": scan_glas}
+
+
+def print_table(rows: list[Row]) -> None:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    width = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(width[c]) for c in cols))
+    for r in rows:
+        print("  ".join(r.get(c, "").ljust(width[c]) for c in cols))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", required=True, choices=sorted(SCANNERS))
+    ap.add_argument("--root", required=True, type=Path, help="the downloaded dataset folder")
+    args = ap.parse_args(argv)
+    try:
+        rows, problems = SCANNERS[args.dataset](args.root)
+    except DatasetError as e:
+        print(f"ERROR: {e}")
+        return 2
+    print_table(rows)
+    print(f"\n{len(rows)} cases in {args.root}")
+    if problems:
+        print(f"\n{len(problems)} problem(s):")
+        for p in problems:
+            print(f"  - {p}")
+        return 1
+    print("OK: no problems found")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
