@@ -22,7 +22,7 @@ from .case_level import case_level_aurc
 from .case_stats import CaseStats, Quantizer, make_case_stats
 from .coverage import nearest_coverage
 from .dice_curve import (case_dice, class_dice, counts_at_threshold, curve_from_parts,
-                         pool_cases)
+                         merged_index, pool_cases)
 from .voxel_rc import voxel_rc_from_index
 
 DEFAULT_COVERAGES = (0.95, 0.90, 0.80, 0.70)
@@ -48,10 +48,15 @@ def summarize(stats: list[CaseStats], *, coverages=DEFAULT_COVERAGES, quantizer=
     if not stats:
         raise ValueError("no cases to evaluate")
     value_of = quantizer.value if quantizer is not None else (lambda t: np.asarray(t, float))
-    index, base, eu, ecase, ea, eb = pool_cases(stats)
-    curve = curve_from_parts(index, base, eu, ecase, ea, eb, value_of=value_of)
-    vox = voxel_rc_from_index(index, np.sort(eu), max_points=2000, value_of=value_of)
-    del eu, ecase, ea, eb
+    # Dice curve first on a per-case view, then free its event arrays before the
+    # (exact mode) merged copy of all u is made for the voxel curve: lower peak memory.
+    view, base, eu, ecase, ea, eb = pool_cases(stats, merge=False)
+    curve = curve_from_parts(view, base, eu, ecase, ea, eb, value_of=value_of)
+    eu.sort()
+    del ecase, ea, eb, view
+    index = merged_index(stats)
+    vox = voxel_rc_from_index(index, eu, max_points=2000, value_of=value_of)
+    del eu
     points = [(1.0, index.n, index.max())]
     for c in coverages:
         cnt, t = nearest_coverage(index, c)

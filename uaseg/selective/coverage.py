@@ -55,7 +55,7 @@ class SortedIndex:
     def max(self):
         return self.values[-1]
 
-    def iter_distinct(self, chunk: int = 1 << 22) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_distinct(self, chunk: int = 1 << 20) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (distinct values ascending, number of voxels <= value) chunk by chunk."""
         v, n = self.values, self.n
         for a in range(0, n, chunk):
@@ -104,11 +104,28 @@ class HistogramIndex:
     def max(self):
         return self._levels[-1]
 
-    def iter_distinct(self, chunk: int = 1 << 22):
+    def iter_distinct(self, chunk: int = 1 << 20):
         yield self._levels, self._cum[self._levels]
 
     def nbytes(self) -> int:
         return int(self.counts.nbytes + self._cum.nbytes + self._levels.nbytes)
+
+
+class MultiIndex:
+    """Several per-case indexes seen as one, without merging them (saves a copy)."""
+
+    def __init__(self, indexes: list):
+        self.indexes = indexes
+        self.n = sum(ix.n for ix in indexes)
+
+    def count_le(self, t) -> np.ndarray:
+        return sum(ix.count_le(t) for ix in self.indexes)
+
+    def prev_distinct(self, t) -> np.ndarray:
+        return np.max([ix.prev_distinct(t) for ix in self.indexes], axis=0)
+
+    def max(self):
+        return max(ix.max() for ix in self.indexes)
 
 
 def nearest_coverage(index, target: float) -> tuple[int, float]:

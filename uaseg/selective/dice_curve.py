@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .coverage import NEG_INF, HistogramIndex, SortedIndex
+from .coverage import NEG_INF, HistogramIndex, MultiIndex, SortedIndex
 
 
 def class_dice(tp, fp, fn) -> np.ndarray:
@@ -76,6 +76,7 @@ def event_case_dice_deltas(base: np.ndarray, ecase: np.ndarray, ea: np.ndarray,
         cs = ecase[idx]
         order = np.argsort(cs, kind="stable")  # group by case, keep event order
         idx, cs = idx[order], cs[order]
+        del order
         da = is_a[idx].astype(np.int64)
         db = 1 - da
         start = np.ones(idx.size, bool)
@@ -91,6 +92,9 @@ def event_case_dice_deltas(base: np.ndarray, ecase: np.ndarray, ea: np.ndarray,
         d_before = np.where(den_before > 0, num_before / np.maximum(den_before, 1), 0.0)
         dsum[idx] += d_after - d_before
         dpres[idx] += (den_after > 0).astype(np.int16) - (den_before > 0)
+        del idx, cs, da, db, na, nb, tp0, fp0, fn0, den_after, den_before, num_after, \
+            num_before, d_after, d_before
+    del is_a, is_b
     # per case, in event order: case Dice before/after each event
     order = np.argsort(ecase, kind="stable")
     cs = ecase[order]
@@ -124,8 +128,10 @@ def curve_from_parts(index, base: np.ndarray, eu: np.ndarray, ecase: np.ndarray,
     order = np.argsort(eu, kind="stable")[::-1]           # referral order: u descending
     eu_s = eu[order]
     delta = event_case_dice_deltas(base, ecase[order], ea[order], eb[order])
+    del order
     mean0 = float(case_dice(base).sum()) / m
     mean_after = np.concatenate([[mean0], mean0 + np.cumsum(delta) / m])  # k events referred
+    del delta
     eu_asc = eu_s[::-1]
     if compress:
         wvals = np.unique(eu_asc)
@@ -162,10 +168,19 @@ def counts_at_threshold(stats: list, t: float) -> np.ndarray:
     return np.stack(out)
 
 
-def pool_cases(stats: list):
-    """Pool per-case stats into (index, base, eu, ecase, ea, eb)."""
+def merged_index(stats: list):
+    """One coverage index of every voxel (exact mode: a sorted copy of all ``u``)."""
     idx_cls = HistogramIndex if isinstance(stats[0].index, HistogramIndex) else SortedIndex
-    index = idx_cls.merge([s.index for s in stats])
+    return idx_cls.merge([s.index for s in stats])
+
+
+def pool_cases(stats: list, merge: bool = True):
+    """Pool per-case stats into (index, base, eu, ecase, ea, eb).
+
+    ``merge=False`` returns a :class:`MultiIndex` view instead of a merged copy, which
+    is all the Dice curve needs.
+    """
+    index = merged_index(stats) if merge else MultiIndex([s.index for s in stats])
     base = np.stack([s.counts for s in stats])
     eu = np.concatenate([s.ev_u for s in stats])
     ecase = np.repeat(np.arange(len(stats), dtype=np.int32), [s.ev_u.size for s in stats])
