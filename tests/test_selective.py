@@ -313,3 +313,16 @@ def test_plots_write_pngs(tmp_path):
                              tmp_path / "case2d.png")]
     for pth in paths:
         assert pth.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metric_quantised_equals_accumulator():
+    rng = np.random.default_rng(12)
+    cases = random_cases(rng, 3, 3, (6, 6), acc=0.8)
+    acc = SelectiveAccumulator(3, quantize_bits=6, bootstrap=0)
+    m = SelectiveSegmentationMetric(3, quantize_bits=6, bootstrap=0)
+    for i, (u, p, y) in enumerate(cases):
+        acc.add_case(u, p, y, i)
+        m.update(torch.from_numpy(u), torch.from_numpy(p), torch.from_numpy(y), i)
+    a, b = acc.compute(), m.compute()
+    assert a["aurc_dice"] == pytest.approx(b["aurc_dice"]) and a["aurc"] == pytest.approx(b["aurc"])
+    assert a["at_coverage"] == b["at_coverage"]
