@@ -62,6 +62,7 @@ def test_matches_brute_force_ties_decimal_grid(m):
     w = torch.round(torch.rand(400, generator=g, dtype=F64) * 10) / 10
     c = torch.round(torch.rand(700, generator=g, dtype=F64) * 10) / 10
     _assert_matches_brute(w, c, m)
+    _assert_matches_brute(c, w, m)
 
 
 @pytest.mark.parametrize("m", [0.125, 0.25, 0.0])
@@ -73,7 +74,8 @@ def test_hinge_exactly_zero_gets_zero_gradient(m):
     w = torch.randint(0, 9, (300,), generator=g).to(F64) / 8
     c = torch.randint(0, 9, (500,), generator=g).to(F64) / 8
     assert ((c[None, :] - w[:, None] + m) == 0).sum() > 1000
-    _assert_matches_brute(w, c, m)
+    _assert_matches_brute(w, c, m)  # |W| < |C|: the wrong set is sorted
+    _assert_matches_brute(c, w, m)  # |W| > |C|: the correct set is sorted
     # spelled out on a tiny case: u_k - u_j + m == 0 exactly -> value 0, gradient 0
     _, gw, gc = _value_and_grads(pairwise_ranking_loss, torch.tensor([0.5], dtype=F64),
                                  torch.tensor([0.5 - m], dtype=F64), m)
@@ -99,7 +101,7 @@ def test_analytic_gradients():
     torch.testing.assert_close(gc, torch.tensor([0.0, 1.0, 2.0], dtype=F64) / 6)
 
 
-@pytest.mark.parametrize("nw,nc", [(1, 1), (1, 50), (50, 1)])
+@pytest.mark.parametrize("nw,nc", [(1, 1), (1, 50), (50, 1), (2, 2)])
 def test_one_element_sets(nw, nc):
     g = torch.Generator().manual_seed(nw + nc)
     _assert_matches_brute(torch.rand(nw, generator=g, dtype=F64), torch.rand(nc, generator=g, dtype=F64), 0.1)
@@ -205,7 +207,9 @@ def test_module_backward_and_max_softmax():
     total, _ = UncertaintyAwareLoss()(logits, target)
     total.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
-    torch.testing.assert_close(max_softmax_uncertainty(logits), 1 - torch.softmax(logits, 1).max(1).values)
+    u, pred = max_softmax_uncertainty(logits)
+    torch.testing.assert_close(u, 1 - torch.softmax(logits, 1).max(1).values)
+    assert torch.equal(pred, logits.argmax(1))
 
 
 def test_ignore_index_excluded():

@@ -1,7 +1,10 @@
 """Name -> function registry of differentiable voxel-wise uncertainty scores.
 
-A score maps logits (B, K, *spatial) to uncertainties u (B, *spatial), higher = less sure, with
-gradients flowing back into the logits (the ranking term trains through u).
+A score maps logits (B, K, *spatial) to ``(u, pred)``: uncertainties u (B, *spatial), higher =
+less sure, with gradients flowing back into the logits (the ranking term trains through u), and
+the argmax prediction (B, *spatial) that decides wrong vs correct. Returning both lets a score
+share one pass over the logits (``softmax(x).max(1)`` gives both; a separate ``argmax`` over the
+class dim of a 5-D tensor costs more than the softmax on CPU).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-ScoreFn = Callable[[Tensor], Tensor]
+ScoreFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 SCORES: dict[str, ScoreFn] = {}
 
 
@@ -33,12 +36,9 @@ def get_score(name: str) -> ScoreFn:
 
 
 @register_score("max_softmax")
-def max_softmax_uncertainty(logits: Tensor) -> Tensor:
-    """u = 1 - max_k softmax(logits)_k, computed as 1 - exp(max logit - logsumexp).
-
-    Same value as ``1 - softmax(x).max(1)`` without materialising the softmax; in float32 or
-    better (bfloat16 logits would quantise u to ~3 significant digits and create ties).
-    """
+def max_softmax_uncertainty(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """u = 1 - max_k softmax(logits)_k and pred = argmax_k, from one softmax in float32 or better
+    (bfloat16 probabilities would quantise u to ~3 significant digits and create ties)."""
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    top = x.max(dim=1).values
-    return 1.0 - torch.exp(top - torch.logsumexp(x, dim=1))
+    conf, pred = torch.softmax(x, dim=1).max(dim=1)
+    return 1.0 - conf, pred

@@ -70,10 +70,10 @@ class UncertaintyAwareLoss(nn.Module):
 
         if target.ndim == logits.ndim:  # (B, 1, *spatial) -> (B, *spatial)
             target = target.squeeze(1)
-        u = self._score_fn(logits).reshape(-1)
-        target = target.reshape(-1)
+        u, pred = self._score_fn(logits)
+        u, target = u.reshape(-1), target.reshape(-1)
         with torch.no_grad():  # which voxels are wrong is not differentiated
-            correct = logits.argmax(dim=1).reshape(-1) == target
+            correct = pred.reshape(-1) == target
             if self.ignore_index is not None:
                 valid = target != self.ignore_index
                 wrong, correct = valid & ~correct, valid & correct
