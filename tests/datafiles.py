@@ -129,3 +129,36 @@ def make_glas(
     if grade_csv:
         (root / "Grade.csv").write_bytes(("\r".join(rows) + "\r").encode())
     return root
+
+
+# ------------------------------------------------------------------------------------ end to end
+def run_train(dataset: str, root: Path, work: Path, patch: str, timeout: int = 600):
+    """``python train.py dataset=<dataset> dataset.root=<root>`` for 2 training steps + test, as a
+    subprocess in ``work`` (run folder ``work/run``). Returns the ``CompletedProcess``."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [
+        sys.executable,
+        str(repo / "train.py"),
+        f"dataset={dataset}",
+        f"dataset.root={root}",
+        f"dataset.patch_size={patch}",
+        "dataset.batch_size=2",
+        "dataset.samples_per_image=1",
+        "dataset.num_workers=0",
+        "model=unet_small",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=3",
+        "trainer.accelerator=cpu",
+        "eval.bootstrap=20",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={work / 'run'}",
+        f"paths.cache_dir={work / 'cache'}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "offline", "MPLBACKEND": "Agg"}
+    return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)

@@ -243,3 +243,14 @@ def test_check_dataset_script(root, capsys):
     out = capsys.readouterr().out
     assert "train_10" in out and "testB" in out and "malignant" in out
     assert mod.main(["--dataset", "glas", "--root", str(root / "missing")]) == 2
+
+
+@pytest.mark.slow
+def test_train_py_end_to_end(root, tmp_path):
+    from datafiles import run_train
+
+    proc = run_train("glas", root, tmp_path, "[32,32]")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["dataset"] == "glas" and summary["n_cases"] == 3
+    assert {c["group"] for c in summary["cases"]} == {"testA"}  # first 3 test images (limit_test_batches=3)

@@ -337,3 +337,14 @@ def test_check_dataset_script(root, capsys):
     save_nifti(mmwhs_label(extra_value=3), affine_for(), label_of("1005", root))
     assert mod.main(["--dataset", "mmwhs", "--root", str(root)]) != 0
     assert "ct_train_1005_label.nii.gz" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_py_end_to_end(root, tmp_path):
+    from datafiles import run_train
+
+    proc = run_train("mmwhs", root, tmp_path, "[16,16,16]")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["dataset"] == "mmwhs" and summary["n_cases"] == 2
+    assert {c["case_id"] for c in summary["cases"]} <= {"1001", "1002", "1003", "1004", "1005", "1010"}
