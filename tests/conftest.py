@@ -30,6 +30,7 @@ FAST = [
     "dataset.batch_size=2",
     "dataset.samples_per_image=1",
     "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=2",
     "trainer.limit_test_batches=2",

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("dataset", ["demo2d", "demo3d"])
 def test_fast_dev_run(make_cfg, dataset):
-    cfg = make_cfg(dataset, "+trainer.fast_dev_run=true", "eval.figures=false")
+    cfg = make_cfg(dataset, "trainer.fast_dev_run=true", "eval.figures=false")
     metrics = train(cfg)
     assert "test/aurc_dice" in metrics
     assert (Path(cfg.paths.output_dir) / "summary.json").exists()
@@ -37,7 +37,7 @@ def test_two_steps_with_the_ranking_term(make_cfg, dataset, sampling):
 
 
 def test_a_run_folder_is_never_reused(make_cfg):
-    cfg = make_cfg("demo2d", "+trainer.fast_dev_run=true", "eval.figures=false")
+    cfg = make_cfg("demo2d", "trainer.fast_dev_run=true", "eval.figures=false")
     train(cfg)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(cfg)
