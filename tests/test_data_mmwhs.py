@@ -54,7 +54,7 @@ def test_batches_through_the_dataloaders(root):
     assert b["image"].shape == (4, 1, *PATCH) and b["image"].dtype == torch.float32
     assert b["label"].shape == (4, 1, *PATCH) and b["label"].dtype == torch.int64
     assert set(b["label"].unique().tolist()) <= set(range(8))
-    assert 0.0 <= float(b["image"].min()) and float(b["image"].max()) <= 1.0
+    assert -0.5 <= float(b["image"].min()) and float(b["image"].max()) <= 1.5  # [0, 1] + intensity augmentation
     assert b["group"] == ["ct"] * 4 and all(c in {"1001", "1002", "1003", "1004", "1005", "1010"} for c in b["case_id"])
     for loader in (dm.val_dataloader(), dm.test_dataloader()):
         for b in loader:
@@ -62,6 +62,7 @@ def test_batches_through_the_dataloaders(root):
             assert all(s >= p for s, p in zip(b["image"].shape[2:], PATCH))  # whole volume, padded
             assert b["label"].shape[2:] == b["image"].shape[2:]
             assert set(b["label"].unique().tolist()) <= set(range(8))
+            assert 0.0 <= float(b["image"].min()) and float(b["image"].max()) <= 1.0  # HU window -> [0, 1]
             assert hasattr(b["image"], "affine")  # MetaTensor kept for export / inversion
     assert dm.num_classes == 8 and dm.class_names[2] == "LA" and dm.sw_overlap == 0.5
 
