@@ -1,0 +1,53 @@
+"""``uaseg`` console script: a small argparse dispatcher, one subcommand per module.
+
+Each subcommand registers its arguments in ``add_<name>`` and runs in ``run_<name>``, so a new one
+(predict, check-dataset, ...) is two functions and one line in ``COMMANDS``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a multirun folder (searched recursively for summary.json)")
+    p.add_argument("--out", default=None, help="write the report here (default: the folder)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite report.md/report.csv/figures/ instead of writing report-N.md")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+
+
+def run_report(args) -> int:
+    """Exit 0 when at least one summary was found, 1 when none (nothing written then)."""
+    from .report import build_report
+
+    rep = build_report(args.folder, out_dir=args.out, force=args.force,
+                       make_figures=not args.no_figures)
+    print(rep.markdown)
+    if rep.n_runs == 0:
+        print(f"no summary.json found under {args.folder}", file=sys.stderr)
+        return 1
+    print(f"wrote {rep.md_path}, {rep.csv_path}"
+          + (f" and {len(rep.figures)} figures" if rep.figures else ""))
+    return 0
+
+
+COMMANDS = {"report": (add_report, run_report,
+                       "Table 1, paired tests and figures from a (partial) multirun")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uaseg", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add, _, help_) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_, description=help_))
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command][1](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

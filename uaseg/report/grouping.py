@@ -1,0 +1,150 @@
+"""Group runs into arms and match every "ours" arm with its baseline.
+
+The rule (also printed in every report):
+
+* replicate keys ``fold`` and ``seed`` never split a group: they are what we average over;
+* an **arm** is the runs sharing everything else: the *context* (every identity key that is not
+  a loss key -- dataset, model, tag, and any key added to the identity later -- plus the
+  run's Hydra overrides that change results but are not identity keys, e.g.
+  ``trainer.max_epochs=10`` or ``loss/seg_loss=dice_ce``) and, for λ > 0, the ranking-loss
+  settings (λ, margin, scale, sampling, n_wrong × n_correct, start_epoch);
+* ``n_wrong``/``n_correct`` are ignored under ``sampling=exact`` (they are unused there);
+* the **baseline** is λ = 0.  λ = 0 switches the ranking term off, so a baseline's loss keys are
+  irrelevant: one baseline arm per context, matched to every ours arm of that context.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from .collect import Run
+
+LOSS_KEYS = ("lambda", "margin", "scale", "sampling", "n_wrong", "n_correct", "start_epoch")
+REPLICATE_KEYS = ("fold", "seed")
+#: Hydra overrides that do not change a run's numbers, or are already identity keys
+IGNORED_OVERRIDES = {"dataset", "model", "tag", "seed", "loss", "ckpt_path", "train", "test",
+                     "dataset.fold", "dataset.num_workers", "trainer.devices",
+                     "trainer.accelerator", "trainer.strategy", "trainer.num_nodes",
+                     "eval.figures", "eval.bootstrap", "eval.save_arrays",
+                     "eval.panel_coverage", "callbacks.progress_bar",
+                     *(f"loss.{k}" for k in LOSS_KEYS)}
+IGNORED_PREFIXES = ("hydra.", "paths.", "logger", "callbacks.progress_bar")
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def result_overrides(run) -> tuple[str, ...]:
+    """The run's overrides that can change its numbers and are not identity keys."""
+    keep = [o for o in run.overrides
+            if _key(o) not in IGNORED_OVERRIDES and not _key(o).startswith(IGNORED_PREFIXES)]
+    return tuple(sorted(keep))
+
+
+def is_baseline(run: Run) -> bool:
+    lam = run.summary.get("lambda")
+    return lam is not None and float(lam) == 0.0
+
+
+def context_of(run: Run) -> tuple:
+    """Identity minus loss and replicate keys, plus result-changing overrides."""
+    ident = [(k, v) for k, v in run.identity.items() if k not in LOSS_KEYS + REPLICATE_KEYS]
+    extra = result_overrides(run)
+    return tuple(ident) + ((("overrides", extra),) if extra else ())
+
+
+def loss_of(run: Run) -> tuple:
+    """The ranking-loss settings of an ours run (n_wrong/n_correct dropped under exact)."""
+    s = run.summary
+    out = []
+    for k in LOSS_KEYS:
+        v = s.get(k)
+        if k in ("n_wrong", "n_correct") and s.get("sampling") == "exact":
+            v = None
+        out.append((k, v))
+    return tuple(out)
+
+
+@dataclass
+class Arm:
+    """Runs of one setting; ``by_fold`` groups them by fold (several seeds are averaged)."""
+
+    context: tuple
+    loss: tuple
+    runs: list[Run] = field(default_factory=list)
+
+    def by_fold(self) -> "OrderedDict":
+        out: OrderedDict = OrderedDict()
+        for r in sorted(self.runs, key=lambda r: (str(r.fold), str(r.path))):
+            out.setdefault(r.fold, []).append(r)
+        return out
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.by_fold())
+
+
+@dataclass
+class Comparison:
+    """An ours arm and its baseline arm (either may be None)."""
+
+    context: tuple
+    ours: Arm | None
+    base: Arm | None
+
+    @property
+    def loss(self) -> tuple:
+        return self.ours.loss if self.ours else ()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v)) if abs(v) >= 1 else f"{v:g}"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def describe_context(context: tuple) -> str:
+    parts = []
+    for k, v in context:
+        if k == "overrides":
+            parts.append(" ".join(v))
+        elif v is not None:
+            parts.append(f"{k}={_fmt(v)}")
+    return ", ".join(parts)
+
+
+def describe_loss(loss: tuple) -> str:
+    d = dict(loss)
+    if not d:
+        return "baseline only"
+    s = [f"λ={_fmt(d['lambda'])}", f"margin={_fmt(d['margin'])}", f"scale={_fmt(d['scale'])}",
+         f"sampling={d['sampling']}"]
+    if d.get("n_wrong") is not None:
+        s.append(f"sample={d['n_wrong']}×{d['n_correct']}")
+    if d.get("start_epoch"):
+        s.append(f"start_epoch={d['start_epoch']}")
+    return ", ".join(s)
+
+
+def compare(runs: list[Run]) -> list[Comparison]:
+    """One Comparison per ours arm (with its context's baseline, or None), plus one per context
+    that has only a baseline; ordered by context, then λ and the other loss keys."""
+    bases: OrderedDict = OrderedDict()
+    ours: OrderedDict = OrderedDict()
+    for r in runs:
+        ctx = context_of(r)
+        if is_baseline(r):
+            bases.setdefault(ctx, Arm(ctx, ())).runs.append(r)
+        else:
+            key = (ctx, loss_of(r))
+            ours.setdefault(key, Arm(ctx, key[1])).runs.append(r)
+    out = [Comparison(ctx, arm, bases.get(ctx)) for (ctx, _), arm in ours.items()]
+    used = {c.context for c in out}
+    out += [Comparison(ctx, None, arm) for ctx, arm in bases.items() if ctx not in used]
+    return sorted(out, key=lambda c: (str(c.context), [_sortable(v) for _, v in c.loss]))
+
+
+def _sortable(v):
+    """Numbers before strings, numbers numerically (λ = 0.5 < 2 < 10)."""
+    return (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v))
