@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from datafiles import MMWHS_VALUES, SHAPE, SPACING, affine_for, make_mmwhs, mmwhs_image, mmwhs_label, save_nifti
+from datafiles import MMWHS_VALUES, SHAPE, SPACING, affine_for, make_mmwhs, mmwhs_label, save_nifti
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
