@@ -21,9 +21,13 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import DynUNet
 
-from uaseg.losses import CrossEntropy, UncertaintyAwareLoss, max_softmax_uncertainty, random_subset
+from uaseg.losses import CrossEntropy, UncertaintyAwareLoss, max_softmax_uncertainty
 
 LAMBDA, SCALE, MARGIN, NW, NC = 2.0, 1000.0, 0.1, 300, 6600
+
+
+def random_subset(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x if x.numel() <= n else x[torch.randperm(x.numel(), device=x.device)[:n]]
 
 
 def reference_loop_term(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,10 @@ from uaseg.losses import (
     DiceCE,
     UncertaintyAwareLoss,
     brute_force_ranking_loss,
+    masked_pairwise_ranking_loss,
     max_softmax_uncertainty,
     pairwise_ranking_loss,
-    random_subset,
+    random_mask_subset,
     subsample_ranking_loss,
     uncertainty_aware_loss,
 )
@@ -141,17 +142,39 @@ def test_low_precision_inputs(dtype, tol):
                                rtol=1e-6, atol=0)
 
 
-def test_random_subset_and_subsample():
-    x = torch.arange(100.0)
-    assert random_subset(x, 1000) is x or torch.equal(random_subset(x, 1000), x)
+def test_masked_form_skips_unmasked_voxels():
+    g = torch.Generator().manual_seed(6)
+    u = torch.rand(500, generator=g, dtype=F64)
+    lab = torch.randint(0, 3, (500,), generator=g)  # 0 wrong, 1 correct, 2 neither (ignored)
+    uu = u.clone().requires_grad_(True)
+    out = masked_pairwise_ranking_loss(uu, lab == 0, lab == 1, 0.1)
+    out.backward()
+    v, gw, gc = _value_and_grads(brute_force_ranking_loss, u[lab == 0], u[lab == 1], 0.1)
+    torch.testing.assert_close(out, v, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(uu.grad[lab == 0], gw, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(uu.grad[lab == 1], gc, rtol=1e-6, atol=1e-12)
+    assert torch.all(uu.grad[lab == 2] == 0)
+
+
+def test_random_mask_subset_and_subsample():
+    mask = torch.rand(1000) < 0.3
+    assert torch.equal(random_mask_subset(mask, 10**6), mask)
+    assert torch.equal(random_mask_subset(mask, int(mask.sum()) + 50), mask)  # fewer exist -> all of them
     torch.manual_seed(0)
-    a = random_subset(x, 10)
+    a = random_mask_subset(mask, 40)
     torch.manual_seed(0)
-    b = random_subset(x, 10)
-    assert torch.equal(a, b) and a.unique().numel() == 10
+    b = random_mask_subset(mask, 40)
+    assert torch.equal(a, b) and int(a.sum()) == 40 and not (a & ~mask).any()
+    # roughly uniform over the True entries
+    torch.manual_seed(1)
+    hits = sum(random_mask_subset(mask, 40).float() for _ in range(300))
+    assert hits[~mask].sum() == 0 and hits[mask].min() > 0
     w, c = torch.rand(30, dtype=F64), torch.rand(50, dtype=F64)
     # fewer voxels than requested -> all of them -> identical to exact
     assert subsample_ranking_loss(w, c, 0.1, 300, 6600) == pairwise_ranking_loss(w, c, 0.1)
+    torch.manual_seed(2)
+    sub = subsample_ranking_loss(w, c, 0.1, 5, 7)
+    assert 0 <= sub <= 1.1
 
 
 def test_gradient_direction_one_step():
@@ -225,8 +248,8 @@ def test_lambda_zero_never_ranks(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("ranking term computed with lambda=0")
 
-    monkeypatch.setattr(ua_mod, "pairwise_ranking_loss", boom)
-    monkeypatch.setattr(ua_mod, "random_subset", boom)
+    monkeypatch.setattr(ua_mod, "masked_pairwise_ranking_loss", boom)
+    monkeypatch.setattr(ua_mod, "random_mask_subset", boom)
     loss = uncertainty_aware_loss(**{"lambda": 0})
     loss._score_fn = boom
     logits, target = _batch()
@@ -237,8 +260,8 @@ def test_lambda_zero_never_ranks(monkeypatch):
 
 def test_start_epoch(monkeypatch):
     calls = []
-    real = ua_mod.pairwise_ranking_loss
-    monkeypatch.setattr(ua_mod, "pairwise_ranking_loss", lambda *a: calls.append(1) or real(*a))
+    real = ua_mod.masked_pairwise_ranking_loss
+    monkeypatch.setattr(ua_mod, "masked_pairwise_ranking_loss", lambda *a: calls.append(1) or real(*a))
     loss = UncertaintyAwareLoss(start_epoch=2)
     logits, target = _batch()
     for epoch, expect in [(0, 0), (1, 0), (2, 1), (5, 2)]:

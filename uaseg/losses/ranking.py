@@ -8,21 +8,22 @@ pair matrix is not needed: with s the sorted correct uncertainties and t_j = u_j
 
     sum_k max(u_k - t_j, 0) = S_>(t_j) - t_j * N_>(t_j),
 
-where N_>(t) / S_>(t) are the count / sum of the s greater than t, read off a prefix-sum
-array at ``searchsorted(s, t, right=True)``. That is O((|W|+|C|) log min(|W|,|C|)) time, O(|W|+|C|)
-memory, so the exact all-pairs term over a whole 2x64^3 batch (~524k voxels) is cheap.
+where N_>(t) / S_>(t) are the count / sum of the s greater than t, read off a float64
+prefix-sum array at pos_j = ``searchsorted(s, t_j, right=True)``. That is O(n log n) time and
+O(n) memory for n voxels, so the exact all-pairs term over a whole 2x64^3 batch (~524k voxels)
+is cheap.
 
 Gradients follow ``F.relu``'s convention (zero at the hinge): a pair with u_k - u_j + m == 0
-contributes nothing. With P = |W||C|,
+contributes nothing. (``torch.clamp(x, min=0)`` and ``MarginRankingLoss`` pass gradient 1 there.)
+With P = |W||C|,
 
     dL/du_j = -#{k : u_k > u_j - m} / P      (= -N_>(t_j) / P)
-    dL/du_k = +#{j : u_j - m < u_k} / P.
+    dL/du_k = +#{j : u_j - m < u_k} / P      (sorted correct position i: #{j : pos_j <= i})
 
-The second count comes for free from the forward's searchsorted positions: in sorted order,
-correct voxel i is above t_j iff i >= pos_j, so its count is a cumsum of bincount(pos).
-
-Only one side needs sorting, so the smaller one is sorted: L(W, C) = L(-C, -W) (negation is
-exact), and in training |W| << |C|.
+The core works on the full flattened u with boolean W / C masks instead of gathering
+u[W], u[C]: boolean indexing and ``bincount`` wait for the GPU (host sync) to learn output
+sizes; sort / searchsorted / cumsum on fixed-size tensors do not, so the term never stalls the
+CUDA stream.
 """
 
 from __future__ import annotations
@@ -30,87 +31,93 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["pairwise_ranking_loss", "subsample_ranking_loss", "random_subset", "brute_force_ranking_loss"]
+__all__ = [
+    "masked_pairwise_ranking_loss",
+    "pairwise_ranking_loss",
+    "subsample_ranking_loss",
+    "random_mask_subset",
+    "brute_force_ranking_loss",
+]
 
 
-def _out_dtype(*ts: Tensor) -> torch.dtype:
-    # Results are at least float32 (bfloat16/float16 inputs are accumulated and returned in float32).
-    return torch.promote_types(torch.result_type(*ts), torch.float32)
+def _out_dtype(dtype: torch.dtype) -> torch.dtype:
+    # at least float32: bfloat16/float16 inputs are accumulated and returned in float32
+    return torch.promote_types(dtype, torch.float32)
 
 
-class _PairwiseRanking(torch.autograd.Function):
-    """Exact mean pairwise hinge with an explicit, count-based backward."""
+class _MaskedPairwiseRanking(torch.autograd.Function):
+    """Exact mean pairwise hinge over (wrong, correct) voxel pairs, explicit count-based backward."""
 
     @staticmethod
-    def forward(ctx, u_wrong: Tensor, u_correct: Tensor, margin: float) -> Tensor:
-        n_w, n_c = u_wrong.numel(), u_correct.numel()
-        # float64 accumulation keeps the prefix sums exact enough over ~1e6 voxels.
-        t = u_wrong.detach().reshape(-1).to(torch.float64) - margin
-        # sort in the input dtype (cheaper; the cast to float64 is exact and monotone)
-        s, perm = torch.sort(u_correct.detach().reshape(-1))
+    def forward(ctx, u: Tensor, wrong: Tensor, correct: Tensor, margin: float) -> Tensor:
+        n = u.numel()
+        ud = u.detach()
+        idx = torch.arange(n, device=u.device)
+        n_w, n_c = wrong.sum(), correct.sum()
+        # Correct u ascending first, everything else (+inf) after: positions < n_c are C.
+        # Sorting in the input dtype is cheaper; the cast to float64 is exact and monotone.
+        s, perm = torch.sort(torch.where(correct, ud, torch.inf))
         s = s.to(torch.float64)
-        pos = torch.searchsorted(s, t, right=True)  # number of correct u <= t_j
-        prefix = torch.cat([s.new_zeros(1), torch.cumsum(s, 0)])
+        t = ud.to(torch.float64) - margin
+        pos = torch.searchsorted(s, t, right=True)  # #correct u <= t (the +inf tail never counts)
+        prefix = torch.cat([s.new_zeros(1), torch.cumsum(torch.where(idx < n_c, s, 0.0), 0)])
         n_gt = n_c - pos
-        s_gt = prefix[-1] - prefix[pos]
-        total = (s_gt - t * n_gt.to(torch.float64)).sum()
-        ctx.save_for_backward(pos, perm)
-        ctx.shapes = (u_wrong.shape, u_correct.shape)
-        ctx.dtypes = (u_wrong.dtype, u_correct.dtype)
-        return (total / (n_w * n_c)).to(_out_dtype(u_wrong, u_correct))
+        per_wrong = (prefix[-1] - prefix[pos]) - t * n_gt  # sum_k max(u_k - t_j, 0)
+        n_pairs = (n_w * n_c).clamp(min=1)  # empty W or C: sum is 0, result 0
+        total = torch.where(wrong, per_wrong, 0.0).sum() / n_pairs
+        ctx.save_for_backward(wrong, perm, pos, n_gt, n_c, n_pairs)
+        ctx.u_dtype = u.dtype
+        return total.to(_out_dtype(u.dtype))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        pos, perm = ctx.saved_tensors
-        (shape_w, shape_c), (dtype_w, dtype_c) = ctx.shapes, ctx.dtypes
-        n_w, n_c = pos.numel(), perm.numel()
-        g = grad_out.to(torch.float64) / (n_w * n_c)
-        grad_w = grad_c = None
-        if ctx.needs_input_grad[0]:
-            grad_w = (-(n_c - pos).to(torch.float64) * g).to(dtype_w).reshape(shape_w)
-        if ctx.needs_input_grad[1]:
-            # count of wrong j with pos_j <= i, for each sorted correct position i
-            count_sorted = torch.cumsum(torch.bincount(pos, minlength=n_c + 1)[:n_c], 0)
-            count = torch.empty_like(count_sorted).scatter_(0, perm, count_sorted)
-            grad_c = (count.to(torch.float64) * g).to(dtype_c).reshape(shape_c)
-        return grad_w, grad_c, None
+        wrong, perm, pos, n_gt, n_c, n_pairs = ctx.saved_tensors
+        n = pos.numel()
+        g = grad_out.to(torch.float64) / n_pairs
+        grad = torch.where(wrong, -n_gt.to(torch.float64), 0.0) * g
+        # correct voxel at sorted position i: #{wrong j : pos_j <= i}, by a second sort rather
+        # than bincount (which syncs on CUDA and is flagged nondeterministic there)
+        idx = torch.arange(n, device=pos.device)
+        wrong_pos = torch.sort(torch.where(wrong, pos, n + 1)).values
+        count = torch.searchsorted(wrong_pos, idx, right=True)
+        grad_sorted = torch.where(idx < n_c, count.to(torch.float64), 0.0) * g
+        grad = grad + torch.empty_like(grad_sorted).scatter_(0, perm, grad_sorted)
+        return grad.to(ctx.u_dtype), None, None, None
+
+
+def masked_pairwise_ranking_loss(u: Tensor, wrong: Tensor, correct: Tensor, margin: float = 0.1) -> Tensor:
+    """Exact mean over all pairs (j in ``wrong``, k in ``correct``) of ``max(u_k - u_j + margin, 0)``.
+
+    ``u``, ``wrong``, ``correct``: same shape (flattened), masks boolean and disjoint; voxels in
+    neither mask (ignored labels, not drawn) take no part. Any float dtype and device; the result
+    is a scalar of dtype ``promote(u.dtype, float32)``, 0 (still attached to ``u``'s graph, so
+    DDP sees gradients) when either set is empty. No host-device synchronisation.
+    """
+    u = u.reshape(-1)
+    return _MaskedPairwiseRanking.apply(u, wrong.reshape(-1), correct.reshape(-1), float(margin))
 
 
 def pairwise_ranking_loss(u_wrong: Tensor, u_correct: Tensor, margin: float = 0.1) -> Tensor:
-    """Exact mean over all (wrong j, correct k) pairs of ``max(u_k - u_j + margin, 0)``.
-
-    Inputs are 1-D (any shape is flattened) uncertainty tensors on the same device; any float
-    dtype. Returns a scalar of dtype ``promote(float32, inputs)``. If either set is empty the
-    result is a zero that stays attached to both inputs' graphs (so DDP still sees gradients).
-    """
-    if u_wrong.numel() == 0 or u_correct.numel() == 0:
-        return (u_wrong.sum() + u_correct.sum()).to(_out_dtype(u_wrong, u_correct)) * 0
-    if u_wrong.numel() < u_correct.numel():  # sort the smaller set: L(W, C) = L(-C, -W)
-        return _PairwiseRanking.apply(-u_correct, -u_wrong, float(margin))
-    return _PairwiseRanking.apply(u_wrong, u_correct, float(margin))
+    """Exact mean over all |W|*|C| pairs of ``max(u_correct[k] - u_wrong[j] + margin, 0)``."""
+    u = torch.cat([u_wrong.reshape(-1), u_correct.reshape(-1)])
+    wrong = torch.arange(u.numel(), device=u.device) < u_wrong.numel()
+    return masked_pairwise_ranking_loss(u, wrong, ~wrong, margin)
 
 
-def brute_force_ranking_loss(u_wrong: Tensor, u_correct: Tensor, margin: float = 0.1) -> Tensor:
-    """Reference O(|W||C|) pair-matrix form, for tests only."""
-    if u_wrong.numel() == 0 or u_correct.numel() == 0:
-        return (u_wrong.sum() + u_correct.sum()) * 0
-    diff = u_correct.reshape(1, -1) - u_wrong.reshape(-1, 1) + margin
-    # F.relu, not torch.clamp: clamp passes gradient 1 at exactly 0, relu passes 0 (our convention).
-    return torch.nn.functional.relu(diff).mean()
-
-
-def random_subset(x: Tensor, n: int | None, generator: torch.Generator | None = None) -> Tensor:
-    """``n`` elements of 1-D ``x`` drawn without replacement (all of ``x`` if it has <= n).
-
-    Uses ``torch.randperm`` on ``x``'s device with torch's default generator unless one is
-    given, so ``torch.manual_seed`` / Lightning's ``seed_everything`` reproduce the draw.
-    """
-    x = x.reshape(-1)
-    if n is None or x.numel() <= n:
-        return x
-    idx = torch.randperm(x.numel(), device=x.device, generator=generator)[:n]
-    return x.index_select(0, idx)
+def random_mask_subset(mask: Tensor, n: int | None, generator: torch.Generator | None = None) -> Tensor:
+    """Boolean mask of ``n`` of ``mask``'s True entries drawn uniformly without replacement
+    (all of them when fewer exist): the n smallest of i.i.d. uniform keys, via ``topk`` (no
+    host sync). Uses torch's default generator on ``mask``'s device unless one is given, so
+    ``torch.manual_seed`` / Lightning's ``seed_everything`` reproduce the draw."""
+    flat = mask.reshape(-1)
+    if n is None or n >= flat.numel():
+        return mask
+    keys = torch.rand(flat.shape, device=flat.device, generator=generator).masked_fill_(~flat, 2.0)
+    pick = keys.topk(n, largest=False, sorted=False).indices
+    out = torch.zeros_like(flat)
+    out[pick] = flat[pick]
+    return out.reshape(mask.shape)
 
 
 def subsample_ranking_loss(
@@ -121,7 +128,18 @@ def subsample_ranking_loss(
     n_correct: int = 6600,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """The paper's estimator: random ``n_wrong`` x ``n_correct`` voxels, then the exact mean."""
-    return pairwise_ranking_loss(
-        random_subset(u_wrong, n_wrong, generator), random_subset(u_correct, n_correct, generator), margin
+    """The paper's estimator: ``n_wrong`` x ``n_correct`` random voxels, then the exact mean."""
+    u = torch.cat([u_wrong.reshape(-1), u_correct.reshape(-1)])
+    wrong = torch.arange(u.numel(), device=u.device) < u_wrong.numel()
+    return masked_pairwise_ranking_loss(
+        u, random_mask_subset(wrong, n_wrong, generator), random_mask_subset(~wrong, n_correct, generator), margin
     )
+
+
+def brute_force_ranking_loss(u_wrong: Tensor, u_correct: Tensor, margin: float = 0.1) -> Tensor:
+    """Reference O(|W||C|) pair-matrix form, for tests only."""
+    if u_wrong.numel() == 0 or u_correct.numel() == 0:
+        return (u_wrong.sum() + u_correct.sum()) * 0
+    diff = u_correct.reshape(1, -1) - u_wrong.reshape(-1, 1) + margin
+    # F.relu, not torch.clamp: clamp passes gradient 1 at exactly 0, relu passes 0 (our convention)
+    return torch.nn.functional.relu(diff).mean()

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .ranking import pairwise_ranking_loss, random_subset
+from .ranking import masked_pairwise_ranking_loss, random_mask_subset
 from .scores import get_score
 from .segmentation import CrossEntropy
 
@@ -73,21 +73,20 @@ class UncertaintyAwareLoss(nn.Module):
         u, pred = self._score_fn(logits)
         u, target = u.reshape(-1), target.reshape(-1)
         with torch.no_grad():  # which voxels are wrong is not differentiated
-            correct = pred.reshape(-1) == target
+            hit = pred.reshape(-1) == target
             if self.ignore_index is not None:
                 valid = target != self.ignore_index
-                wrong, correct = valid & ~correct, valid & correct
+                wrong, correct = valid & ~hit, valid & hit
             else:
-                wrong = ~correct
-        u_wrong, u_correct = u[wrong], u[correct]
-        if self.sampling == "subsample":
-            u_wrong = random_subset(u_wrong, self.n_wrong)
-            u_correct = random_subset(u_correct, self.n_correct)
-        # Empty W or C gives a graph-connected zero (see pairwise_ranking_loss).
-        rank = pairwise_ranking_loss(u_wrong, u_correct, self.margin)
+                wrong, correct = ~hit, hit
+            n_w, n_c = wrong.sum(), correct.sum()
+            if self.sampling == "subsample":
+                wrong = random_mask_subset(wrong, self.n_wrong)
+                correct = random_mask_subset(correct, self.n_correct)
+        # Masks, not u[wrong] / u[correct]: no host sync. Empty W or C gives a graph-connected 0.
+        rank = masked_pairwise_ranking_loss(u, wrong, correct, self.margin)
         total = seg + (self.lambda_ * self.scale) * rank
 
-        n_w, n_c = wrong.sum(), correct.sum()
         logs.update(
             rank=rank.detach(),
             n_wrong=n_w.detach(),
