@@ -107,12 +107,15 @@ def build_report(root, out_dir=None, force: bool = False, make_figures: bool = T
     md = [f"# Selective segmentation report: `{root}`", "",
           f"{len(runs)} runs with a summary, {len(problems)} job folders without one; "
           f"generated {_dt.datetime.now().isoformat(timespec='seconds')}.", ""]
-    md += _comparison_list(comparisons)
-    md += ["## Table 1: baseline vs ours", "", CAPTION, "", table.render_table1(rows), "",
-           "## Changes and paired tests", "", TESTS_NOTE, "", table.render_tests(rows), ""]
-    md += _status_sections(root, runs, problems)
+    if not root.is_dir():
+        md[2] = f"{root} is not a folder."
+    if runs:
+        md += _comparison_list(comparisons)
+        md += ["## Table 1: baseline vs ours", "", CAPTION, "", table.render_table1(rows), "",
+               "## Changes and paired tests", "", TESTS_NOTE, "", table.render_tests(rows), ""]
+    md += _status_sections(root, runs, problems) if root.is_dir() else []
     report = Report(len(runs), "", rows=rows)
-    if not runs:
+    if not runs:  # nothing to compare: print what we found, write nothing
         report.markdown = "\n".join(md)
         return report
     out_dir = Path(out_dir) if out_dir else root
