@@ -97,6 +97,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg.dataset)
     model = build_module(cfg)
     model.run_identity = run_identity(cfg)
+    # stored in checkpoints so predict.py preprocesses new images exactly as in training
+    model.dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

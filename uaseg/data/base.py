@@ -58,6 +58,8 @@ class SegDataModule(L.LightningDataModule):
                 f"{type(self).__name__}: patch_size {list(self.patch_size)} must have "
                 f"{self.spatial_dims} entries"
             )
+        #: patches per optimiser step (the paper's batch of 8), drawn as
+        #: ``batch_size / samples_per_image`` images x ``samples_per_image`` patches each
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.fold = int(fold)
@@ -67,6 +69,11 @@ class SegDataModule(L.LightningDataModule):
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
         self.samples_per_image = int(samples_per_image)
+        if self.samples_per_image < 1 or self.batch_size % self.samples_per_image:
+            raise ValueError(
+                f"dataset.batch_size={batch_size} (patches per step) must be a multiple of "
+                f"dataset.samples_per_image={samples_per_image}"
+            )
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         #: sliding-window overlap the module's inferer uses on this dataset's whole images
         self.sw_overlap = float(sw_overlap)
@@ -108,7 +115,7 @@ class SegDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
             self.dataset("train"),
-            batch_size=self.batch_size,
+            batch_size=self.batch_size // self.samples_per_image,
             shuffle=True,
             drop_last=False,
             num_workers=self.num_workers,
