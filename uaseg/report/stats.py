@@ -52,7 +52,7 @@ def paired_test(base: dict, ours: dict, *, force: str | None = None) -> tuple[fl
     n = len(x)
     test = force or ("wilcoxon" if n >= WILCOXON_MIN_N else "paired t")
     if n < 2:
-        return math.nan, f"{test} (n<2)", n
+        return math.nan, "none (n<2)", n
     d = y - x
     if np.all(d == 0):
         return 1.0, f"{test} (all equal)", n
