@@ -377,6 +377,9 @@ def test_end_to_end_tiny_multirun(tmp_path):
     sweep_dir = tmp_path / "sweep"
     cmd = [sys.executable, "train.py", "-m", "dataset.fold=0,1", "loss.lambda=0,2",
            f"hydra.sweep.dir={sweep_dir}", f"paths.cache_dir={tmp_path}/cache",
+           # job folders by number only: <num>_<all overrides> can pass the 255-byte name limit;
+           # the report matches jobs by .hydra/overrides.yaml, never by folder name
+           "hydra.sweep.subdir=${hydra.job.num}",
            "dataset.num_cases=10", "dataset.image_size=48", "dataset.patch_size=[32,32]",
            "model=unet_small", "dataset.batch_size=2", "dataset.samples_per_image=1",
            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "eval.bootstrap=20",
