@@ -147,11 +147,16 @@ class SelectiveSegModule(L.LightningModule):
         self.val_curve = {k: result["curve"][k].tolist() for k in ("coverage", "threshold")}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # plain Python types only, so predict.py can load checkpoints with torch.load(weights_only=True)
         if getattr(self, "val_curve", None) is not None:
-            checkpoint["uaseg_val_curve"] = self.val_curve
+            checkpoint["uaseg_val_curve"] = {k: [float(v) for v in vals] for k, vals in self.val_curve.items()}
+        # the resolved `dataset` config (set by the runner): predict.py preprocesses new images with it
+        if getattr(self, "dataset_cfg", None) is not None:
+            checkpoint["uaseg_dataset"] = _plain(self.dataset_cfg)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_curve = checkpoint.get("uaseg_val_curve")
+        self.dataset_cfg = checkpoint.get("uaseg_dataset")
 
     # ------------------------------------------------------------------ test: the selective report
     @property
