@@ -75,8 +75,8 @@ def test_hinge_exactly_zero_gets_zero_gradient(m):
     w = torch.randint(0, 9, (300,), generator=g).to(F64) / 8
     c = torch.randint(0, 9, (500,), generator=g).to(F64) / 8
     assert ((c[None, :] - w[:, None] + m) == 0).sum() > 1000
-    _assert_matches_brute(w, c, m)  # |W| < |C|: the wrong set is sorted
-    _assert_matches_brute(c, w, m)  # |W| > |C|: the correct set is sorted
+    _assert_matches_brute(w, c, m)
+    _assert_matches_brute(c, w, m)  # roles swapped: |W| > |C|
     # spelled out on a tiny case: u_k - u_j + m == 0 exactly -> value 0, gradient 0
     _, gw, gc = _value_and_grads(pairwise_ranking_loss, torch.tensor([0.5], dtype=F64),
                                  torch.tensor([0.5 - m], dtype=F64), m)
@@ -154,6 +154,16 @@ def test_masked_form_skips_unmasked_voxels():
     torch.testing.assert_close(uu.grad[lab == 0], gw, rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(uu.grad[lab == 1], gc, rtol=1e-6, atol=1e-12)
     assert torch.all(uu.grad[lab == 2] == 0)
+
+
+def test_count_paths_agree():
+    from uaseg.losses.ranking import _count_wrong_at_or_below
+
+    pos = torch.randint(0, 301, (300,))
+    wrong = torch.rand(300) < 0.4
+    a = _count_wrong_at_or_below(pos, wrong, sync_free=True)  # the CUDA path
+    b = _count_wrong_at_or_below(pos, wrong, sync_free=False)
+    assert torch.equal(a, b)
 
 
 def test_random_mask_subset_and_subsample():

@@ -21,9 +21,9 @@ With P = |W||C|,
     dL/du_k = +#{j : u_j - m < u_k} / P      (sorted correct position i: #{j : pos_j <= i})
 
 The core works on the full flattened u with boolean W / C masks instead of gathering
-u[W], u[C]: boolean indexing and ``bincount`` wait for the GPU (host sync) to learn output
-sizes; sort / searchsorted / cumsum on fixed-size tensors do not, so the term never stalls the
-CUDA stream.
+u[W], u[C]: on CUDA, boolean indexing and ``bincount`` wait for the GPU (host sync) to learn
+output sizes; sort / searchsorted / cumsum on fixed-size tensors do not, so the term never
+stalls the CUDA stream.
 """
 
 from __future__ import annotations
@@ -45,14 +45,22 @@ def _out_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _count_wrong_at_or_below(pos: Tensor, wrong: Tensor, sync_free: bool | None = None) -> Tensor:
+    """out[i] = #{j in wrong : pos_j <= i}, i < n. On CUDA by a sort + searchsorted (bincount
+    syncs there to size its output and is flagged nondeterministic); on CPU bincount is faster."""
+    n = pos.numel()
+    if pos.is_cuda if sync_free is None else sync_free:
+        wrong_pos = torch.sort(torch.where(wrong, pos, n + 1)).values
+        return torch.searchsorted(wrong_pos, torch.arange(n, device=pos.device), right=True)
+    return torch.cumsum(torch.bincount(pos[wrong], minlength=n + 1)[:n], 0)
+
+
 class _MaskedPairwiseRanking(torch.autograd.Function):
     """Exact mean pairwise hinge over (wrong, correct) voxel pairs, explicit count-based backward."""
 
     @staticmethod
     def forward(ctx, u: Tensor, wrong: Tensor, correct: Tensor, margin: float) -> Tensor:
-        n = u.numel()
         ud = u.detach()
-        idx = torch.arange(n, device=u.device)
         n_w, n_c = wrong.sum(), correct.sum()
         # Correct u ascending first, everything else (+inf) after: positions < n_c are C.
         # Sorting in the input dtype is cheaper; the cast to float64 is exact and monotone.
@@ -60,7 +68,7 @@ class _MaskedPairwiseRanking(torch.autograd.Function):
         s = s.to(torch.float64)
         t = ud.to(torch.float64) - margin
         pos = torch.searchsorted(s, t, right=True)  # #correct u <= t (the +inf tail never counts)
-        prefix = torch.cat([s.new_zeros(1), torch.cumsum(torch.where(idx < n_c, s, 0.0), 0)])
+        prefix = torch.cat([s.new_zeros(1), torch.cumsum(s.nan_to_num(posinf=0.0), 0)])  # u is finite
         n_gt = n_c - pos
         per_wrong = (prefix[-1] - prefix[pos]) - t * n_gt  # sum_k max(u_k - t_j, 0)
         n_pairs = (n_w * n_c).clamp(min=1)  # empty W or C: sum is 0, result 0
@@ -76,11 +84,9 @@ class _MaskedPairwiseRanking(torch.autograd.Function):
         n = pos.numel()
         g = grad_out.to(torch.float64) / n_pairs
         grad = torch.where(wrong, -n_gt.to(torch.float64), 0.0) * g
-        # correct voxel at sorted position i: #{wrong j : pos_j <= i}, by a second sort rather
-        # than bincount (which syncs on CUDA and is flagged nondeterministic there)
+        # correct voxel at sorted position i: #{wrong j : pos_j <= i}
         idx = torch.arange(n, device=pos.device)
-        wrong_pos = torch.sort(torch.where(wrong, pos, n + 1)).values
-        count = torch.searchsorted(wrong_pos, idx, right=True)
+        count = _count_wrong_at_or_below(pos, wrong)
         grad_sorted = torch.where(idx < n_c, count.to(torch.float64), 0.0) * g
         grad = grad + torch.empty_like(grad_sorted).scatter_(0, perm, grad_sorted)
         return grad.to(ctx.u_dtype), None, None, None
