@@ -99,6 +99,13 @@ class SegDataModule(L.LightningDataModule):
         """Case dict -> one whole image (padded to at least ``patch_size``)."""
         raise NotImplementedError
 
+    def predict_transforms(self) -> Compose:
+        """``{"image": <file path>}`` -> ``image`` preprocessed exactly as by ``eval_transforms``
+        (no label), a ``MetaTensor`` ``(C, *spatial)`` whose metadata lets
+        ``monai.transforms.Invertd`` map predictions back onto the file's own grid (used by
+        ``uaseg.predict``). 2-D files are read with MONAI's PIL reader: spatial axes ``(width, height)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not support prediction on new files")
+
     # ------------------------------------------------------------------ shared machinery
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import torch
 from monai.transforms import (
     Compose,
+    EnsureChannelFirstd,
     EnsureTyped,
     RandAdjustContrastd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
+    ScaleIntensityRanged,
     SpatialPadd,
 )
 
+from uaseg.data.checks import LoadImageNamedd
 from uaseg.data.demo import DemoDataModule
 from uaseg.data.synth import gland_image
 
@@ -43,3 +46,16 @@ class Demo2DDataModule(DemoDataModule):
 
     def eval_transforms(self) -> Compose:
         return Compose([EnsureTyped("image", dtype=torch.float32), EnsureTyped("label", dtype=torch.long)])
+
+    def predict_transforms(self) -> Compose:
+        """An 8-bit RGB image file scaled to [0, 1] like the generated tiles (PIL reader, as GlaS)."""
+        from uaseg.data.glas import to_rgb
+
+        return Compose(
+            [
+                LoadImageNamedd("image", image_only=True, reader="PILReader", converter=to_rgb),
+                EnsureChannelFirstd("image"),
+                ScaleIntensityRanged("image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
+                EnsureTyped("image", dtype=torch.float32),
+            ]
+        )

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 from monai.transforms import (
     Compose,
+    EnsureChannelFirstd,
     EnsureTyped,
     RandCropByPosNegLabeld,
     RandScaleIntensityd,
@@ -15,6 +16,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from uaseg.data.checks import LoadImageNamedd
 from uaseg.data.demo import DemoDataModule
 from uaseg.data.synth import HEART_CLASSES, heart_volume
 
@@ -30,13 +32,12 @@ class Demo3DDataModule(DemoDataModule):
         super().__init__(**kwargs)
         self.hu_window = tuple(float(v) for v in hu_window)
 
-    def _normalise(self) -> list:
+    def _normalise(self, label: bool = True) -> list:
         lo, hi = self.hu_window
         return [
             EnsureTyped("image", dtype=torch.float32),
             ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
-            EnsureTyped("label", dtype=torch.long),
-        ]
+        ] + ([EnsureTyped("label", dtype=torch.long)] if label else [])
 
     def train_transforms(self) -> Compose:
         keys = ["image", "label"]
@@ -55,3 +56,9 @@ class Demo3DDataModule(DemoDataModule):
 
     def eval_transforms(self) -> Compose:
         return Compose(self._normalise())
+
+    def predict_transforms(self) -> Compose:
+        """A CT volume file (HU, e.g. NIfTI) on its own grid, normalised as ``eval_transforms``."""
+        return Compose(
+            [LoadImageNamedd("image", image_only=True), EnsureChannelFirstd("image")] + self._normalise(label=False)
+        )

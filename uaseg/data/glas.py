@@ -292,7 +292,15 @@ class GlaSDataModule(FileSegDataModule):
     def preprocessing_config(self) -> dict[str, Any]:
         return {"patch_size": list(self.patch_size), "intensity": "uint8/255", "label": "instances>0"}
 
-    def _deterministic(self) -> list:
+    def _deterministic(self, label: bool = True) -> list:
+        if not label:
+            return [
+                LoadImageNamedd(keys="image", image_only=True, reader="PILReader", converter=to_rgb),
+                EnsureChannelFirstd(keys="image"),
+                CheckChannelsd(keys="image", n=3, what="image"),
+                ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
+                SpatialPadd(keys="image", spatial_size=self.patch_size),
+            ]
         keys = ["image", "label", "instances"]
         return [
             LoadImageNamedd(keys="image", image_only=True, reader="PILReader", converter=to_rgb),
@@ -307,11 +315,10 @@ class GlaSDataModule(FileSegDataModule):
             SpatialPadd(keys=keys, spatial_size=self.patch_size),
         ]
 
-    def _finish(self) -> list:
-        return [
-            EnsureTyped(keys="image", dtype=torch.float32),
-            CastToTyped(keys=["label", "instances"], dtype=torch.int64),
-        ]
+    def _finish(self, label: bool = True) -> list:
+        return [EnsureTyped(keys="image", dtype=torch.float32)] + (
+            [CastToTyped(keys=["label", "instances"], dtype=torch.int64)] if label else []
+        )
 
     def train_transforms(self) -> Compose:
         a = self.augment
@@ -357,3 +364,7 @@ class GlaSDataModule(FileSegDataModule):
 
     def eval_transforms(self) -> Compose:
         return Compose(self._deterministic() + self._finish())
+
+    def predict_transforms(self) -> Compose:
+        """An RGB image file (no annotation): ``eval_transforms`` without the label steps."""
+        return Compose(self._deterministic(label=False) + self._finish(label=False))

@@ -200,21 +200,21 @@ class MMWHSDataModule(FileSegDataModule):
             cfg["spacing"] = list(self.spacing)
         return cfg
 
-    def _deterministic(self) -> list:
-        keys = ["image", "label"]
+    def _deterministic(self, label: bool = True) -> list:
+        keys = ["image", "label"] if label else ["image"]
         lo, hi = self.intensity_window
-        t: list = [
-            LoadImageNamedd(keys=keys, image_only=True),
-            EnsureChannelFirstd(keys=keys),
-            CheckSameGeometryd("image", "label", check_affine=True),
-            CheckLabelValuesd(keys="label", allowed=(0, *MMWHS_VALUES), fixups=MMWHS_FIXUPS),
-            MapLabelValued(
-                keys="label", orig_labels=list(MMWHS_VALUES), target_labels=list(range(1, len(MMWHS_VALUES) + 1))
-            ),
-            Orientationd(keys=keys, axcodes=self.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        ]
+        t: list = [LoadImageNamedd(keys=keys, image_only=True), EnsureChannelFirstd(keys=keys)]
+        if label:
+            t += [
+                CheckSameGeometryd("image", "label", check_affine=True),
+                CheckLabelValuesd(keys="label", allowed=(0, *MMWHS_VALUES), fixups=MMWHS_FIXUPS),
+                MapLabelValued(
+                    keys="label", orig_labels=list(MMWHS_VALUES), target_labels=list(range(1, len(MMWHS_VALUES) + 1))
+                ),
+            ]
+        t.append(Orientationd(keys=keys, axcodes=self.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
         if not self.paper_crop:
-            t.append(Spacingd(keys=keys, pixdim=self.spacing, mode=("bilinear", "nearest")))
+            t.append(Spacingd(keys=keys, pixdim=self.spacing, mode=("bilinear", "nearest")[: len(keys)]))
         t.append(ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True))
         if self.paper_crop:
             # USES GROUND TRUTH (label bounding box) -- also at test time. Reference-code protocol only.
@@ -225,11 +225,10 @@ class MMWHSDataModule(FileSegDataModule):
         t.append(SpatialPadd(keys=keys, spatial_size=self.patch_size))
         return t
 
-    def _finish(self) -> list:
-        return [
-            EnsureTyped(keys="image", dtype=torch.float32),
-            CastToTyped(keys="label", dtype=torch.int64),
-        ]
+    def _finish(self, label: bool = True) -> list:
+        return [EnsureTyped(keys="image", dtype=torch.float32)] + (
+            [CastToTyped(keys="label", dtype=torch.int64)] if label else []
+        )
 
     def train_transforms(self) -> Compose:
         a = self.augment
@@ -267,3 +266,12 @@ class MMWHSDataModule(FileSegDataModule):
 
     def eval_transforms(self) -> Compose:
         return Compose(self._deterministic() + self._finish())
+
+    def predict_transforms(self) -> Compose:
+        """A CT volume file (no label): ``eval_transforms`` without the label steps."""
+        if self.paper_crop:
+            raise DatasetError(
+                "this model was trained with dataset.paper_crop=true, which crops every volume to its "
+                "GROUND-TRUTH bounding box; it cannot be applied to new, unlabelled volumes"
+            )
+        return Compose(self._deterministic(label=False) + self._finish(label=False))
