@@ -73,17 +73,17 @@ class _MaskedPairwiseRanking(torch.autograd.Function):
         per_wrong = (prefix[-1] - prefix[pos]) - t * n_gt  # sum_k max(u_k - t_j, 0)
         n_pairs = (n_w * n_c).clamp(min=1)  # empty W or C: sum is 0, result 0
         total = torch.where(wrong, per_wrong, 0.0).sum() / n_pairs
-        ctx.save_for_backward(wrong, perm, pos, n_gt, n_c, n_pairs)
+        ctx.save_for_backward(wrong, perm, pos, n_c, n_pairs)
         ctx.u_dtype = u.dtype
         return total.to(_out_dtype(u.dtype))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        wrong, perm, pos, n_gt, n_c, n_pairs = ctx.saved_tensors
+        wrong, perm, pos, n_c, n_pairs = ctx.saved_tensors
         n = pos.numel()
         g = grad_out.to(torch.float64) / n_pairs
-        grad = torch.where(wrong, -n_gt.to(torch.float64), 0.0) * g
+        grad = torch.where(wrong, (pos - n_c).to(torch.float64), 0.0) * g  # -N_>(t_j) / P
         # correct voxel at sorted position i: #{wrong j : pos_j <= i}
         idx = torch.arange(n, device=pos.device)
         count = _count_wrong_at_or_below(pos, wrong)
