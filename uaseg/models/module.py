@@ -15,8 +15,10 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from monai.data import MetaTensor
 from omegaconf import DictConfig, OmegaConf
 
+from uaseg.loggers import log_test_report
 from uaseg.selective import (
     SelectiveSegmentationMetric,
     format_table,
@@ -42,6 +44,11 @@ DEFAULT_EVAL = {
 
 def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def _tensor(x: Any) -> torch.Tensor:
+    """MONAI MetaTensor -> plain tensor: metadata tracking slows every op of a training step."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
 class SelectiveSegModule(L.LightningModule):
@@ -85,8 +92,8 @@ class SelectiveSegModule(L.LightningModule):
         return self.net(image)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self.net(batch["image"])
-        total, parts = self.loss(logits, batch["label"], epoch=self.current_epoch)
+        logits = self.net(_tensor(batch["image"]))
+        total, parts = self.loss(logits, _tensor(batch["label"]), epoch=self.current_epoch)
         if not torch.isfinite(total):
             raise FloatingPointError(
                 f"non-finite training loss ({total.item()}) at epoch {self.current_epoch}, "
@@ -115,13 +122,13 @@ class SelectiveSegModule(L.LightningModule):
     def segment(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sliding-window inference -> (uncertainty, prediction, probabilities) per voxel."""
         logits = self.inferer(image, self.net)
-        prob = torch.as_tensor(logits).float().softmax(dim=1)
+        prob = _tensor(logits).float().softmax(dim=1)
         confidence, prediction = prob.max(dim=1)
         return 1.0 - confidence, prediction, prob
 
     def _evaluate(self, batch: dict, metric: SelectiveSegmentationMetric) -> list[tuple]:
-        uncertainty, prediction, _ = self.segment(batch["image"])
-        label = torch.as_tensor(batch["label"])[:, 0].long()
+        uncertainty, prediction, _ = self.segment(_tensor(batch["image"]))
+        label = _tensor(batch["label"])[:, 0].long()
         groups = batch.get("group") or ["test"] * label.shape[0]
         out = []
         for i, case_id in enumerate(batch["case_id"]):
@@ -209,7 +216,7 @@ class SelectiveSegModule(L.LightningModule):
                     fig_dir / f"case_{group}_{p['case_id']}.png",
                     title=f"{p['case_id']} ({group}), referral at coverage {self.eval_cfg['panel_coverage']}",
                 )
-        self.test_figures = figures
+        log_test_report(self.loggers, result, figures, step=self.global_step)
         print(format_table(result))
         log.info("selective test report written to %s", out)
 
