@@ -10,7 +10,7 @@ from uaseg.train import train
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     # the value a Hydra sweeper (e.g. Optuna) minimises
-    return metrics.get("val/aurc_dice")
+    return metrics.get(cfg.optimized_metric, metrics.get("val/aurc_dice"))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import uaseg.resolvers  # noqa: F401  (registers ${uaseg.*} config resolvers)
 from uaseg.data.base import SegDataModule
 from uaseg.models import SelectiveSegModule
 
@@ -67,29 +68,76 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _resolve_ckpt(cfg: DictConfig, out: Path) -> str | None:
-    """``ckpt_path=last`` resumes this run folder; a fresh run refuses a folder that holds a run."""
-    ckpt = cfg.get("ckpt_path")
-    if ckpt == "last":
+    """An explicit ``ckpt_path``, or ``resume``'s last checkpoint; a fresh run refuses a folder
+    that already holds a run (nothing a user has produced is overwritten)."""
+    if cfg.get("resume"):
         last = out / "checkpoints" / "last.ckpt"
         if not last.exists():
-            raise FileNotFoundError(
-                f"ckpt_path=last: no {last}; pass hydra.run.dir=<the run folder to resume>"
-            )
+            raise FileNotFoundError(f"resume={cfg.resume}: no {last} to resume from")
         return str(last)
-    if ckpt:
-        if not Path(ckpt).exists():
-            raise FileNotFoundError(f"ckpt_path={ckpt}: file not found")
-        return str(ckpt)
+    if cfg.get("ckpt_path"):
+        if not Path(cfg.ckpt_path).exists():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: file not found")
+        return str(cfg.ckpt_path)
     if cfg.get("train", True) and ((out / "summary.json").exists() or (out / "checkpoints").exists()):
         raise FileExistsError(
-            f"{out} already holds a run; choose another hydra.run.dir, or resume it with ckpt_path=last"
+            f"{out} already holds a run; choose another hydra.run.dir, or continue it with resume={out}"
         )
     return None
 
 
+def resumed_config(cfg: DictConfig) -> DictConfig:
+    """``resume=<run folder>``: that run's own config, plus this command's value overrides
+    (e.g. ``trainer.max_epochs=20`` to train longer)."""
+    folder = Path(cfg.resume)
+    saved = folder / ".hydra" / "config.yaml"
+    if not saved.exists():
+        raise FileNotFoundError(f"resume={folder}: {saved} not found (is this a uaseg run folder?)")
+    resumed = OmegaConf.load(saved)
+    extra = []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        extra = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+    except ValueError:
+        pass
+    groups = [o for o in extra if "=" in o and "." not in o.split("=", 1)[0].lstrip("+~")]
+    if groups:
+        raise ValueError(f"resume: config-group overrides {groups} cannot change a run being resumed")
+    resumed.merge_with(OmegaConf.from_dotlist([o.lstrip("+") for o in extra]))
+    resumed.resume = str(folder)
+    resumed.paths.output_dir = cfg.paths.output_dir
+    return resumed
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``: loggers show and filter flat keys best."""
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test one configuration; returns the test metrics (and the best validation score)."""
+    """Fit and test one configuration; a failure is recorded in the run folder, then re-raised
+    (so a multirun goes on with its other jobs and reports this one as failed)."""
+    if cfg.get("resume"):
+        cfg = resumed_config(cfg)
     out = Path(cfg.paths.output_dir)
+    try:
+        return _train(cfg, out)
+    except BaseException as e:
+        _record_failure(out, e)
+        raise
+    finally:
+        _close_wandb()
+
+
+def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     ckpt_path = _resolve_ckpt(cfg, out)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
@@ -103,19 +151,49 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
 
     metrics: dict[str, Any] = {}
+    best = ckpt_path or ""
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint else ""
+        if checkpoint is not None and checkpoint.best_model_score is not None:
+            metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
     if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not cfg.get("train", True):
-            best = ckpt_path or ""
         if not best:
-            log.warning("no best checkpoint found; testing the current weights")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+            log.warning("no checkpoint to test; testing the current weights")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    if trainer.is_global_zero:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     return metrics
+
+
+def _record_failure(out: Path, error: BaseException) -> None:
+    """``failed.json`` tells the report (and the user) why this job has no summary."""
+    import traceback
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "failed.json").write_text(
+            json.dumps(
+                {"error": f"{type(error).__name__}: {error}",
+                 "traceback": "".join(traceback.format_exception(error))},
+                indent=1,
+            )
+        )
+    except OSError:
+        log.exception("could not write %s/failed.json", out)
+
+
+def _close_wandb() -> None:
+    """Always close a W&B run, so the next job of a multirun starts its own (as in
+    lightning-hydra-template's task_wrapper)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
