@@ -1,0 +1,28 @@
+"""Segment new images with a trained checkpoint, referring uncertain voxels (see uaseg/predict.py):
+
+    python predict.py ckpt=<run>/checkpoints/last.ckpt input=<folder or file> output=<folder> coverage=0.9
+    python predict.py ckpt=... input=... output=... threshold=0.23 [overwrite=true] [device=cuda]
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    from uaseg.data.checks import DatasetError
+    from uaseg.predict import PredictError, main as predict
+
+    try:
+        records = predict(cfg)
+    except (PredictError, DatasetError, FileExistsError, FileNotFoundError) as e:
+        print(f"predict.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for r in records:
+        print(f"{r['input']}: coverage {r['coverage']:.4f} at threshold {r['threshold']} -> {r['outputs']['seg']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""predict.py / uaseg.predict: new images in, segmentation + uncertainty + referral mask out, on the
+input's own grid (NIfTI affine and shape, PNG pixel layout), threshold from the checkpoint's
+validation curve; refusals and error messages."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import FAST, TINY, compose_cfg
+from omegaconf import OmegaConf
+from PIL import Image
+
+from uaseg.predict import PredictError, predict_files, threshold_for_coverage
+from uaseg.train import build_datamodule, build_module
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE3 = (20, 18, 16)
+SHAPE2 = (40, 56)  # (height, width): non-square, so a transposition cannot go unnoticed
+
+
+# ---------------------------------------------------------------------------------------- fixtures
+def _cfg(tmp: Path, dataset: str, *extra: str):
+    return compose_cfg([f"dataset={dataset}", *TINY.get(dataset, []), *FAST, *extra], tmp / "run", tmp / "cache")
+
+
+def _module(cfg):
+    torch.manual_seed(0)
+    module = build_module(cfg)
+    module.dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+    return module
+
+
+def _save(module, path: Path, curve: dict | None) -> Path:
+    """A Lightning-format checkpoint, through the module's own ``on_save_checkpoint``."""
+    ckpt = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "pytorch-lightning_version": L.__version__,
+    }
+    module.val_curve = curve
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+SYNTH_CURVE = {"coverage": [1.0, 0.95, 0.9, 0.5, 0.0], "threshold": [0.9, 0.6, 0.5, 0.2, -math.inf]}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Checkpoints with untrained weights: demo3d (no resampling) and mmwhs (1.5 mm RAS resampling)."""
+    tmp = tmp_path_factory.mktemp("models")
+    out = {}
+    cfg = _cfg(tmp, "demo3d", "dataset.patch_size=[16,16,16]")
+    out["demo3d"] = _module(cfg)
+    cfg = _cfg(tmp, "mmwhs", f"dataset.root={tmp}", "dataset.patch_size=[16,16,16]", "model=unet_small")
+    out["mmwhs"] = _module(cfg)
+    return {k: (m, _save(m, tmp / f"{k}.ckpt", SYNTH_CURVE)) for k, m in out.items()}
+
+
+@pytest.fixture(scope="module")
+def demo2d_ckpt(tmp_path_factory):
+    """A real checkpoint: one training step and one validation pass of a Lightning Trainer."""
+    tmp = tmp_path_factory.mktemp("demo2d")
+    cfg = _cfg(tmp, "demo2d")
+    module = _module(cfg)
+    trainer = L.Trainer(
+        max_steps=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu",
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp,
+    )
+    trainer.fit(module, datamodule=build_datamodule(cfg.dataset))
+    path = tmp / "demo2d.ckpt"
+    trainer.save_checkpoint(path)
+    return module.eval(), path
+
+
+def _nifti(path: Path, flip: bool = True, qform_only: bool = False, channels: int | None = None, seed: int = 0) -> Path:
+    """A tiny CT-like volume, anisotropic spacing, one flipped axis, non-zero origin."""
+    rng = np.random.default_rng(seed)
+    shape = SHAPE3 + ((channels,) if channels else ())
+    data = rng.normal(-700, 300, shape)
+    data[5:14, 4:12, 3:12] = 300 + rng.normal(0, 40, (9, 8, 9) + ((channels,) if channels else ()))
+    aff = np.diag([0.8, -1.3, 2.5, 1.0]) if flip else np.diag([0.8, 1.3, 2.5, 1.0])
+    aff[:3, 3] = (-12.0, 30.0, 5.5)
+    img = nib.Nifti1Image(data.astype(np.int16), aff)
+    if qform_only:
+        img.set_sform(None, code=0)
+        img.set_qform(aff, code=1)
+    nib.save(img, str(path))
+    return path
+
+
+def _png(path: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((*SHAPE2, 3)) * 80 + 150).astype(np.uint8)
+    arr[8:30, 10:25] = (120, 40, 140)  # a purple gland-ish blob, not symmetric under transposition
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def _curve_from(u: np.ndarray) -> dict:
+    """The exact (uncompressed) coverage/threshold curve of these uncertainties."""
+    v = np.sort(u.ravel().astype(np.float64))
+    distinct = np.unique(v)[::-1]
+    cov = np.searchsorted(v, distinct, side="right") / v.size
+    return {"coverage": [*cov.tolist(), 0.0], "threshold": [*distinct.tolist(), -math.inf]}
+
+
+# ---------------------------------------------------------------------------------------- threshold rule
+def test_threshold_for_coverage_is_the_nearest_point_ties_to_larger_coverage():
+    curve = {"coverage": [1.0, 0.9, 0.8, 0.0], "threshold": [0.7, 0.4, 0.3, -math.inf]}
+    assert threshold_for_coverage(curve, 0.91) == (0.4, 0.9)
+    assert threshold_for_coverage(curve, 0.86) == (0.4, 0.9)
+    assert threshold_for_coverage(curve, 0.84) == (0.3, 0.8)
+    assert threshold_for_coverage(curve, 0.85) == (0.4, 0.9)  # tie in distance -> larger coverage
+    assert threshold_for_coverage(curve, 1.0) == (0.7, 1.0)
+    assert threshold_for_coverage(curve, 0.01) == (-math.inf, 0.0)
+
+
+# ---------------------------------------------------------------------------------------- NIfTI, 3-D models
+@pytest.mark.parametrize("dataset", ["demo3d", "mmwhs"])
+def test_nifti_outputs_on_the_input_grid_at_the_requested_coverage(models, dataset, tmp_path):
+    module, ckpt = models[dataset]
+    src = _nifti(tmp_path / "scan_01.nii.gz", qform_only=dataset == "demo3d")
+    ref = nib.load(str(src))
+
+    # threshold mode first: the uncertainties on the input's own grid
+    (rec,) = predict_files(ckpt, src, tmp_path / "a", threshold=0.5)
+    assert rec["threshold_source"] == "explicit" and rec["threshold"] == 0.5
+    names = {k: Path(v) for k, v in rec["outputs"].items()}
+    assert {p.name for p in names.values()} == {
+        "scan_01_seg.nii.gz", "scan_01_uncertainty.nii.gz", "scan_01_refer.nii.gz"}
+    for key, p in names.items():
+        out = nib.load(str(p))
+        assert out.shape == SHAPE3, key
+        assert np.array_equal(out.affine, ref.affine), key
+    u = np.asarray(nib.load(str(names["uncertainty"])).dataobj)
+    assert u.dtype == np.float32 and 0.0 <= u.min() and u.max() <= 1.0 - 1.0 / 8 + 1e-6
+    refer = np.asarray(nib.load(str(names["refer"])).dataobj)
+    assert np.array_equal(refer.astype(bool), u > 0.5)
+    seg = np.asarray(nib.load(str(names["seg"])).dataobj)
+    assert seg.dtype == np.uint8 and seg.max() < 8
+    assert sum(rec["voxel_counts"].values()) == seg.size == rec["voxels"]
+    assert rec["voxel_counts"] == {n: int((seg == i).sum()) for i, n in
+                                   enumerate(["background", "LV", "RV", "LA", "RA", "Myo", "AO", "PA"])}
+    if dataset == "demo3d":  # no spatial preprocessing: same as segmenting the array directly
+        image = torch.as_tensor(np.asarray(ref.dataobj), dtype=torch.float32)
+        image = ((image.clamp(-1000, 1000) + 1000) / 2000)[None, None]
+        u_mem, pred_mem, _ = module.eval().segment(image)
+        assert np.array_equal(seg, pred_mem[0].numpy())
+        assert np.allclose(u, u_mem[0].numpy(), atol=1e-6)
+
+    # a validation curve built from this very input's uncertainties: its coverage is the requested one
+    curve_ckpt = tmp_path / "curve.ckpt"
+    ck = torch.load(ckpt, weights_only=True)
+    ck["uaseg_val_curve"] = _curve_from(u)
+    torch.save(ck, curve_ckpt)
+    target = 0.9
+    (rec,) = predict_files(curve_ckpt, src, tmp_path / "b", coverage=target)
+    refer = np.asarray(nib.load(rec["outputs"]["refer"]).dataobj).astype(bool)
+    assert rec["threshold_source"] == "coverage" and rec["requested_coverage"] == target
+    assert rec["coverage"] == pytest.approx(1.0 - refer.mean(), abs=1e-12)
+    assert rec["coverage"] == pytest.approx(rec["validation_coverage"], abs=1e-12)
+    _, tie_counts = np.unique(u, return_counts=True)
+    assert abs(rec["coverage"] - target) <= (tie_counts.max() + 1) / u.size
+    on_disk = json.loads((tmp_path / "b" / "scan_01.json").read_text())
+    assert on_disk["coverage"] == rec["coverage"] and on_disk["checkpoint"] == str(curve_ckpt.resolve())
+
+
+def test_mmwhs_model_resamples_and_inverts(models, tmp_path):
+    """1.5 mm RAS inside the model, but outputs on the input's 0.8 x 1.3 x 2.5 mm flipped grid."""
+    module, ckpt = models["mmwhs"]
+    src = _nifti(tmp_path / "ct.nii", seed=1)
+    dm = build_datamodule(OmegaConf.create(module.dataset_cfg))
+    inner = dm.predict_transforms()({"image": str(src)})["image"]
+    assert tuple(inner.shape[1:]) != SHAPE3 and np.allclose(np.abs(np.diag(inner.affine[:3, :3])), 1.5)
+    (rec,) = predict_files(ckpt, src, tmp_path / "out", coverage=0.9)
+    assert rec["threshold"] == 0.5 and rec["validation_coverage"] == 0.9  # from SYNTH_CURVE
+    for p in rec["outputs"].values():
+        assert nib.load(p).shape == SHAPE3 and np.array_equal(nib.load(p).affine, nib.load(str(src)).affine)
+
+
+# ---------------------------------------------------------------------------------------- PNG, 2-D model
+def test_png_outputs_match_in_memory_segmentation(demo2d_ckpt, tmp_path):
+    module, ckpt = demo2d_ckpt
+    src = _png(tmp_path / "tile.png")
+    (rec,) = predict_files(ckpt, src, tmp_path / "out", coverage=0.9)
+    out = {k: Path(v) for k, v in rec["outputs"].items()}
+    seg = np.asarray(Image.open(out["seg"]))
+    u16 = Image.open(out["uncertainty"])
+    u = np.load(out["uncertainty_npy"])
+    refer = np.asarray(Image.open(out["refer"]))
+    assert seg.shape == u.shape == refer.shape == SHAPE2 and u16.size == (SHAPE2[1], SHAPE2[0])
+    assert seg.dtype == np.uint8 and set(np.unique(seg)) <= {0, 1}
+    assert u.dtype == np.float32 and set(np.unique(refer)) <= {0, 255}
+    assert np.array_equal(refer == 255, u > rec["threshold"])
+    assert np.abs(np.asarray(u16, dtype=np.float64) / 65535 - u).max() <= 0.5 / 65535 + 1e-7
+    assert rec["coverage"] == pytest.approx(1.0 - (refer == 255).mean())
+
+    # the same image in memory, in MONAI's PIL layout (C, width, height), segmented by the module
+    arr = np.asarray(Image.open(src), dtype=np.float32) / 255.0  # (H, W, 3)
+    image = torch.from_numpy(arr.transpose(2, 1, 0).copy())[None]
+    u_mem, pred_mem, _ = module.segment(image)
+    assert np.array_equal(seg, pred_mem[0].numpy().T)
+    assert np.allclose(u, u_mem[0].numpy().T, atol=1e-6)
+
+
+def test_checkpoint_metadata_is_plain_for_weights_only(demo2d_ckpt):
+    _, ckpt = demo2d_ckpt
+    ck = torch.load(ckpt, weights_only=True)  # a Trainer-written checkpoint loads without pickled objects
+    assert ck["uaseg_dataset"]["_target_"] == "uaseg.data.demo2d.Demo2DDataModule"
+    assert ck["uaseg_dataset"]["meta"]["in_channels"] == 3
+    curve = ck["uaseg_val_curve"]
+    assert curve["coverage"][0] == 1.0 and curve["coverage"][-1] == 0.0
+    assert all(type(v) is float for v in curve["coverage"] + curve["threshold"])
+
+
+def test_folder_input_natural_order_and_threshold_mode(demo2d_ckpt, tmp_path):
+    _, ckpt = demo2d_ckpt
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in (10, 2, 1):
+        _png(folder / f"img{i}.png", seed=i)
+    (folder / "notes.txt").write_text("ignored")
+    recs = predict_files(ckpt, folder, tmp_path / "out", threshold=0.2)
+    assert [Path(r["input"]).name for r in recs] == ["img1.png", "img2.png", "img10.png"]
+    assert all(r["threshold"] == 0.2 and r["threshold_source"] == "explicit" for r in recs)
+
+
+# ---------------------------------------------------------------------------------------- refusals
+def test_existing_outputs_are_never_overwritten(models, tmp_path):
+    _, ckpt = models["demo3d"]
+    src = _nifti(tmp_path / "v.nii.gz")
+    (rec,) = predict_files(ckpt, src, tmp_path / "out", threshold=0.3)
+    seg = Path(rec["outputs"]["seg"])
+    stamp = seg.stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="v_seg.nii.gz") as err:
+        predict_files(ckpt, src, tmp_path / "out", threshold=0.1)
+    assert "overwrite=true" in str(err.value)
+    assert seg.stat().st_mtime_ns == stamp
+    (rec,) = predict_files(ckpt, src, tmp_path / "out", threshold=0.1, overwrite=True)
+    assert rec["threshold"] == 0.1
+    assert json.loads((tmp_path / "out" / "v.json").read_text())["threshold"] == 0.1
+
+
+def test_error_messages(models, demo2d_ckpt, tmp_path):
+    _, ct = models["demo3d"]
+    _, rgb = demo2d_ckpt
+    vol = _nifti(tmp_path / "vol.nii.gz")
+    png = _png(tmp_path / "photo.png")
+    out = tmp_path / "out"
+
+    with pytest.raises(PredictError, match="checkpoint not found"):
+        predict_files(tmp_path / "nope.ckpt", vol, out, threshold=0.5)
+    with pytest.raises(PredictError, match="input not found: .*missing.nii.gz"):
+        predict_files(ct, tmp_path / "missing.nii.gz", out, threshold=0.5)
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"this is not a NIfTI file")
+    with pytest.raises(PredictError, match="broken.nii.gz: cannot read"):
+        predict_files(ct, bad, out, threshold=0.5)
+    with pytest.raises(PredictError, match=r"photo.png: a 2-D colour image .* segments 3-D volumes .* 1 channel"):
+        predict_files(ct, png, out, threshold=0.5)
+    rgb_vol = _nifti(tmp_path / "rgbvol.nii.gz", channels=3)
+    with pytest.raises(PredictError, match=r"rgbvol.nii.gz: .* 3 channels, but .* 1 channel"):
+        predict_files(ct, rgb_vol, out, threshold=0.5)
+    with pytest.raises(PredictError, match=r"vol.nii.gz: a 3-D volume .* segments 2-D images .* 3 channels"):
+        predict_files(rgb, vol, out, threshold=0.5)
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.zeros(SHAPE2, np.uint8)).save(gray)
+    with pytest.raises(PredictError, match=r"gray.png: .*grayscale.* 1 channel, but .* 3 channels"):
+        predict_files(rgb, gray, out, threshold=0.5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PredictError, match="holds no NIfTI"):
+        predict_files(ct, tmp_path / "empty", out, threshold=0.5)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    _nifti(mixed / "a.nii.gz"), _png(mixed / "b.png")
+    with pytest.raises(PredictError, match="mix NIfTI volumes and 2-D images"):
+        predict_files(ct, mixed, out, threshold=0.5)
+    with pytest.raises(PredictError, match="exactly one of coverage"):
+        predict_files(ct, vol, out, coverage=0.9, threshold=0.5)
+    with pytest.raises(PredictError, match="exactly one of coverage"):
+        predict_files(ct, vol, out)
+    with pytest.raises(PredictError, match=r"coverage=1.5 must be in \(0, 1\]"):
+        predict_files(ct, vol, out, coverage=1.5)
+    no_curve = _save(models["demo3d"][0], tmp_path / "nocurve.ckpt", None)
+    with pytest.raises(PredictError, match="no validation risk-coverage curve.*threshold="):
+        predict_files(no_curve, vol, out, coverage=0.9)
+    assert not out.exists()  # every refusal came before any output
+
+
+def test_weights_only_refuses_pickled_objects(models, tmp_path):
+    module, _ = models["demo3d"]
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": L.__version__, "uaseg_dataset": module.dataset_cfg,
+            "extra": Path("an/arbitrary/object")}
+    torch.save(ckpt, tmp_path / "pickled.ckpt")
+    vol = _nifti(tmp_path / "v.nii.gz")
+    with pytest.raises(PredictError, match="weights_only=True.*trust_checkpoint=true"):
+        predict_files(tmp_path / "pickled.ckpt", vol, tmp_path / "out", threshold=0.5)
+    (rec,) = predict_files(tmp_path / "pickled.ckpt", vol, tmp_path / "out", threshold=0.5, trust_checkpoint=True)
+    assert rec["voxels"] == int(np.prod(SHAPE3))
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def test_predict_py_command_line(models, tmp_path):
+    """From another working directory: outputs and nothing else (no .hydra/, no log file)."""
+    _, ckpt = models["demo3d"]
+    work = tmp_path / "work"
+    work.mkdir()
+    _nifti(work / "cli.nii.gz")
+    cmd = [sys.executable, str(ROOT / "predict.py"), f"ckpt={ckpt}", "input=cli.nii.gz", "output=out", "coverage=0.9"]
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in work.iterdir()) == ["cli.nii.gz", "out"]
+    assert sorted(p.name for p in (work / "out").iterdir()) == [
+        "cli.json", "cli_refer.nii.gz", "cli_seg.nii.gz", "cli_uncertainty.nii.gz"]
+    rec = json.loads((work / "out" / "cli.json").read_text())
+    assert rec["threshold"] == 0.5 and rec["threshold_source"] == "coverage" and "coverage 0." in proc.stdout
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "already exist" in proc.stderr and "cli_seg.nii.gz" in proc.stderr
