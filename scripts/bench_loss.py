@@ -58,7 +58,7 @@ class ReferenceLoss(torch.nn.Module):
         return self.seg_loss(logits, target) + LAMBDA * SCALE * reference_loop_term(logits, target[:, 0]), {}
 
 
-def make_net(device):
+def make_net(device):  # the brief's DynUNet; MONAI also requires upsample_kernel_size = strides[1:]
     return DynUNet(spatial_dims=3, in_channels=1, out_channels=8, kernel_size=[3, 3, 3, 3], strides=[1, 2, 2, 2], upsample_kernel_size=[2, 2, 2],
                    filters=[32, 64, 128, 256], norm_name="instance",
                    act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}), res_block=False).to(device)
