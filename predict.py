@@ -20,8 +20,7 @@ def main(cfg: DictConfig) -> None:
     except (PredictError, DatasetError, FileExistsError, FileNotFoundError) as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
         sys.exit(2)
-    for r in records:
-        print(f"{r['input']}: coverage {r['coverage']:.4f} at threshold {r['threshold']} -> {r['outputs']['seg']}")
+    print(f"{len(records)} case(s) written to {cfg.output}")
 
 
 if __name__ == "__main__":

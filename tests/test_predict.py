@@ -215,6 +215,19 @@ def test_png_outputs_match_in_memory_segmentation(demo2d_ckpt, tmp_path):
     assert np.allclose(u, u_mem[0].numpy().T, atol=1e-6)
 
 
+def test_glas_model_pads_small_images_and_crops_back(tmp_path):
+    """GlaS preprocessing pads images smaller than the patch; outputs are cropped back to (H, W)."""
+    cfg = _cfg(tmp_path, "glas", f"dataset.root={tmp_path}", "dataset.patch_size=[32,32]")
+    ckpt = _save(_module(cfg), tmp_path / "glas.ckpt", SYNTH_CURVE)
+    src = tmp_path / "testA_1.bmp"
+    Image.fromarray((np.random.default_rng(3).random((20, 28, 3)) * 255).astype(np.uint8)).save(src)
+    (rec,) = predict_files(ckpt, src, tmp_path / "out", coverage=0.5)
+    assert rec["threshold"] == 0.2 and rec["shape"] == [20, 28]
+    u = np.load(rec["outputs"]["uncertainty_npy"])
+    assert u.shape == np.asarray(Image.open(rec["outputs"]["seg"])).shape == (20, 28)
+    assert np.array_equal(np.asarray(Image.open(rec["outputs"]["refer"])) == 255, u > 0.2)
+
+
 def test_checkpoint_metadata_is_plain_for_weights_only(demo2d_ckpt):
     _, ckpt = demo2d_ckpt
     ck = torch.load(ckpt, weights_only=True)  # a Trainer-written checkpoint loads without pickled objects
@@ -327,5 +340,33 @@ def test_predict_py_command_line(models, tmp_path):
         "cli.json", "cli_refer.nii.gz", "cli_seg.nii.gz", "cli_uncertainty.nii.gz"]
     rec = json.loads((work / "out" / "cli.json").read_text())
     assert rec["threshold"] == 0.5 and rec["threshold_source"] == "coverage" and "coverage 0." in proc.stdout
-    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "already exist" in proc.stderr and "cli_seg.nii.gz" in proc.stderr
+
+
+def test_predict_py_refusals_exit_2_with_the_message(models, tmp_path, monkeypatch, capsys):
+    """The Hydra app in-process: known errors are one line on stderr and exit status 2."""
+    import importlib.util
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    spec = importlib.util.spec_from_file_location("predict_cli", ROOT / "predict.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    # as when run as a script: Hydra then finds conf/ next to predict.py (not as a Python package)
+    monkeypatch.setattr(cli.main.__wrapped__, "__module__", "__main__")
+    _, ckpt = models["demo3d"]
+    src = _nifti(tmp_path / "cli.nii.gz")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "cli_seg.nii.gz").write_bytes(b"precious")
+    for args, message in [
+        ([f"ckpt={ckpt}", f"input={src}", f"output={tmp_path / 'out'}", "coverage=0.9"], "cli_seg.nii.gz"),
+        ([f"input={src}", f"output={tmp_path / 'out'}", "coverage=0.9"], "missing ckpt="),
+        ([f"ckpt={tmp_path / 'x.ckpt'}", f"input={src}", "output=o", "threshold=0.1"], "checkpoint not found"),
+    ]:
+        GlobalHydra.instance().clear()
+        monkeypatch.setattr(sys, "argv", ["predict.py", *args])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "out" / "cli_seg.nii.gz").read_bytes() == b"precious"
+    GlobalHydra.instance().clear()

@@ -373,7 +373,7 @@ def predict_files(
             raise PredictError("threshold must be a number")
     dev = _device(device)
     ckpt_path = Path(ckpt).expanduser().resolve() if Path(ckpt).expanduser().exists() else Path(ckpt)
-    output = Path(output).expanduser()
+    output = Path(output).expanduser().absolute()
     files, kind = list_inputs(inputs, skip_outputs_in=output)
 
     model = load_model(ckpt_path, "cpu", trust_checkpoint=trust_checkpoint)
@@ -476,9 +476,7 @@ def _predict_one(
     tmp = _tmp(out["json"])
     tmp.write_text(json.dumps(record, indent=1, allow_nan=False))
     tmp.replace(out["json"])
-    log.info(
-        "%s: coverage %.4f at threshold %.6g -> %s", path.name, record["coverage"], threshold, out["seg"]
-    )
+    log.info("%s: coverage %.4f at threshold %.6g -> %s", path.name, record["coverage"], threshold, out["seg"])
     return record
 
 
@@ -486,6 +484,12 @@ def main(cfg: Any) -> list[dict]:
     """Entry point of ``python predict.py`` (a Hydra ``DictConfig`` with the keys of conf/predict.yaml)."""
     from omegaconf import OmegaConf
 
+    missing = [k for k in ("ckpt", "input", "output") if OmegaConf.is_missing(cfg, k)]
+    if missing:
+        raise PredictError(
+            f"missing {', '.join(f'{k}=' for k in missing)}; usage: python predict.py ckpt=<checkpoint> "
+            "input=<file or folder> output=<folder> coverage=<0..1> (or threshold=<u>)"
+        )
     inputs = OmegaConf.to_container(cfg.input) if OmegaConf.is_config(cfg.input) else cfg.input
     return predict_files(
         cfg.ckpt,
