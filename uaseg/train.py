@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,10 @@ def _resolve_ckpt(cfg: DictConfig, out: Path) -> str | None:
         if not Path(cfg.ckpt_path).exists():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: file not found")
         return str(cfg.ckpt_path)
-    if cfg.get("train", True) and ((out / "summary.json").exists() or (out / "checkpoints").exists()):
+    # a DDP worker started by rank 0 shares rank 0's new folder: only rank 0 checks it
+    relaunched = int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
+    used = (out / "summary.json").exists() or (out / "checkpoints").exists()
+    if cfg.get("train", True) and used and not relaunched:
         raise FileExistsError(
             f"{out} already holds a run; choose another hydra.run.dir, or continue it with resume={out}"
         )

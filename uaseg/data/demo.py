@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,15 +43,20 @@ class DemoDataModule(SegDataModule):
         assert self.cache_dir is not None
         return self.cache_dir / f"{self.name}-{key}"
 
+    def prepare_data(self) -> None:
+        """Lightning calls this once per machine before ``setup`` (DDP ranks do not race)."""
+        self.generate()
+
     def generate(self) -> None:
-        """Write every missing case file (atomic per file, so an interrupted run is harmless)."""
+        """Write every missing case file (atomic per file and process, so an interrupted run or
+        parallel jobs sharing the cache are harmless)."""
         folder = self.case_dir
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(self.num_cases):
             path = folder / f"case_{i:03d}.npz"
             if not path.exists():
                 image, label = type(self).generator(self.data_seed, i, self.image_size)
-                tmp = folder / f".case_{i:03d}.tmp.npz"
+                tmp = folder / f".case_{i:03d}.{os.getpid()}.tmp.npz"
                 np.savez_compressed(tmp, image=image, label=label)
                 tmp.replace(path)
 

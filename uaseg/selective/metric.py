@@ -5,7 +5,9 @@ stores them as tensors in list states with ``dist_reduce_fx="cat"``.  torchmetri
 concatenates list states before gathering, so every state is a flat tensor and
 per-case lengths are stored alongside to split them again in ``compute``.
 Case ids and groups travel as UTF-8 byte tensors.  A DistributedSampler that pads
-the last batch repeats cases; those show up as duplicate ids and raise.
+the last batch repeats cases on another rank: after a multi-process gather, a repeated id
+with the same voxel count is that padding and is counted once; within one process (or with
+a different size) a duplicate id is an error.
 """
 from __future__ import annotations
 
@@ -101,8 +103,14 @@ class SelectiveSegmentationMetric(Metric):
 
     def compute(self) -> dict:
         self._acc.reset()
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1
+        seen: dict[str, int] = {}
         for s in self._case_stats():
-            self._acc.add_stats(s)   # raises on duplicate ids gathered from ranks
+            if distributed and seen.get(s.case_id) == s.n:
+                continue  # DistributedSampler padding: the same case evaluated on two ranks
+            seen[s.case_id] = s.n
+            self._acc.add_stats(s)   # raises on a genuine duplicate id
         try:
             return self._acc.compute()
         finally:
