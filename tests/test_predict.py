@@ -370,3 +370,12 @@ def test_predict_py_refusals_exit_2_with_the_message(models, tmp_path, monkeypat
         assert message in capsys.readouterr().err
     assert (tmp_path / "out" / "cli_seg.nii.gz").read_bytes() == b"precious"
     GlobalHydra.instance().clear()
+
+
+def test_paper_crop_models_are_refused_up_front(tmp_path):
+    """paper_crop crops to the ground-truth box: impossible on unlabelled images, said before any work."""
+    cfg = _cfg(tmp_path, "mmwhs", f"dataset.root={tmp_path}", "dataset.patch_size=[16,16,16]", "dataset.paper_crop=true")
+    ckpt = _save(_module(cfg), tmp_path / "crop.ckpt", SYNTH_CURVE)
+    with pytest.raises(PredictError, match="paper_crop=true"):
+        predict_files(ckpt, _nifti(tmp_path / "a.nii.gz"), tmp_path / "out", coverage=0.9)
+    assert not (tmp_path / "out").exists()

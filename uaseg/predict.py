@@ -213,10 +213,13 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_check
     cfg = {k: v for k, v in dataset_cfg.items() if k != "meta"}
     try:
         datamodule = instantiate(cfg, _convert_="all")
+        datamodule.predict_transforms()  # e.g. paper_crop models cannot segment unlabelled images
     except Exception as e:
-        cause = first_cause(e, Exception) if e.__cause__ else e
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
         raise PredictError(
-            f"{path}: cannot rebuild the dataset module {cfg.get('_target_')} from the checkpoint ({cause})"
+            f"{path}: cannot preprocess new images for this model's dataset {cfg.get('_target_')} ({cause})"
         ) from e
     net = module.hparams["net"]
     meta = dataset_cfg.get("meta") or {}
