@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -145,6 +146,8 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     ckpt_path = _resolve_ckpt(cfg, out)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on tensor cores
 
     datamodule = build_datamodule(cfg.dataset)
     model = build_module(cfg)
