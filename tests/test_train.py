@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from uaseg.train import train
 
@@ -59,4 +60,13 @@ def test_train_py_from_the_command_line(tmp_path):
     assert list((run / "checkpoints").glob("best-*.ckpt"))
     summary = json.loads((run / "summary.json").read_text())
     assert 0.0 <= summary["dice_full"]["mean"] <= 1.0
-    assert "AURC" in proc.stdout or "aurc" in proc.stdout.lower()
+    assert "AURC" in proc.stdout
+
+    # the checkpoint alone rebuilds the model (no config, no backbone passed), with safe loading
+    from uaseg.models import SelectiveSegModule
+
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    module = SelectiveSegModule.load_from_checkpoint(best, weights_only=True, map_location="cpu")
+    u, pred, _ = module.segment(torch.rand(1, 3, 48, 48))
+    assert u.shape == pred.shape == (1, 48, 48) and float(u.min()) >= 0
+    assert module.loss.lambda_ == 2
