@@ -186,9 +186,8 @@ class LoadedModel:
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_checkpoint: bool = False) -> LoadedModel:
     """Rebuild the module from ``ckpt`` (``weights_only=True`` unless ``trust_checkpoint``) and the
     dataset module from the checkpoint's dataset config."""
-    from hydra.utils import instantiate
-
     from uaseg.models import SelectiveSegModule
+    from uaseg.train import build_datamodule
 
     path = Path(ckpt).expanduser()
     if not path.is_file():
@@ -210,16 +209,15 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_check
             f"{path} holds no dataset config ('uaseg_dataset'); it was written before train.py stored it, "
             "so the preprocessing of new images is unknown. Re-save it from a current train.py run."
         )
-    cfg = {k: v for k, v in dataset_cfg.items() if k != "meta"}
     try:
-        datamodule = instantiate(cfg, _convert_="all")
+        datamodule = build_datamodule(dataset_cfg)
         datamodule.predict_transforms()  # e.g. paper_crop models cannot segment unlabelled images
     except Exception as e:
         cause = e
         while cause.__cause__ is not None:
             cause = cause.__cause__
         raise PredictError(
-            f"{path}: cannot preprocess new images for this model's dataset {cfg.get('_target_')} ({cause})"
+            f"{path}: cannot preprocess new images for this model's dataset {dataset_cfg.get('_target_')} ({cause})"
         ) from e
     net = module.hparams["net"]
     meta = dataset_cfg.get("meta") or {}

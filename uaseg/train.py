@@ -17,13 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 import uaseg.resolvers  # noqa: F401  (registers ${uaseg.*} config resolvers)
 from uaseg.data.base import SegDataModule
 from uaseg.models import SelectiveSegModule
+from uaseg.models.module import plain_config
 
 log = logging.getLogger(__name__)
 
 
-def build_datamodule(dataset_cfg: DictConfig) -> SegDataModule:
+def build_datamodule(dataset_cfg: DictConfig | dict) -> SegDataModule:
     """Instantiate the dataset config; ``meta`` is for other configs to read, not an argument."""
-    cfg = OmegaConf.to_container(dataset_cfg, resolve=True)
+    cfg = dict(plain_config(dataset_cfg))
     cfg.pop("meta", None)
     return instantiate(cfg, _convert_="all")
 

@@ -43,7 +43,7 @@ DEFAULT_EVAL = {
 }
 
 
-def _plain(cfg: Any) -> Any:
+def plain_config(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
@@ -64,7 +64,7 @@ class SelectiveSegModule(L.LightningModule):
     ) -> None:
         super().__init__()
         net, loss, optimizer, inferer, evaluation, scheduler = map(
-            _plain, (net, loss, optimizer, inferer, evaluation, scheduler)
+            plain_config, (net, loss, optimizer, inferer, evaluation, scheduler)
         )
         self.save_hyperparameters(
             {"net": net, "loss": loss, "optimizer": optimizer, "inferer": inferer,
@@ -160,7 +160,7 @@ class SelectiveSegModule(L.LightningModule):
             checkpoint["uaseg_val_curve"] = {k: [float(v) for v in vals] for k, vals in self.val_curve.items()}
         # the resolved `dataset` config (set by the runner): predict.py preprocesses new images with it
         if getattr(self, "dataset_cfg", None) is not None:
-            checkpoint["uaseg_dataset"] = _plain(self.dataset_cfg)
+            checkpoint["uaseg_dataset"] = plain_config(self.dataset_cfg)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_curve = checkpoint.get("uaseg_val_curve")
