@@ -60,6 +60,14 @@ def test_train_py_from_the_command_line(tmp_path):
     assert list((run / "checkpoints").glob("best-*.ckpt"))
     summary = json.loads((run / "summary.json").read_text())
     assert 0.0 <= summary["dice_full"]["mean"] <= 1.0
+    for key in ("dataset", "fold", "seed", "lambda", "margin", "sampling", "aurc_dice", "aurc", "eaurc", "augrc",
+                "dice_full", "at_coverage", "case_level", "cases"):
+        assert key in summary, key
+    assert set(summary["at_coverage"]) == {"0.95", "0.90", "0.80", "0.70"}
+    for row in summary["at_coverage"].values():
+        assert set(row) >= {"achieved_coverage", "threshold", "dice_mean", "dice_std", "dice_p5"}
+    case = summary["cases"][0]
+    assert {"case_id", "at_coverage"} <= set(case) and {"coverage", "dice", "class_dice"} <= set(case["at_coverage"]["0.90"])
     assert "AURC" in proc.stdout
 
     # the checkpoint alone rebuilds the model (no config, no backbone passed), with safe loading
