@@ -66,3 +66,9 @@ def test_unknown_key_gives_hydras_message(tmp_path):
     assert proc.returncode != 0
     assert "Could not override 'loss.lamda'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_append_override_reaches_the_trainer(make_cfg):
+    cfg = make_cfg("demo2d", "+trainer.gradient_clip_val=1.0")
+    trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+    assert trainer.gradient_clip_val == 1.0

@@ -78,3 +78,17 @@ def test_train_py_from_the_command_line(tmp_path):
     u, pred, _ = module.segment(torch.rand(1, 3, 48, 48))
     assert u.shape == pred.shape == (1, 48, 48) and float(u.min()) >= 0
     assert module.loss.lambda_ == 2
+
+
+def test_same_seed_same_numbers(make_cfg, tmp_path):
+    from omegaconf import open_dict
+
+    results = []
+    for name in ("a", "b"):
+        cfg = make_cfg("demo2d", "seed=7", "eval.figures=false", "loss.sampling=subsample", "loss.n_wrong=20",
+                       "loss.n_correct=50")
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / name)
+        train(cfg)
+        results.append(json.loads((tmp_path / name / "summary.json").read_text())["aurc_dice"])
+    assert results[0] == results[1]
