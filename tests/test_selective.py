@@ -326,3 +326,26 @@ def test_metric_quantised_equals_accumulator():
     a, b = acc.compute(), m.compute()
     assert a["aurc_dice"] == pytest.approx(b["aurc_dice"]) and a["aurc"] == pytest.approx(b["aurc"])
     assert a["at_coverage"] == b["at_coverage"]
+
+
+def test_threshold_grid_maps_every_coverage_to_its_nearest_achievable_threshold():
+    """predict.py turns a requested coverage into a threshold with this grid; it must hold every
+    coverage, also where only correct voxels are referred (the Dice curve keeps no points there)."""
+    rng = np.random.default_rng(3)
+    acc = SelectiveAccumulator(3, bootstrap=0)
+    all_u = []
+    for i in range(4):
+        label = rng.integers(0, 3, (16, 16))
+        pred = label.copy()
+        wrong = rng.random(label.shape) < 0.05
+        pred[wrong] = (label[wrong] + 1) % 3
+        u = np.round(rng.random(label.shape), 2)  # many ties
+        all_u.append(u.ravel())
+        acc.add_case(u, pred, label, case_id=str(i))
+    grid = acc.compute()["threshold_grid"]
+    u = np.concatenate(all_u)
+    achievable = np.array([0.0] + [np.mean(u <= t) for t in np.unique(u)])
+    assert len(grid["coverage"]) == 1001
+    for target, cov, thr in zip(np.linspace(1, 0, 1001), grid["coverage"], grid["threshold"]):
+        assert cov == pytest.approx(np.mean(u <= thr) if np.isfinite(thr) else 0.0)
+        assert abs(cov - target) == pytest.approx(np.abs(achievable - target).min())

@@ -15,7 +15,7 @@ extension):
 
 How it works: the checkpoint (loaded with ``weights_only=True``) holds the network and its
 sliding-window inferer (hparams), the resolved training ``dataset`` config (``uaseg_dataset``) and the
-last validation Dice risk-coverage curve (``uaseg_val_curve``). The dataset module's
+last validation's coverage -> threshold grid (``uaseg_val_curve``). The dataset module's
 ``predict_transforms()`` preprocess each file exactly as its validation/test images were (for MM-WHS:
 reorientation, resampling to the training spacing, HU window, padding); the module's ``segment``
 gives uncertainty and prediction; ``monai.transforms.Invertd`` maps them back onto the file's grid,
@@ -26,9 +26,10 @@ reported coverage (fraction of the file's voxels with ``u <= t``) always agree.
 Threshold: ``threshold=t`` is used as given. ``coverage=c`` picks, among the points
 ``(coverage, threshold)`` of the checkpoint's validation curve, the one whose validation coverage is
 NEAREST to ``c`` (a tie in distance goes to the larger coverage) -- the rule ``uaseg.selective`` uses
-for its at-coverage numbers. The stored curve keeps the points where the validation Dice risk changes,
-so the achievable coverages are those points; a new image's own coverage at that threshold differs
-from ``c`` by however much it differs from the validation images.
+for its at-coverage numbers. The stored points are the nearest achievable validation coverage (and its
+threshold) for every 0.1% of coverage, so ``c`` is honoured to within 0.05% plus the validation set's
+tie groups; a new image's own coverage at that threshold differs from ``c`` by however much it differs
+from the validation images.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ class SelectiveSegModule(L.LightningModule):
             prog_bar=True,
         )
         # kept with the checkpoint so predict.py maps a coverage to the threshold seen in validation
-        self.val_curve = _coverage_grid_points(result["curve"])
+        self.val_curve = {k: result["threshold_grid"][k].tolist() for k in ("coverage", "threshold")}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # plain Python types only, so predict.py can load checkpoints with torch.load(weights_only=True)
@@ -222,20 +222,7 @@ class SelectiveSegModule(L.LightningModule):
         log.info("selective test report written to %s", out)
 
 
-def _coverage_grid_points(curve: dict, step: float = 1e-4) -> dict[str, list[float]]:
-    """The (coverage, threshold) points nearest to every multiple of ``step`` in coverage: enough
-    to map a requested coverage to a threshold, without storing millions of points in a checkpoint."""
-    cov = np.asarray(curve["coverage"], dtype=float)  # descending from 1 to 0
-    thr = np.asarray(curve["threshold"], dtype=float)
-    grid = np.linspace(1.0, 0.0, int(round(1 / step)) + 1)
-    after = np.clip(np.searchsorted(-cov, -grid), 0, len(cov) - 1)
-    keep = np.unique(np.concatenate([after, np.clip(after - 1, 0, None)]))
-    return {"coverage": cov[keep].tolist(), "threshold": thr[keep].tolist()}
-
-
 def _threshold_at(result: dict, coverage: float) -> float:
-    """Threshold of the exact curve whose coverage is nearest to ``coverage``."""
-    cov = result["curve"]["coverage"]
-    thr = result["curve"]["threshold"]
-    i = int(abs(torch.as_tensor(cov) - coverage).argmin())
-    return float(thr[i])
+    """Threshold whose achievable coverage is nearest to ``coverage`` (0.1% grid)."""
+    grid = result["threshold_grid"]
+    return float(grid["threshold"][int(np.abs(grid["coverage"] - coverage).argmin())])

@@ -81,6 +81,12 @@ def summarize(stats: list[CaseStats], *, coverages=DEFAULT_COVERAGES, quantizer=
                 "coverage": float(s.index.count_le(t)) / s.n if np.isfinite(t) else 0.0,
                 "dice": float(cd[i]),
                 "class_dice": [_jsonable(v) for v in cls[i]]}
+    # every 0.1% of coverage -> its nearest achievable threshold (on ALL voxels, unlike the Dice
+    # curve, which keeps only points where the risk changes): what predict.py needs to turn a
+    # requested coverage into a threshold
+    grid = [nearest_coverage(index, c) for c in np.linspace(1.0, 0.0, 1001)]
+    threshold_grid = {"coverage": np.array([cnt / index.n for cnt, _ in grid]),
+                      "threshold": np.array([float(value_of(t)) for _, t in grid])}
     case_u = np.array([s.aggregates[case_aggregation] for s in stats])
     cl = case_level_aurc(case_u, 1.0 - full_dice, bootstrap=bootstrap, seed=seed)
     cl["aggregation"] = case_aggregation
@@ -97,6 +103,7 @@ def summarize(stats: list[CaseStats], *, coverages=DEFAULT_COVERAGES, quantizer=
         "dice_coverage": {"coverage": curve["coverage"], "dice": 1.0 - curve["risk"]},
         "voxel_curve": {k: vox[k] for k in ("coverage", "selective_risk",
                                              "generalized_risk", "threshold")},
+        "threshold_grid": threshold_grid,
     }
     if quantizer is not None:
         out["quantization"] = {"bits": quantizer.bits, "range": [quantizer.lo, quantizer.hi],

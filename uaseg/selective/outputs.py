@@ -18,7 +18,7 @@ import numpy as np
 
 from .format import format_table  # noqa: F401  (re-exported for convenience)
 
-ARRAY_KEYS = ("curve", "dice_coverage", "voxel_curve")
+ARRAY_KEYS = ("curve", "dice_coverage", "voxel_curve", "threshold_grid")
 
 
 def _clean(x):
