@@ -72,3 +72,18 @@ def test_append_override_reaches_the_trainer(make_cfg):
     cfg = make_cfg("demo2d", "+trainer.gradient_clip_val=1.0")
     trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
     assert trainer.gradient_clip_val == 1.0
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["dataset=mmwhs"], "dataset.root=..."),
+    (["dataset=glas", "dataset.root=/does/not/exist"], "the expected layout"),
+])
+def test_user_errors_are_one_clear_line(tmp_path, overrides, message):
+    proc = subprocess.run(
+        [sys.executable, "train.py", *overrides, f"hydra.run.dir={tmp_path}/run"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert message in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert (tmp_path / "run" / "failed.json").exists()

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import uaseg.resolvers  # noqa: F401  (registers ${uaseg.*} config resolvers)
 from uaseg.data.base import SegDataModule
+from uaseg.data.checks import DatasetError
 from uaseg.models import SelectiveSegModule
 from uaseg.models.module import plain_config
 
@@ -109,7 +110,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
         pass
     groups = [o for o in extra if "=" in o and "." not in o.split("=", 1)[0].lstrip("+~")]
     if groups:
-        raise ValueError(f"resume: config-group overrides {groups} cannot change a run being resumed")
+        raise ConfigError(f"resume: config-group overrides {groups} cannot change a run being resumed")
     resumed.merge_with(OmegaConf.from_dotlist([o.lstrip("+") for o in extra]))
     resumed.resume = str(folder)
     resumed.paths.output_dir = cfg.paths.output_dir
@@ -128,9 +129,24 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+class ConfigError(ValueError):
+    """A configuration the user must fix (the message says how); shown without a traceback."""
+
+
+#: errors that are the user's to fix: a one-line message is more useful than a traceback
+USER_ERRORS = (ConfigError, DatasetError, FileExistsError, FileNotFoundError)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; a failure is recorded in the run folder, then re-raised
     (so a multirun goes on with its other jobs and reports this one as failed)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            "missing mandatory config values: "
+            + ", ".join(f"{k}=..." for k in missing)
+            + " (e.g. dataset.root=/path/to/the/downloaded/dataset)"
+        )
     if cfg.get("resume"):
         cfg = resumed_config(cfg)
     out = Path(cfg.paths.output_dir)
