@@ -140,20 +140,21 @@ USER_ERRORS = (ConfigError, DatasetError, FileExistsError, FileNotFoundError)
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; a failure is recorded in the run folder, then re-raised
     (so a multirun goes on with its other jobs and reports this one as failed)."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(
-            "missing mandatory config values: "
-            + ", ".join(f"{k}=..." for k in missing)
-            + " (e.g. dataset.root=/path/to/the/downloaded/dataset)"
-        )
-    if cfg.get("resume"):
-        cfg = resumed_config(cfg)
     out = Path(cfg.paths.output_dir)
     try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(
+                "missing mandatory config values: "
+                + ", ".join(f"{k}=..." for k in missing)
+                + " (e.g. dataset.root=/path/to/the/downloaded/dataset)"
+            )
+        if cfg.get("resume"):
+            cfg = resumed_config(cfg)
         return _train(cfg, out)
     except BaseException as e:
-        _record_failure(out, e)
+        if not isinstance(e, FileExistsError):  # never write into another run's folder
+            _record_failure(out, e)
         raise
     finally:
         _close_wandb()
