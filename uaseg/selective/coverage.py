@@ -41,12 +41,19 @@ class SortedIndex:
         out.sort()  # in place: no second copy
         return cls(out, assume_sorted=True)
 
+    def _same_dtype(self, t):
+        """``t`` in the stored dtype when that is exact: numpy's searchsorted otherwise converts
+        the whole (huge) sorted array to the common dtype on every call."""
+        t = np.asarray(t)
+        cast = t.astype(self.values.dtype)
+        return cast if np.array_equal(cast, t, equal_nan=True) else t
+
     def count_le(self, t) -> np.ndarray:
-        return np.searchsorted(self.values, t, side="right")
+        return np.searchsorted(self.values, self._same_dtype(t), side="right")
 
     def prev_distinct(self, t) -> np.ndarray:
         """Largest stored value strictly below ``t`` (``-inf`` where none)."""
-        i = np.searchsorted(self.values, t, side="left")
+        i = np.searchsorted(self.values, self._same_dtype(t), side="left")
         out = np.full(np.shape(i), NEG_INF)
         ok = i > 0
         out[ok] = self.values[np.asarray(i)[ok] - 1]
