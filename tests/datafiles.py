@@ -132,7 +132,7 @@ def make_glas(
 
 
 # ------------------------------------------------------------------------------------ end to end
-def run_train(dataset: str, root: Path, work: Path, patch: str, timeout: int = 600):
+def run_train(dataset: str, root: Path, work: Path, patch: str, *extra: str, timeout: int = 600):
     """``python train.py dataset=<dataset> dataset.root=<root>`` for 2 training steps + test, as a
     subprocess in ``work`` (run folder ``work/run``). Returns the ``CompletedProcess``."""
     import os
@@ -159,6 +159,7 @@ def run_train(dataset: str, root: Path, work: Path, patch: str, timeout: int = 6
         "callbacks.progress_bar=null",
         f"hydra.run.dir={work / 'run'}",
         f"paths.cache_dir={work / 'cache'}",
+        *extra,
     ]
     env = {**os.environ, "WANDB_MODE": "offline", "MPLBACKEND": "Agg"}
     return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)

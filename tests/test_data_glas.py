@@ -249,8 +249,15 @@ def test_check_dataset_script(root, capsys):
 def test_train_py_end_to_end(root, tmp_path):
     from datafiles import run_train
 
-    proc = run_train("glas", root, tmp_path, "[32,32]")
+    proc = run_train("glas", root, tmp_path, "[32,32]", "eval.export=true")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["dataset"] == "glas" and summary["n_cases"] == 3
+    from PIL import Image
+
+    for case in summary["cases"]:  # exported in each image's own pixel layout
+        with Image.open(root / f"{case['case_id']}.bmp") as im:
+            size = im.size
+        with Image.open(tmp_path / "run" / "predictions" / f"{case['case_id']}_seg.png") as seg:
+            assert seg.size == size
     assert {c["group"] for c in summary["cases"]} == {"testA"}  # first 3 test images (limit_test_batches=3)

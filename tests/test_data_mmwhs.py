@@ -344,8 +344,15 @@ def test_check_dataset_script(root, capsys):
 def test_train_py_end_to_end(root, tmp_path):
     from datafiles import run_train
 
-    proc = run_train("mmwhs", root, tmp_path, "[16,16,16]")
+    proc = run_train("mmwhs", root, tmp_path, "[16,16,16]", "eval.export=true")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["dataset"] == "mmwhs" and summary["n_cases"] == 2
+    # test predictions exported on each case's original grid (the cache does not break inversion)
+    for case in summary["cases"]:
+        ref = nib.load(image_of(case["case_id"], root))
+        for kind in ("seg", "uncertainty"):
+            out = nib.load(tmp_path / "run" / "predictions" / f"{case['case_id']}_{kind}.nii.gz")
+            assert out.shape == ref.shape
+            np.testing.assert_allclose(out.affine, ref.affine, atol=1e-5)
     assert {c["case_id"] for c in summary["cases"]} <= {"1001", "1002", "1003", "1004", "1005", "1010"}

@@ -268,7 +268,7 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".tmp-{os.getpid()}-{path.name}")
 
 
-def _save_nifti(array: np.ndarray, reference, path: Path, dtype, description: str) -> None:
+def save_nifti_like(array: np.ndarray, reference, path: Path, dtype, description: str) -> None:
     """``array`` on ``reference``'s grid, with its header geometry (qform/sform as stored, units)."""
     import nibabel as nib
 
@@ -289,7 +289,7 @@ def _save_nifti(array: np.ndarray, reference, path: Path, dtype, description: st
     tmp.replace(path)
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
+def save_png(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     tmp = _tmp(path)
@@ -431,9 +431,9 @@ def _predict_one(
         ref = nib.load(str(path))
         if seg.shape != tuple(ref.shape[:3]):
             raise RuntimeError(f"{path}: inverted prediction has shape {seg.shape}, the file {ref.shape}")
-        _save_nifti(seg, ref, out["seg"], np.uint8, "uaseg segmentation")
-        _save_nifti(u, ref, out["uncertainty"], np.float32, "uaseg uncertainty 1-max softmax")
-        _save_nifti(refer, ref, out["refer"], np.uint8, f"uaseg referral u>{threshold:.6g}")
+        save_nifti_like(seg, ref, out["seg"], np.uint8, "uaseg segmentation")
+        save_nifti_like(u, ref, out["uncertainty"], np.float32, "uaseg uncertainty 1-max softmax")
+        save_nifti_like(refer, ref, out["refer"], np.uint8, f"uaseg referral u>{threshold:.6g}")
     else:
         from PIL import Image
 
@@ -442,10 +442,10 @@ def _predict_one(
         if seg.shape != (width, height):  # predict_transforms read 2-D files as (width, height)
             raise RuntimeError(f"{path}: prediction has shape {seg.shape}, the image is {width}x{height}")
         seg, u, refer = seg.T, u.T, refer.T
-        _save_png(seg.astype(np.uint8), out["seg"])
-        _save_png(np.round(np.clip(u, 0.0, 1.0) * 65535.0).astype(np.uint16), out["uncertainty"])
+        save_png(seg.astype(np.uint8), out["seg"])
+        save_png(np.round(np.clip(u, 0.0, 1.0) * 65535.0).astype(np.uint16), out["uncertainty"])
         _save_npy(np.ascontiguousarray(u, dtype=np.float32), out["uncertainty_npy"])
-        _save_png(refer.astype(np.uint8) * 255, out["refer"])
+        save_png(refer.astype(np.uint8) * 255, out["refer"])
     n = int(refer.size)
     counts = np.bincount(seg.ravel(), minlength=model.num_classes)
     counts_covered = np.bincount(seg[~refer].ravel(), minlength=model.num_classes)

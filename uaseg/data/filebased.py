@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from monai.data import Dataset, PersistentDataset, decollate_batch
+from monai.data import Dataset, MetaTensor, PersistentDataset, decollate_batch
 from monai.data.utils import json_hashing, pickle_hashing
 from monai.transforms import Compose, Invertd
 from monai.transforms.utils import reset_ops_id
@@ -187,27 +187,31 @@ class FileSegDataModule(SegDataModule):
         """Map predictions made on eval-transformed images back onto each original image grid.
 
         ``prediction``: ``(B, C, *spatial)`` on the grid of ``batch["image"]`` (e.g. the
-        sliding-window output, probabilities or an argmax map). Returns one ``MetaTensor``
-        ``(C, *original_spatial)`` per case, whose ``affine`` / ``meta`` are the original file's
+        sliding-window output, probabilities or an argmax map); ``batch["case_id"]`` names the
+        cases. Returns one tensor ``(C, *original_spatial)`` per case on the original file's grid
         (undoes padding, resampling, reorientation and -- with ``paper_crop`` -- crop/resize, via
         ``monai.transforms.Invertd`` on ``eval_transforms()``). Use ``nearest=True`` for label
-        maps, ``False`` (linear) for probabilities. Keep ``batch["image"]`` as the ``MetaTensor``
-        the loader produced (``.to(device)`` keeps the metadata).
+        maps, ``False`` (linear) for probabilities.
         """
+        transforms = self.eval_transforms()
         inverter = Invertd(
             keys="pred",
-            transform=self.eval_transforms(),
+            transform=transforms,
             orig_keys="image",
             nearest_interp=nearest,
             to_tensor=True,
         )
-        items = decollate_batch({"image": batch["image"]}, detach=True)
+        self.setup()
+        assert self.splits is not None
+        by_id = {c["case_id"]: c for cases in self.splits.values() for c in cases}
         preds = decollate_batch(prediction.detach(), detach=True)
         out = []
-        for item, pred in zip(items, preds):
-            # the loader's transform instances differ from the fresh ones used to invert
-            item["image"] = reset_ops_id(item["image"])
-            item["pred"] = pred
+        for case_id, pred in zip(batch["case_id"], preds):
+            # The loader's image may come from the PersistentDataset cache, which does not keep
+            # the record of the cached (deterministic) transforms: re-run them on the files to get
+            # the complete record, then invert.
+            item = transforms(dict(by_id[case_id]))
+            item = {"image": reset_ops_id(item["image"]), "pred": MetaTensor(pred.cpu())}
             out.append(inverter(item)["pred"])
         return out
 

@@ -38,6 +38,7 @@ DEFAULT_EVAL = {
     "case_aggregation": "mean",
     "bootstrap": 1000,
     "save_arrays": False,
+    "export": False,
     "panel_coverage": 0.9,
     "figures": True,
 }
@@ -172,7 +173,10 @@ class SelectiveSegModule(L.LightningModule):
         return Path(self.trainer.default_root_dir)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        for case_id, group, u, pred, label in self._evaluate(batch, self.test_metric):
+        cases = self._evaluate(batch, self.test_metric)
+        if self.eval_cfg["export"]:
+            self._export_original_grid(batch, cases)
+        for case_id, group, u, pred, label in cases:
             if self.eval_cfg["save_arrays"]:
                 save_case_arrays(self.output_dir, case_id, u.cpu().numpy(), pred.cpu().numpy(), label.cpu().numpy())
             if self.eval_cfg["figures"] and group not in self._panels:  # first case of each group
@@ -181,6 +185,35 @@ class SelectiveSegModule(L.LightningModule):
                     case_id=case_id, image=image, label=label.cpu().numpy(),
                     prediction=pred.cpu().numpy(), uncertainty=u.cpu().numpy(),
                 )
+
+    def _export_original_grid(self, batch: dict, cases: list[tuple]) -> None:
+        """``predictions/<case>_{seg,uncertainty}`` resampled back onto each case's original file
+        grid and header (NIfTI; PNG for 2-D), to open over the image in 3D Slicer / ITK-SNAP."""
+        datamodule = self.trainer.datamodule
+        if not hasattr(datamodule, "invert_to_original"):
+            if not getattr(self, "_export_warned", False):
+                log.warning("eval.export: %s has no original files to export onto", type(datamodule).__name__)
+                self._export_warned = True
+            return
+        from uaseg.predict import save_nifti_like, save_png
+
+        seg = datamodule.invert_to_original(torch.stack([c[3] for c in cases])[:, None].float(), batch, nearest=True)
+        unc = datamodule.invert_to_original(torch.stack([c[2] for c in cases])[:, None].float(), batch)
+        sources = batch["image"].meta["filename_or_obj"]
+        folder = self.output_dir / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        for (case_id, *_), s, u, source in zip(cases, seg, unc, sources):
+            s = torch.as_tensor(s)[0].round().cpu().numpy().astype(np.uint8)
+            u = torch.as_tensor(u)[0].float().cpu().numpy()
+            if s.ndim == 3:
+                import nibabel as nib
+
+                reference = nib.load(str(source))
+                save_nifti_like(s, reference, folder / f"{case_id}_seg.nii.gz", np.uint8, "uaseg segmentation")
+                save_nifti_like(u, reference, folder / f"{case_id}_uncertainty.nii.gz", np.float32, "uaseg 1-max softmax")
+            else:  # MONAI reads 2-D images as (width, height)
+                save_png(s.T, folder / f"{case_id}_seg.png")
+                save_png(np.round(np.clip(u.T, 0, 1) * 65535).astype(np.uint16), folder / f"{case_id}_uncertainty.png")
 
     def on_test_epoch_end(self) -> None:
         result = self.test_metric.compute()
