@@ -46,7 +46,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from uaseg.data.checks import DatasetError, first_cause, natural_key
+from uaseg.data.checks import DatasetError, first_cause, natural_key, root_cause
 
 log = logging.getLogger(__name__)
 
@@ -214,11 +214,9 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_check
         datamodule = build_datamodule(dataset_cfg)
         datamodule.predict_transforms()  # e.g. paper_crop models cannot segment unlabelled images
     except Exception as e:
-        cause = e
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
         raise PredictError(
-            f"{path}: cannot preprocess new images for this model's dataset {dataset_cfg.get('_target_')} ({cause})"
+            f"{path}: cannot preprocess new images for this model's dataset {dataset_cfg.get('_target_')} "
+            f"({root_cause(e)})"
         ) from e
     net = module.hparams["net"]
     meta = dataset_cfg.get("meta") or {}

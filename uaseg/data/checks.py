@@ -190,6 +190,13 @@ def expected_layout_error(dataset: str, root: Path | None, layout: str, problem:
     )
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of an explicit ``raise ... from`` chain: the one that says what broke."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 def first_cause(exc: BaseException, kind: type[BaseException] = DatasetError) -> BaseException | None:
     """The first exception of type ``kind`` in ``exc``'s cause/context chain (MONAI wraps
     transform errors in ``RuntimeError('applying transform ...')``)."""

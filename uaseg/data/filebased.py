@@ -35,7 +35,7 @@ from monai.transforms import Compose, Invertd
 from monai.transforms.utils import reset_ops_id
 
 from uaseg.data.base import SegDataModule
-from uaseg.data.checks import DatasetError, first_cause
+from uaseg.data.checks import DatasetError, first_cause, root_cause
 
 #: bump when the preprocessing code changes meaningfully, so old caches are not reused
 CACHE_VERSION = 1
@@ -66,9 +66,7 @@ class _NamedErrors:
             if cause is not None:
                 raise DatasetError(f"case {cid}: {cause}") from e
             files = [str(v) for v in item.values() if isinstance(v, (str, Path)) and os.path.isfile(v)]
-            deepest = e
-            while deepest.__cause__ is not None:
-                deepest = deepest.__cause__
+            deepest = root_cause(e)
             raise DatasetError(
                 f"case {cid} ({', '.join(files)}): preprocessing failed ({type(deepest).__name__}: {deepest})"
             ) from e
