@@ -1,0 +1,44 @@
+"""The errors a user must fix, and how to find the one that says what broke.
+
+A :class:`UserError` is shown as one line without a traceback (``train.py`` exits 1, ``predict.py``
+exits 2; in a multirun only that job fails). Its message names the file, key or value and says how
+to fix it.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """A problem with the user's input (config, files, options); the message says which and how."""
+
+
+class ConfigError(UserError):
+    """A configuration value the user must fix."""
+
+
+class DatasetError(UserError):
+    """A problem with the dataset files (missing, unreadable, inconsistent); the message names them."""
+
+
+class PredictError(UserError):
+    """A problem with the checkpoint, the inputs or the options of prediction."""
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of an explicit ``raise ... from`` chain: the one that says what broke."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def first_cause(exc: BaseException, kind: type[BaseException] = DatasetError) -> BaseException | None:
+    """The first exception of type ``kind`` in ``exc``'s cause/context chain (MONAI wraps
+    transform errors in ``RuntimeError('applying transform ...')``)."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, kind):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

@@ -1,0 +1,59 @@
+"""Which config values say *which run* a run is: written into every ``summary.json`` by the runner,
+and the keys by which ``uaseg report`` groups runs (one definition for both).
+
+``fold`` and ``seed`` are replicates (the report averages over them); the loss keys describe the
+ranking term (irrelevant for a λ = 0 baseline); every other key is the run's context.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: summary.json key -> where it comes from: a config path, or ``choice:<group>`` (the Hydra choice)
+IDENTITY_SOURCES: dict[str, str] = {
+    "dataset": "choice:dataset",
+    "model": "choice:model",
+    "fold": "dataset.fold",
+    "seed": "seed",
+    "lambda": "loss.lambda",
+    "margin": "loss.margin",
+    "scale": "loss.scale",
+    "sampling": "loss.sampling",
+    "n_wrong": "loss.n_wrong",
+    "n_correct": "loss.n_correct",
+    "start_epoch": "loss.start_epoch",
+    "tag": "tag",
+}
+IDENTITY_KEYS: tuple[str, ...] = tuple(IDENTITY_SOURCES)
+#: the ranking-loss settings of a run
+LOSS_KEYS: tuple[str, ...] = tuple(k for k, s in IDENTITY_SOURCES.items() if s.startswith("loss."))
+#: what a report averages over
+REPLICATE_KEYS: tuple[str, ...] = ("fold", "seed")
+
+
+def run_identity(cfg: Any, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """The identity of the run configured by ``cfg``. ``choices``: Hydra's config-group choices
+    (``HydraConfig.get().runtime.choices``); read from Hydra when it runs, else derived from
+    ``_target_`` (composed in tests or notebooks)."""
+    from omegaconf import OmegaConf
+
+    if choices is None:
+        choices = _hydra_choices()
+    out: dict[str, Any] = {}
+    for key, source in IDENTITY_SOURCES.items():
+        if source.startswith("choice:"):
+            group = source.split(":", 1)[1]
+            target = OmegaConf.select(cfg, f"{group}._target_", default="?") or "?"
+            fallback = None if group == "model" else str(target).rsplit(".", 1)[-1]
+            out[key] = choices.get(group, fallback)
+        else:
+            out[key] = OmegaConf.select(cfg, source, default=None)
+    return out
+
+
+def _hydra_choices() -> dict[str, str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v is not None}

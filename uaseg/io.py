@@ -1,0 +1,168 @@
+"""Every file uaseg writes or whose header it reads goes through here (nnU-Net keeps its image I/O in
+one package too): atomic writes, JSON without NaN, NIfTI on a reference header, 8/16-bit PNG, NPY/NPZ.
+
+Atomic: each writer writes ``.tmp-<pid>-<token>-<name>`` beside the target and renames it over the
+target, so a reader (``resume=``, the report) never sees a cut-off file and a failed write leaves the
+old file intact. The temporary keeps the target's suffixes (``nibabel`` and Pillow pick the format
+from them) and is created like any file, so permissions follow the umask (0644 usually). A failed
+write raises ``OSError`` naming the file and the reason (e.g. no space left on device).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from uaseg.errors import DatasetError
+
+
+# ---------------------------------------------------------------------------------------- atomic writes
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(3)}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink(tmp)
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(p: Path) -> None:
+    try:
+        p.unlink()
+    except OSError:
+        pass
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def json_safe(x: Any) -> Any:
+    """Plain JSON types: numpy scalars/arrays to Python, tuples to lists, NaN and +-inf to null."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_safe(x.tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    return x
+
+
+def write_json(path: str | Path, obj: Any, indent: int = 1) -> Path:
+    return write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False))
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(array))
+    return Path(path)
+
+
+def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------- images
+def uncertainty_png16(u: np.ndarray) -> np.ndarray:
+    """Uncertainty in [0, 1] as 16-bit PNG values (``u * 65535``, rounded)."""
+    return np.round(np.clip(np.asarray(u, dtype=np.float64), 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+def save_png(path: str | Path, array: np.ndarray) -> Path:
+    """``(height, width)`` uint8/uint16 or ``(height, width, 3)`` uint8 array as PNG."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+    return Path(path)
+
+
+def save_nifti_like(path: str | Path, array: np.ndarray, reference, dtype, description: str) -> Path:
+    """``array`` on ``reference``'s grid with its header geometry (qform/sform as stored, units), so
+    3D Slicer / ITK-SNAP overlay it on the reference image."""
+    import nibabel as nib
+
+    cls = type(reference) if isinstance(reference, (nib.Nifti1Image, nib.Nifti2Image)) else nib.Nifti1Image
+    if isinstance(reference.header, nib.Nifti1Header):
+        img = cls(np.asarray(array).astype(dtype), None, header=reference.header.copy())
+        img.header.set_data_dtype(dtype)
+        img.header.set_slope_inter(1.0, 0.0)
+        img.header["cal_min"] = 0
+        img.header["cal_max"] = 0
+        img.header["intent_code"] = 0
+        img.header["descrip"] = description[:79].encode()
+    else:
+        img = cls(np.asarray(array).astype(dtype), reference.affine)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------- headers
+@dataclass(frozen=True)
+class NiftiHeader:
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    zooms: tuple[float, ...]
+    #: channels per voxel of structured dtypes (RGB24: 3), else 1
+    voxel_channels: int = 1
+
+
+def load_nifti(path: str | Path):
+    """``nibabel`` image (header read, voxels lazy); an unreadable file is a :class:`DatasetError`."""
+    import nibabel as nib
+
+    try:
+        return nib.load(str(path))
+    except Exception as e:  # nibabel raises several types for a bad/truncated header
+        raise DatasetError(f"{path}: cannot read the NIfTI header ({type(e).__name__}: {e})") from e
+
+
+def read_nifti_header(path: str | Path) -> NiftiHeader:
+    """Shape, affine and spacing from the header only (voxels are not read)."""
+    img = load_nifti(path)
+    try:
+        shape = tuple(int(s) for s in img.shape)
+        zooms = tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
+        names = img.get_data_dtype().names
+        return NiftiHeader(shape, np.asarray(img.affine, dtype=np.float64), zooms, len(names) if names else 1)
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read the NIfTI header ({type(e).__name__}: {e})") from e
+
+
+def read_image_header(path: str | Path) -> tuple[tuple[int, int], str]:
+    """``((width, height), PIL mode)`` of a 2-D image file, without decoding its pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size, im.mode
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read this image ({type(e).__name__}: {e})") from e
