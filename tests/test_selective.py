@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from uaseg.selective import (SelectiveAccumulator, SelectiveSegmentationMetric,
+from uaseg.selective import (SelectiveAccumulator, SelectiveResult, SelectiveSegmentationMetric,
                              dice_risk_coverage, format_table, plot_case_panel,
                              plot_dice_coverage, plot_risk_coverage, save_case_arrays,
                              voxel_risk_coverage, write_outputs)
@@ -166,9 +166,9 @@ def test_quantised_accumulator_matches_exact_on_coarse_input():
         for i, (u, p, y) in enumerate(cases):
             acc.add_case(u * 255 / 255.0, p, y, i)
         res.append(acc.compute())
-    assert res[0]["aurc_dice"] == pytest.approx(res[1]["aurc_dice"], abs=1e-7)
-    assert res[0]["aurc"] == pytest.approx(res[1]["aurc"], abs=1e-9)
-    assert res[1]["quantization"]["bits"] == 8
+    assert res[0].aurc_dice == pytest.approx(res[1].aurc_dice, abs=1e-7)
+    assert res[0].aurc == pytest.approx(res[1].aurc, abs=1e-9)
+    assert res[1].quantization["bits"] == 8
 
 
 def test_at_coverage_nearest_with_ties():
@@ -177,14 +177,14 @@ def test_at_coverage_nearest_with_ties():
     p = np.where(u > 0.5, 0, 1)
     acc = SelectiveAccumulator(2, coverages=(0.95, 0.8, 0.7, 0.3, 0.25), bootstrap=0)
     acc.add_case(u, p, y, "a")
-    r = acc.compute()["at_coverage"]
+    r = acc.compute().at_coverage
     assert set(r) == {"0.95", "0.80", "0.70", "0.30", "0.25"}
-    assert r["0.95"]["achieved_coverage"] == 1.0 and r["0.95"]["threshold"] == 1.0
-    assert r["0.80"]["achieved_coverage"] == 1.0          # distance tie -> larger coverage
-    assert r["0.70"]["achieved_coverage"] == 0.6 and r["0.70"]["threshold"] == 0.0
-    assert r["0.70"]["dice_mean"] == 1.0                   # wrong voxels all referred
-    assert r["0.25"]["achieved_coverage"] == 0.0 and r["0.25"]["threshold"] is None
-    assert r["0.30"]["achieved_coverage"] == 0.6
+    assert r["0.95"].achieved_coverage == 1.0 and r["0.95"].threshold == 1.0
+    assert r["0.80"].achieved_coverage == 1.0          # distance tie -> larger coverage
+    assert r["0.70"].achieved_coverage == 0.6 and r["0.70"].threshold == 0.0
+    assert r["0.70"].dice_mean == 1.0                   # wrong voxels all referred
+    assert r["0.25"].achieved_coverage == 0.0 and r["0.25"].threshold is None
+    assert r["0.30"].achieved_coverage == 0.6
 
 
 def test_summary_statistics_against_numpy():
@@ -196,19 +196,19 @@ def test_summary_statistics_against_numpy():
     r = acc.compute()
     allu = np.sort(np.concatenate([c[0].ravel() for c in cases]))
     d1 = np.array([bf_case_dice(p, y, 4) for _, p, y in cases])
-    assert r["dice_full"]["mean"] == pytest.approx(d1.mean())
-    assert r["dice_full"]["std"] == pytest.approx(d1.std(ddof=0))
-    assert r["dice_full"]["p5"] == pytest.approx(np.percentile(d1, 5))
-    a = r["at_coverage"]["0.90"]
-    t = a["threshold"]
-    assert a["achieved_coverage"] == pytest.approx(np.mean(allu <= t))
+    assert r.dice_full.mean == pytest.approx(d1.mean())
+    assert r.dice_full.std == pytest.approx(d1.std(ddof=0))
+    assert r.dice_full.p5 == pytest.approx(np.percentile(d1, 5))
+    a = r.at_coverage["0.90"]
+    t = a.threshold
+    assert a.achieved_coverage == pytest.approx(np.mean(allu <= t))
     d = np.array([bf_case_dice(np.where(u > t, y, p), y, 4) for u, p, y in cases])
-    assert a["dice_mean"] == pytest.approx(d.mean()) and a["dice_p5"] == pytest.approx(np.percentile(d, 5))
+    assert a.dice_mean == pytest.approx(d.mean()) and a.dice_p5 == pytest.approx(np.percentile(d, 5))
     for i, (u, p, y) in enumerate(cases):
-        assert r["cases"][i]["at_coverage"]["0.90"]["coverage"] == pytest.approx(np.mean(u <= t))
-    cl = r["case_level"]
-    assert cl["aggregation"] == "mean" and cl["ci95"][0] <= cl["aurc"] <= cl["ci95"][1] + 1e-9
-    assert r["aurc_dice"] == pytest.approx(bf_dice_curve(cases, 4)[3], abs=1e-9)
+        assert r.cases[i].at_coverage["0.90"].coverage == pytest.approx(np.mean(u <= t))
+    cl = r.case_level
+    assert cl.aggregation == "mean" and cl.ci95[0] <= cl.aurc <= cl.ci95[1] + 1e-9
+    assert r.aurc_dice == pytest.approx(bf_dice_curve(cases, 4)[3], abs=1e-9)
 
 
 def test_metric_updates_equal_one_shot_and_reset():
@@ -227,14 +227,14 @@ def test_metric_updates_equal_one_shot_and_reset():
                  ids, group=["A" if j < 3 else "B", "A" if j + 1 < 3 else "B"])
     out = m.compute()
     for key in ("aurc_dice", "aurc", "eaurc", "augrc"):
-        assert out[key] == pytest.approx(ref[key], abs=1e-12)
-    assert out["case_level"] == ref["case_level"]
-    assert out["groups"]["A"]["aurc_dice"] == pytest.approx(ref["groups"]["A"]["aurc_dice"])
+        assert getattr(out, key) == pytest.approx(getattr(ref, key), abs=1e-12)
+    assert out.case_level == ref.case_level
+    assert out.groups["A"].aurc_dice == pytest.approx(ref.groups["A"].aurc_dice)
     one = dice_risk_coverage([c for c in cases], 3)
-    assert out["aurc_dice"] == pytest.approx(one["aurc"], abs=1e-12)
+    assert out.aurc_dice == pytest.approx(one["aurc"], abs=1e-12)
     m.reset()
     m.update(cases[0][0], cases[0][1], cases[0][2], "c0")   # same id is fine after reset
-    assert m.compute()["n_cases"] == 1
+    assert m.compute().n_cases == 1
 
 
 def test_input_validation():
@@ -284,7 +284,8 @@ def test_write_outputs_json_round_trip(tmp_path):
     assert back["case_level"]["aggregation"] == "mean" and len(back["case_level"]["ci95"]) == 2
     c0 = back["cases"][0]
     assert set(c0["at_coverage"]) == {"1.00", "0.95", "0.90", "0.80", "0.70"}
-    assert back["aurc_dice"] == pytest.approx(r["aurc_dice"])
+    assert back["aurc_dice"] == pytest.approx(r.aurc_dice)
+    assert SelectiveResult.from_summary(back).to_summary() == {k: v for k, v in back.items() if k not in ident}
     rows = np.loadtxt(tmp_path / "curves.csv", delimiter=",", skiprows=1)
     assert len(rows) <= 50 and rows[0, 0] == 1.0 and rows[-1, 0] == 0.0 and rows[-1, 1] == 0.0
     path = save_case_arrays(tmp_path, "c0", *cases[0])
@@ -324,8 +325,8 @@ def test_metric_quantised_equals_accumulator():
         acc.add_case(u, p, y, i)
         m.update(torch.from_numpy(u), torch.from_numpy(p), torch.from_numpy(y), i)
     a, b = acc.compute(), m.compute()
-    assert a["aurc_dice"] == pytest.approx(b["aurc_dice"]) and a["aurc"] == pytest.approx(b["aurc"])
-    assert a["at_coverage"] == b["at_coverage"]
+    assert a.aurc_dice == pytest.approx(b.aurc_dice) and a.aurc == pytest.approx(b.aurc)
+    assert a.at_coverage == b.at_coverage
 
 
 def test_threshold_grid_maps_every_coverage_to_its_nearest_achievable_threshold():
@@ -342,10 +343,10 @@ def test_threshold_grid_maps_every_coverage_to_its_nearest_achievable_threshold(
         u = np.round(rng.random(label.shape), 2)  # many ties
         all_u.append(u.ravel())
         acc.add_case(u, pred, label, case_id=str(i))
-    grid = acc.compute()["threshold_grid"]
+    grid = acc.compute().threshold_grid
     u = np.concatenate(all_u)
     achievable = np.array([0.0] + [np.mean(u <= t) for t in np.unique(u)])
-    assert len(grid["coverage"]) == 1001
-    for target, cov, thr in zip(np.linspace(1, 0, 1001), grid["coverage"], grid["threshold"]):
+    assert len(grid.coverage) == 1001
+    for target, cov, thr in zip(np.linspace(1, 0, 1001), grid.coverage, grid.threshold):
         assert cov == pytest.approx(np.mean(u <= thr) if np.isfinite(thr) else 0.0)
         assert abs(cov - target) == pytest.approx(np.abs(achievable - target).min())

@@ -7,18 +7,20 @@ images (W&B, TensorBoard) and the curve as a W&B table with a line plot.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+
+from uaseg.selective import SelectiveResult
 
 #: points of the curve sent to W&B (the exact curve can have millions; AURC is computed on all)
 MAX_CURVE_POINTS = 500
 
 
-def log_test_report(loggers: Sequence[Logger], result: dict[str, Any], figures: dict[str, Path], step: int = 0) -> None:
-    coverage = np.asarray(result["curve"]["coverage"], dtype=float)
-    risk = np.asarray(result["curve"]["risk"], dtype=float)
+def log_test_report(loggers: Sequence[Logger], result: SelectiveResult, figures: dict[str, Path], step: int = 0) -> None:
+    coverage = np.asarray(result.curve.coverage, dtype=float)
+    risk = np.asarray(result.curve.risk, dtype=float)
     keep = np.unique(np.linspace(0, len(coverage) - 1, min(len(coverage), MAX_CURVE_POINTS)).astype(int))
     for logger in loggers:
         if isinstance(logger, WandbLogger):

@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: keys of summary.json that say *which* run it is (train.py::run_identity)
-IDENTITY_KEYS = ("dataset", "model", "fold", "seed", "lambda", "margin", "scale", "sampling",
-                 "n_wrong", "n_correct", "start_epoch", "tag")
+from uaseg.identity import IDENTITY_KEYS
+from uaseg.selective.result import SelectiveResult
+
 #: folders a run writes that never hold another run (not descended into)
 _SKIP_DIRS = {".hydra", "checkpoints", "figures", "predictions", "csv", "tensorboard", "wandb"}
 _ERROR_LINE = re.compile(r"(\[ERROR\]|Traceback|^\w*(Error|Exception)\b)")
@@ -24,11 +24,15 @@ _ERROR_LINE = re.compile(r"(\[ERROR\]|Traceback|^\w*(Error|Exception)\b)")
 
 @dataclass
 class Run:
-    """One finished job: its folder, its summary and its Hydra overrides."""
+    """One finished job: its folder, its summary (raw and typed) and its Hydra overrides."""
 
     path: Path
     summary: dict
     overrides: list[str] = field(default_factory=list)
+    result: SelectiveResult = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.result = SelectiveResult.from_summary(self.summary)
 
     @property
     def identity(self) -> dict:
@@ -100,12 +104,12 @@ def collect(root) -> tuple[list[Run], list[Problem]]:
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
         if "summary.json" in filenames:
             try:
-                summary = json.loads((here / "summary.json").read_text())
-            except (OSError, ValueError) as e:
+                run = Run(here, json.loads((here / "summary.json").read_text()), read_overrides(here))
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
                 problems.append(Problem(here, "failed", f"unreadable summary.json: {e}",
                                         read_overrides(here)))
                 continue
-            runs.append(Run(here, summary, read_overrides(here)))
+            runs.append(run)
         elif has_hydra:
             problems.append(_problem(here, read_overrides(here)))
     runs.sort(key=lambda r: str(r.path))

@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from .collect import Run
+from uaseg.identity import LOSS_KEYS, REPLICATE_KEYS
 
-LOSS_KEYS = ("lambda", "margin", "scale", "sampling", "n_wrong", "n_correct", "start_epoch")
-REPLICATE_KEYS = ("fold", "seed")
+from .collect import Run
 #: Hydra overrides that do not change a run's numbers, or are already identity keys
 IGNORED_OVERRIDES = {"dataset", "model", "tag", "seed", "loss", "ckpt_path", "train", "test",
                      "dataset.fold", "dataset.num_workers", "trainer.devices",
@@ -43,7 +42,7 @@ def result_overrides(run) -> tuple[str, ...]:
 
 
 def is_baseline(run: Run) -> bool:
-    lam = run.summary.get("lambda")
+    lam = run.identity.get("lambda")
     return lam is not None and float(lam) == 0.0
 
 
@@ -56,7 +55,7 @@ def context_of(run: Run) -> tuple:
 
 def loss_of(run: Run) -> tuple:
     """The ranking-loss settings of an ours run (n_wrong/n_correct dropped under exact)."""
-    s = run.summary
+    s = run.identity
     out = []
     for k in LOSS_KEYS:
         v = s.get(k)

@@ -22,12 +22,12 @@ def _finite(x) -> bool:
 
 
 def fold_values(arm, getter) -> dict:
-    """fold -> mean over that fold's runs of ``getter(summary)`` (None/NaN values left out)."""
+    """fold -> mean over that fold's runs of ``getter(result)`` (None/NaN values left out)."""
     if arm is None:
         return {}
     out = {}
     for fold, runs in arm.by_fold().items():
-        vals = [v for v in (getter(r.summary) for r in runs) if _finite(v)]
+        vals = [v for v in (getter(r.result) for r in runs) if _finite(v)]
         if vals:
             out[fold] = float(np.mean(vals))
     return out
@@ -87,12 +87,13 @@ def _case_field(arm, cov_key, field, group):
     acc: dict = {}
     for fold, runs in arm.by_fold().items():
         for r in runs:
-            for c in r.summary.get("cases") or []:
-                if group is not None and c.get("group") != group:
+            for c in r.result.cases or []:
+                if group is not None and c.group != group:
                     continue
-                v = (c.get("at_coverage") or {}).get(cov_key, {}).get(field)
+                point = c.at_coverage.get(cov_key)
+                v = getattr(point, field) if point is not None else None
                 if _finite(v):
-                    acc.setdefault((fold, c.get("case_id")), []).append(v)
+                    acc.setdefault((fold, c.case_id), []).append(v)
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 

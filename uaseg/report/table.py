@@ -12,10 +12,12 @@ import math
 
 import numpy as np
 
-from . import stats
-from .grouping import LOSS_KEYS, describe_context, describe_loss
+from uaseg.identity import LOSS_KEYS
+from uaseg.selective.result import FULL_COVERAGE, SelectiveResult
 
-FULL = "1.00"
+from . import stats
+from .grouping import describe_context, describe_loss
+
 #: (metric, unit, per-coverage?) in table order
 METRICS = (("aurc_dice", "%", False), ("dice_mean", "%", True), ("dice_std", "%", True),
            ("dice_p5", "%", True), ("achieved_coverage", "", True), ("aurc", "", False),
@@ -26,28 +28,22 @@ COLUMNS = ("comparison", "dataset", "model", "tag", "context", "setting", *LOSS_
            "p_value_cases", "test_cases", "n_case_pairs")
 
 
-def _at(part: dict, cov: str) -> dict:
-    if cov == FULL:
-        d = part.get("dice_full") or {}
-        return {"dice_mean": d.get("mean"), "dice_std": d.get("std"), "dice_p5": d.get("p5"),
-                "achieved_coverage": 1.0}
-    return (part.get("at_coverage") or {}).get(cov) or {}
-
-
-def metric_value(part: dict, metric: str, cov: str | None):
-    """One number of one summary (or one group of it), in the report's unit."""
+def metric_value(part: SelectiveResult, metric: str, cov: str | None):
+    """One number of one result (or one group of it), in the report's unit; None when absent."""
     if cov is None:
-        return part.get(metric)
-    v = _at(part, cov).get(metric)
+        return getattr(part, metric)
+    if cov != FULL_COVERAGE and cov not in part.at_coverage:
+        return None
+    v = getattr(part.point(cov), metric)
     return None if v is None else (100.0 * v if metric.startswith("dice") else v)
 
 
 def part_getter(part: str, metric: str, cov: str | None):
-    """summary -> value for ``part`` (all | a group | average over groups)."""
-    def get(summary):
+    """result -> value for ``part`` (all | a group | average over groups)."""
+    def get(result: SelectiveResult):
         if part == "all":
-            return metric_value(summary, metric, cov)
-        groups = summary.get("groups") or {}
+            return metric_value(result, metric, cov)
+        groups = result.groups
         if part == "average":
             vals = [metric_value(g, metric, cov) for g in groups.values()]
             ok = [v for v in vals if v is not None and math.isfinite(v)]
@@ -61,12 +57,12 @@ def _runs(comp):
 
 
 def coverage_keys(comp) -> list[str]:
-    keys = {k for r in _runs(comp) for k in (r.summary.get("at_coverage") or {})}
-    return [FULL] + sorted(keys, key=float, reverse=True)
+    keys = {k for r in _runs(comp) for k in r.result.at_coverage}
+    return [FULL_COVERAGE] + sorted(keys, key=float, reverse=True)
 
 
 def parts(comp) -> list[str]:
-    groups = sorted({g for r in _runs(comp) for g in (r.summary.get("groups") or {})})
+    groups = sorted({g for r in _runs(comp) for g in r.result.groups})
     return ["all"] + (groups + ["average"] if len(groups) > 1 else groups)
 
 

@@ -3,21 +3,22 @@
 Modules: ``dice_curve`` (exact Dice risk-coverage curve), ``voxel_rc`` (fd-shifts
 AURC / E-AURC / AUGRC), ``case_level`` (case failure detection), ``coverage``
 (exact or quantised coverage index), ``case_stats`` (per-case sufficient statistics,
-quantisation error bound), ``accumulator`` (streaming, result dict), ``metric``
-(torchmetrics), ``outputs`` / ``format`` / ``plots``.
+quantisation error bound), ``accumulator`` (streaming), ``result`` (the typed result and
+the coverage -> threshold rule), ``metric`` (torchmetrics), ``outputs`` / ``format`` / ``plots``.
 """
-from .accumulator import SelectiveAccumulator, coverage_key
+from .accumulator import SelectiveAccumulator
 from .case_level import CASE_AGGREGATIONS, register_case_aggregation
 from .dice_curve import dice_risk_coverage
 from .format import format_table
 from .metric import SelectiveSegmentationMetric
 from .outputs import save_case_arrays, write_outputs
 from .plots import plot_case_panel, plot_dice_coverage, plot_risk_coverage
+from .result import FULL_COVERAGE, SelectiveResult, ThresholdGrid, coverage_key
 from .voxel_rc import voxel_risk_coverage
 
 __all__ = [
-    "dice_risk_coverage", "voxel_risk_coverage", "SelectiveAccumulator",
-    "SelectiveSegmentationMetric", "write_outputs", "save_case_arrays", "format_table",
-    "plot_risk_coverage", "plot_dice_coverage", "plot_case_panel", "coverage_key",
-    "CASE_AGGREGATIONS", "register_case_aggregation",
+    "dice_risk_coverage", "voxel_risk_coverage", "SelectiveAccumulator", "SelectiveResult",
+    "ThresholdGrid", "FULL_COVERAGE", "SelectiveSegmentationMetric", "write_outputs",
+    "save_case_arrays", "format_table", "plot_risk_coverage", "plot_dice_coverage",
+    "plot_case_panel", "coverage_key", "CASE_AGGREGATIONS", "register_case_aggregation",
 ]

@@ -23,13 +23,11 @@ from .case_stats import CaseStats, Quantizer, make_case_stats
 from .coverage import nearest_coverage
 from .dice_curve import (case_dice, class_dice, counts_at_threshold, curve_from_parts,
                          merged_index, pool_cases)
+from .result import (CaseLevel, CasePoint, CaseResult, DiceStats, GroupAverage, OperatingPoint,
+                     RiskCurve, SelectiveResult, ThresholdGrid, VoxelCurve, coverage_key)
 from .voxel_rc import voxel_rc_from_index
 
 DEFAULT_COVERAGES = (0.95, 0.90, 0.80, 0.70)
-
-
-def coverage_key(c: float) -> str:
-    return f"{c:.2f}"
 
 
 def _jsonable(x):
@@ -37,14 +35,13 @@ def _jsonable(x):
     return None if not np.isfinite(x) else x
 
 
-def _dist(d: np.ndarray) -> dict:
-    return {"mean": float(np.mean(d)), "std": float(np.std(d, ddof=0)),
-            "p5": float(np.percentile(d, 5))}
+def _dist(d: np.ndarray) -> DiceStats:
+    return DiceStats(float(np.mean(d)), float(np.std(d, ddof=0)), float(np.percentile(d, 5)))
 
 
 def summarize(stats: list[CaseStats], *, coverages=DEFAULT_COVERAGES, quantizer=None,
-              case_aggregation="mean", bootstrap=1000, seed=0, with_cases=True) -> dict:
-    """The full result dict for a list of per-case stats (one global threshold)."""
+              case_aggregation="mean", bootstrap=1000, seed=0, with_cases=True) -> SelectiveResult:
+    """The full result for a list of per-case stats (one global threshold)."""
     if not stats:
         raise ValueError("no cases to evaluate")
     value_of = quantizer.value if quantizer is not None else (lambda t: np.asarray(t, float))
@@ -61,9 +58,8 @@ def summarize(stats: list[CaseStats], *, coverages=DEFAULT_COVERAGES, quantizer=
     for c in coverages:
         cnt, t = nearest_coverage(index, c)
         points.append((float(c), cnt, t))
-    at_cov, per_case = {}, [dict(case_id=s.case_id, group=s.group, n_voxels=s.n,
-                                 uncertainty=dict(s.aggregates), at_coverage={})
-                            for s in stats]
+    at_cov: dict[str, OperatingPoint] = {}
+    case_points: list[dict[str, CasePoint]] = [{} for _ in stats]
     full_dice = None
     for c, cnt, t in points:
         counts = counts_at_threshold(stats, t)
@@ -73,45 +69,38 @@ def summarize(stats: list[CaseStats], *, coverages=DEFAULT_COVERAGES, quantizer=
             full_dice = cd
         key = coverage_key(c)
         d = _dist(cd)
-        at_cov[key] = {"target": c, "achieved_coverage": cnt / index.n,
-                       "threshold": _jsonable(value_of(t)), "dice_mean": d["mean"],
-                       "dice_std": d["std"], "dice_p5": d["p5"]}
+        at_cov[key] = OperatingPoint(c, cnt / index.n, _jsonable(value_of(t)), d.mean, d.std, d.p5)
         for i, s in enumerate(stats):
-            per_case[i]["at_coverage"][key] = {
-                "coverage": float(s.index.count_le(t)) / s.n if np.isfinite(t) else 0.0,
-                "dice": float(cd[i]),
-                "class_dice": [_jsonable(v) for v in cls[i]]}
+            case_points[i][key] = CasePoint(
+                float(s.index.count_le(t)) / s.n if np.isfinite(t) else 0.0, float(cd[i]),
+                tuple(_jsonable(v) for v in cls[i]))
     # every 0.1% of coverage -> its nearest achievable threshold (on ALL voxels, unlike the Dice
     # curve, which keeps only points where the risk changes): what predict.py needs to turn a
     # requested coverage into a threshold
     grid = [nearest_coverage(index, c) for c in np.linspace(1.0, 0.0, 1001)]
-    threshold_grid = {"coverage": np.array([cnt / index.n for cnt, _ in grid]),
-                      "threshold": np.array([float(value_of(t)) for _, t in grid])}
+    threshold_grid = ThresholdGrid(np.array([cnt / index.n for cnt, _ in grid]),
+                                   np.array([float(value_of(t)) for _, t in grid]))
     case_u = np.array([s.aggregates[case_aggregation] for s in stats])
     cl = case_level_aurc(case_u, 1.0 - full_dice, bootstrap=bootstrap, seed=seed)
-    cl["aggregation"] = case_aggregation
     full = at_cov.pop(coverage_key(1.0))
-    out = {
-        "n_cases": len(stats), "n_voxels": index.n,
-        "aurc_dice": curve["aurc"],
-        "aurc": vox["aurc"], "eaurc": vox["eaurc"], "augrc": vox["augrc"],
-        "voxel_error_rate": vox["error_rate"],
-        "dice_full": {"mean": full["dice_mean"], "std": full["dice_std"], "p5": full["dice_p5"]},
-        "at_coverage": at_cov,
-        "case_level": cl,
-        "curve": {k: curve[k] for k in ("coverage", "risk", "threshold")},
-        "dice_coverage": {"coverage": curve["coverage"], "dice": 1.0 - curve["risk"]},
-        "voxel_curve": {k: vox[k] for k in ("coverage", "selective_risk",
-                                             "generalized_risk", "threshold")},
-        "threshold_grid": threshold_grid,
-    }
+    quantization = None
     if quantizer is not None:
-        out["quantization"] = {"bits": quantizer.bits, "range": [quantizer.lo, quantizer.hi],
-                               "step": quantizer.step,
-                               "max_level_fraction": float(index.counts.max() / index.n)}
-    if with_cases:
-        out["cases"] = per_case
-    return out
+        quantization = {"bits": quantizer.bits, "range": [quantizer.lo, quantizer.hi],
+                        "step": quantizer.step,
+                        "max_level_fraction": float(index.counts.max() / index.n)}
+    return SelectiveResult(
+        n_cases=len(stats), n_voxels=index.n, aurc_dice=curve["aurc"],
+        aurc=vox["aurc"], eaurc=vox["eaurc"], augrc=vox["augrc"], voxel_error_rate=vox["error_rate"],
+        dice_full=DiceStats(full.dice_mean, full.dice_std, full.dice_p5),
+        at_coverage=at_cov,
+        case_level=CaseLevel(cl["aurc"], tuple(cl["ci95"]), case_aggregation),
+        curve=RiskCurve(curve["coverage"], curve["risk"], curve["threshold"]),
+        voxel_curve=VoxelCurve(*(vox[k] for k in ("coverage", "selective_risk", "generalized_risk", "threshold"))),
+        threshold_grid=threshold_grid,
+        quantization=quantization,
+        cases=[CaseResult(s.case_id, s.group, s.n, dict(s.aggregates), case_points[i])
+               for i, s in enumerate(stats)] if with_cases else None,
+    )
 
 
 class SelectiveAccumulator:
@@ -159,24 +148,14 @@ class SelectiveAccumulator:
             raise ValueError(f"duplicate case id {case_id!r}")
         self.add_stats(self.make_stats(uncertainty, prediction, label, case_id, group))
 
-    def compute(self) -> dict:
+    def compute(self) -> SelectiveResult:
         kw = dict(coverages=self.coverages, quantizer=self.quantizer,
                   case_aggregation=self.case_aggregation, bootstrap=self.bootstrap,
                   seed=self.seed)
         result = summarize(self.stats, **kw)
         groups = sorted({s.group for s in self.stats})
         if len(groups) > 1:
-            result["groups"] = {g: summarize([s for s in self.stats if s.group == g],
-                                             with_cases=False, **kw) for g in groups}
-            result["group_average"] = group_average(result["groups"])
+            result.groups = {g: summarize([s for s in self.stats if s.group == g],
+                                          with_cases=False, **kw) for g in groups}
+            result.group_average = GroupAverage.of(result.groups)
         return result
-
-
-def group_average(groups: dict) -> dict:
-    """Plain mean over groups of the headline numbers (paper: parts A and B averaged)."""
-    gs = list(groups.values())
-    avg = {"aurc_dice": float(np.mean([g["aurc_dice"] for g in gs])),
-           "dice_full_mean": float(np.mean([g["dice_full"]["mean"] for g in gs]))}
-    for key in gs[0]["at_coverage"]:
-        avg[f"dice_mean@{key}"] = float(np.mean([g["at_coverage"][key]["dice_mean"] for g in gs]))
-    return avg

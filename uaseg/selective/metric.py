@@ -11,6 +11,8 @@ a different size) a duplicate id is an error.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torchmetrics import Metric
@@ -18,6 +20,7 @@ from torchmetrics import Metric
 from .accumulator import DEFAULT_COVERAGES, SelectiveAccumulator
 from .case_stats import CaseStats
 from .coverage import HistogramIndex, SortedIndex
+from .result import SelectiveResult
 
 _STATES = ("index_values", "counts", "ev_u", "ev_pred", "ev_label", "aggregate",
            "id_bytes", "group_bytes", "lengths")
@@ -78,6 +81,18 @@ class SelectiveSegmentationMetric(Metric):
         for name, t in parts.items():
             getattr(self, name).append(t.to(self.device))
 
+    def _wrap_compute(self, compute):
+        """torchmetrics' wrapper gathers the states across processes (kept), then walks the result
+        twice with ``apply_to_collection`` looking for tensors to squeeze and clone, deep-copying
+        every dataclass on the way. The result is a :class:`SelectiveResult` of numpy arrays: keep
+        the gather, skip the walks (and the cache: each compute is followed by a reset)."""
+        @functools.wraps(compute)
+        def wrapped(*args, **kwargs):
+            with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync,
+                                   should_unsync=self._should_unsync):
+                return compute(*args, **kwargs)
+        return wrapped
+
     def _case_stats(self) -> list[CaseStats]:
         lens = [torch.cat(_as_list(self.lengths)).cpu().numpy()] if _as_list(self.lengths) else []
         if not lens:
@@ -101,7 +116,7 @@ class SelectiveSegmentationMetric(Metric):
                                  aggregates={self._acc.case_aggregation: float(aggs[i])}))
         return out
 
-    def compute(self) -> dict:
+    def compute(self) -> SelectiveResult:
         self._acc.reset()
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1

@@ -16,9 +16,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .result import SelectiveResult  # noqa: E402
 
-def _as_list(results):
-    if isinstance(results, dict) and "curve" in results:
+
+def _as_list(results) -> dict[str, SelectiveResult]:
+    if isinstance(results, SelectiveResult):
         return {"": results}
     return dict(results)
 
@@ -26,15 +28,13 @@ def _as_list(results):
 def plot_risk_coverage(results, path, title: str = "Risk-coverage") -> Path:
     """Dice risk (left) and voxel selective risk (right) vs coverage.
 
-    ``results``: one result dict or {name: result} to overlay methods.
+    ``results``: one result or {name: result} to overlay methods.
     """
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for name, r in _as_list(results).items():
         lab = f"{name} " if name else ""
-        a.plot(r["curve"]["coverage"], r["curve"]["risk"],
-               label=f"{lab}AURC {r['aurc_dice']:.3f}%")
-        vc = r["voxel_curve"]
-        b.plot(vc["coverage"], vc["selective_risk"], label=f"{lab}AURC {r['aurc']:.4f}")
+        a.plot(r.curve.coverage, r.curve.risk, label=f"{lab}AURC {r.aurc_dice:.3f}%")
+        b.plot(r.voxel_curve.coverage, r.voxel_curve.selective_risk, label=f"{lab}AURC {r.aurc:.4f}")
     a.set(xlabel="coverage", ylabel="risk = 1 - Dice", title="Dice risk")
     b.set(xlabel="coverage", ylabel="voxel selective risk", title="Voxel selective risk")
     for ax in (a, b):
@@ -49,9 +49,8 @@ def plot_dice_coverage(results, path, title: str = "Dice-coverage", min_coverage
     """Mean Dice vs coverage, x from 1 down to ``min_coverage`` (paper Fig. 3)."""
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, r in _as_list(results).items():
-        dc = r["dice_coverage"]
-        m = dc["coverage"] >= min_coverage
-        ax.plot(dc["coverage"][m], dc["dice"][m], label=name or None)
+        m = r.curve.coverage >= min_coverage
+        ax.plot(r.curve.coverage[m], r.curve.dice[m], label=name or None)
     ax.set(xlabel="coverage", ylabel="Dice", title=title, xlim=(1.0, min_coverage))
     ax.grid(alpha=0.3)
     if any(_as_list(results)):
