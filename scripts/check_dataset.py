@@ -19,9 +19,11 @@ from typing import Callable
 
 import numpy as np
 
-from uaseg.data.checks import DatasetError, check_same_geometry, describe_values, nifti_header_geometry
-from uaseg.data.glas import check_glas_headers, find_glas_cases
-from uaseg.data.mmwhs import MMWHS_CLASSES, MMWHS_FIXUPS, MMWHS_VALUES, check_mmwhs_headers, find_mmwhs_cases
+from uaseg.data.checks import check_image_pair, check_nifti_pair, check_same_geometry, describe_values
+from uaseg.data.glas import IMAGE_MODES, LABEL_MODES, find_glas_cases
+from uaseg.data.mmwhs import MMWHS_CLASSES, MMWHS_FIXUPS, MMWHS_VALUES, find_mmwhs_cases
+from uaseg.errors import DatasetError
+from uaseg.io import read_nifti_header
 
 Row = dict[str, str]
 
@@ -33,11 +35,11 @@ def scan_mmwhs(root: Path) -> tuple[list[Row], list[str]]:
     for c in find_mmwhs_cases(root):
         row: Row = {"case": c["case_id"], "image": Path(c["image"]).name}
         try:
-            check_mmwhs_headers([c])
-            shape, affine, zooms = nifti_header_geometry(c["image"])
-            row["shape"] = "x".join(map(str, shape))
-            row["spacing"] = "x".join(f"{z:.3g}" for z in zooms)
-            row["orient"] = "".join(nib.aff2axcodes(affine))
+            check_nifti_pair(c["image"], c["label"], ndim=3)
+            header = read_nifti_header(c["image"])
+            row["shape"] = "x".join(map(str, header.shape))
+            row["spacing"] = "x".join(f"{z:.3g}" for z in header.zooms)
+            row["orient"] = "".join(nib.aff2axcodes(header.affine))
             for key in ("image", "label"):
                 try:
                     arr = np.asarray(nib.load(c[key]).dataobj)
@@ -72,7 +74,7 @@ def scan_glas(root: Path) -> tuple[list[Row], list[str]]:
     for c in find_glas_cases(root):
         row: Row = {"case": c["case_id"], "group": c["group"], "grade": c["grade"], "patient": c["patient"]}
         try:
-            check_glas_headers([c])
+            check_image_pair(c["image"], c["label"], IMAGE_MODES, LABEL_MODES)
             arrs = {}
             for key in ("image", "label"):
                 try:

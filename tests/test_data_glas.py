@@ -143,7 +143,7 @@ def test_small_image_padded(root):
     from monai.data import list_data_collate
 
     batch = list_data_collate([out])
-    inv = dm.invert_to_original(batch["label"].float(), batch, nearest=True)[0]
+    inv = dm.invert_to_original({"label": batch["label"].float()}, batch, nearest=["label"])[0]["label"]
     assert tuple(inv.shape) == (1, 20, 14)
 
 

@@ -245,14 +245,14 @@ def test_inversion_returns_to_the_original_grid(root, cid):
 
     batch = next(iter(DataLoader(Dataset([case], dm.eval_transforms()), batch_size=1)))
     assert batch["image"].shape[2:] != SHAPE
-    inv = dm.invert_to_original(batch["label"].float(), batch, nearest=True)[0]
+    inv = dm.invert_to_original({"label": batch["label"].float()}, batch, nearest=["label"])[0]["label"]
     ref = nib.load(label_of(cid, root))
     assert tuple(inv.shape) == (1, *SHAPE)
     np.testing.assert_allclose(np.asarray(inv.affine), ref.affine, atol=1e-4)
     # at native spacing the round trip is exact
     dm = dm_for(root, spacing=SPACING)
     batch = next(iter(DataLoader(Dataset([case], dm.eval_transforms()), batch_size=1)))
-    inv = dm.invert_to_original(batch["label"].float(), batch, nearest=True)[0]
+    inv = dm.invert_to_original({"label": batch["label"].float()}, batch, nearest=["label"])[0]["label"]
     raw = np.asarray(ref.dataobj)
     mapped = np.zeros_like(raw)
     for k, v in enumerate(MMWHS_VALUES, start=1):
@@ -265,7 +265,7 @@ def test_paper_crop_gives_patch_sized_volumes(root):
     for b in dm.test_dataloader():
         assert tuple(b["image"].shape) == (1, 1, 20, 20, 20)
         assert set(b["label"].unique().tolist()) <= set(range(8)) and b["label"].max() > 0
-    inv = dm.invert_to_original(b["label"].float(), b, nearest=True)[0]
+    inv = dm.invert_to_original({"label": b["label"].float()}, b, nearest=["label"])[0]["label"]
     assert tuple(inv.shape) == (1, *SHAPE)
 
 

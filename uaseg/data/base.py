@@ -22,6 +22,8 @@ import lightning as L
 from monai.data import DataLoader, Dataset
 from monai.transforms import Compose
 
+from uaseg.data.splits import carve_validation, load_or_make_folds
+
 
 class SegDataModule(L.LightningDataModule):
     """Base class for all uaseg datasets; subclasses set the class attributes and three hooks."""
@@ -107,6 +109,13 @@ class SegDataModule(L.LightningDataModule):
         raise NotImplementedError(f"{type(self).__name__} does not support prediction on new files")
 
     # ------------------------------------------------------------------ shared machinery
+    def kfold_split(self, case_ids: Sequence[str], path: Path, seed: int) -> dict[str, list[str]]:
+        """Case ids of this fold: ``test`` from the ``num_folds``-fold split persisted at ``path``
+        (nnU-Net's ``splits_final.json``), ``val`` carved from the other folds, ``train`` the rest."""
+        folds = load_or_make_folds(path, case_ids, self.num_folds, seed)
+        train, val = carve_validation(folds[self.fold]["train"], self.val_fraction, seed)
+        return {"train": train, "val": val, "test": folds[self.fold]["test"]}
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
             self.splits = self.load_cases()

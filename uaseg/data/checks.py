@@ -1,12 +1,15 @@
-"""Validation helpers shared by the file-based datasets (MM-WHS, GlaS).
+"""Every check of the user's dataset files, in one place (used by the datamodules and
+``scripts/check_dataset.py``).
 
 Rule of the house: a problem with the user's files is an error that names the file -- never a silent
-skip and never wrong numbers. Everything here raises :class:`DatasetError` (a ``ValueError``).
+skip and never wrong numbers. Everything here raises :class:`~uaseg.errors.DatasetError`.
 
 * :func:`natural_key` -- sort ``train_2`` before ``train_10``.
-* :func:`nifti_header_geometry` -- shape/affine/spacing from a NIfTI header only (cheap, no voxel read).
+* :func:`check_nifti_pair` / :func:`check_image_pair` -- header-only checks of an image and its label
+  (readable, dimensions, same grid), run on every case before training.
 * :class:`LoadImageNamedd` -- MONAI ``LoadImaged`` that names the unreadable file.
 * :class:`CheckSameGeometryd` -- image and label must share spatial shape (and affine, for 3-D).
+* :class:`CheckChannelsd` -- an image must have the expected number of channels.
 * :class:`CheckLabelValuesd` -- label values must be in an allowed set (optionally fixing known
   typos like MM-WHS ``421`` -> ``420`` with a warning).
 """
@@ -23,11 +26,10 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import LoadImaged, MapTransform
 
+from uaseg.errors import DatasetError
+from uaseg.io import read_image_header, read_nifti_header
+
 log = logging.getLogger(__name__)
-
-
-class DatasetError(ValueError):
-    """A problem with the dataset files (missing, unreadable, inconsistent); the message names them."""
 
 
 def natural_key(text: str) -> list:
@@ -42,20 +44,6 @@ def source_name(x: Any) -> str:
     if isinstance(name, (list, tuple)):
         name = name[0] if name else None
     return str(name) if name else "<unknown file>"
-
-
-def nifti_header_geometry(path: str | Path) -> tuple[tuple[int, ...], np.ndarray, tuple[float, ...]]:
-    """``(shape, affine, spacing)`` of a NIfTI file from its header (voxels are not read)."""
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        shape = tuple(int(s) for s in img.shape)
-        affine = np.asarray(img.affine, dtype=np.float64)
-        zooms = tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
-    except Exception as e:  # nibabel raises several types for a bad/truncated header
-        raise DatasetError(f"{path}: cannot read the NIfTI header ({type(e).__name__}: {e})") from e
-    return shape, affine, zooms
 
 
 def check_same_geometry(
@@ -74,6 +62,27 @@ def check_same_geometry(
                 f"image {image_file} and its label {label_file} have different affines "
                 f"(voxel-to-world matrices):\n{np.round(a, 4)}\nvs\n{np.round(b, 4)}"
             )
+
+
+def check_nifti_pair(image_file: str, label_file: str, ndim: int = 3) -> None:
+    """Header-only: both files readable ``ndim``-D NIfTI volumes on the same grid (shape, affine)."""
+    hi, hl = read_nifti_header(image_file), read_nifti_header(label_file)
+    for f, h in ((image_file, hi), (label_file, hl)):
+        if len(h.shape) != ndim:
+            raise DatasetError(f"{f}: expected a {ndim}-D volume, got shape {h.shape}")
+    check_same_geometry(image_file, label_file, hi.shape, hl.shape, hi.affine, hl.affine)
+
+
+def check_image_pair(image_file: str, label_file: str, image_modes: Sequence[str], label_modes: Sequence[str]) -> None:
+    """Header-only (Pillow): both files readable, in an accepted mode, and of the same size."""
+    si, mi = read_image_header(image_file)
+    sl, ml = read_image_header(label_file)
+    if mi not in image_modes:
+        raise DatasetError(f"{image_file}: unsupported image mode {mi!r} (accepted: {', '.join(image_modes)})")
+    if ml not in label_modes:
+        raise DatasetError(f"{label_file}: label mode {ml!r} is not a single-channel label map")
+    if si != sl:
+        raise DatasetError(f"image {image_file} is {si[0]}x{si[1]} but its label {label_file} is {sl[0]}x{sl[1]}")
 
 
 class LoadImageNamedd(MapTransform):
@@ -113,6 +122,21 @@ class CheckSameGeometryd(MapTransform):
             getattr(img, "affine", None) if self.check_affine else None,
             getattr(lab, "affine", None) if self.check_affine else None,
         )
+        return d
+
+
+class CheckChannelsd(MapTransform):
+    """Channel-first arrays must have ``n`` channels (error naming the file)."""
+
+    def __init__(self, keys: KeysCollection, n: int, what: str) -> None:
+        super().__init__(keys)
+        self.n, self.what = n, what
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if d[key].shape[0] != self.n:
+                raise DatasetError(f"{source_name(d[key])}: {self.what} has {d[key].shape[0]} channels, expected {self.n}")
         return d
 
 
@@ -188,26 +212,6 @@ def expected_layout_error(dataset: str, root: Path | None, layout: str, problem:
         f"{dataset}: {problem} (dataset.root={root}).\n"
         f"Point dataset.root at the folder you downloaded; the expected layout is:\n{layout}"
     )
-
-
-def root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of an explicit ``raise ... from`` chain: the one that says what broke."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
-
-
-def first_cause(exc: BaseException, kind: type[BaseException] = DatasetError) -> BaseException | None:
-    """The first exception of type ``kind`` in ``exc``'s cause/context chain (MONAI wraps
-    transform errors in ``RuntimeError('applying transform ...')``)."""
-    seen = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        if isinstance(e, kind):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
 
 
 def describe_values(values: Sequence[float]) -> str:

@@ -16,7 +16,6 @@ from typing import Any, Callable
 import numpy as np
 
 from uaseg.data.base import SegDataModule
-from uaseg.data.splits import carve_validation, load_or_make_folds
 
 #: bump when a generator changes so old caches are not reused
 GENERATOR_VERSION = 1
@@ -63,9 +62,7 @@ class DemoDataModule(SegDataModule):
     def load_cases(self) -> dict[str, list[dict]]:
         self.generate()
         ids = [f"case_{i:03d}" for i in range(self.num_cases)]
-        folds = load_or_make_folds(self.case_dir / "splits_final.json", ids, self.num_folds, self.data_seed)
-        train, val = carve_validation(folds[self.fold]["train"], self.val_fraction, self.data_seed)
-        split_ids = {"train": train, "val": val, "test": folds[self.fold]["test"]}
+        split_ids = self.kfold_split(ids, self.case_dir / "splits_final.json", self.data_seed)
         return {split: [self._case(cid) for cid in cids] for split, cids in split_ids.items()}
 
     def _case(self, case_id: str) -> dict:

@@ -2,8 +2,14 @@
 
 On top of :class:`uaseg.data.base.SegDataModule` this adds
 
-* ``sw_overlap`` (read by the module's sliding-window inferer), ``augment`` (a dict merged over the
-  subclass's ``DEFAULT_AUGMENT``), ``fg_fraction``, ``check_files`` and ``cache`` options;
+* the case hooks: :meth:`FileSegDataModule.find_cases` (discovery; :func:`find_pairs` and
+  :func:`require_pairs` do the shared part), :meth:`~FileSegDataModule.check_case_headers` (run on
+  every case before training, see :mod:`uaseg.data.checks`) and
+  :meth:`~FileSegDataModule.split_cases` (default: persisted k-fold by case, validation carved from
+  the training folds);
+* ``sw_overlap`` (read by the module's sliding-window inferer), ``augment`` (the dataset config's
+  ``augment:`` block, which holds the defaults; every key of ``AUGMENT_KEYS`` is required, ``None``
+  switches augmentation off), ``fg_fraction``, ``check_files`` and ``cache`` options;
 * where things are written (see :meth:`FileSegDataModule.splits_path` / :meth:`cache_root`):
 
   - ``splits_final.json``: ``<root>/splits_final.json`` if it exists or ``root`` is writable, else
@@ -26,16 +32,19 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+import re
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from monai.data import Dataset, MetaTensor, PersistentDataset, decollate_batch
+from monai.data import Dataset, PersistentDataset, decollate_batch
 from monai.data.utils import json_hashing, pickle_hashing
-from monai.transforms import Compose, Invertd
+from monai.transforms import Compose
 from monai.transforms.utils import reset_ops_id
 
 from uaseg.data.base import SegDataModule
-from uaseg.data.checks import DatasetError, first_cause, root_cause
+from uaseg.data.checks import natural_key
+from uaseg.data.invert import invert_to_file_grid
+from uaseg.errors import DatasetError, first_cause, root_cause
 
 #: bump when the preprocessing code changes meaningfully, so old caches are not reused
 CACHE_VERSION = 1
@@ -81,13 +90,14 @@ class NamedErrorsPersistentDataset(_NamedErrors, PersistentDataset):
 
 
 class FileSegDataModule(SegDataModule):
-    """Base for datasets read from ``dataset.root``; subclasses define the three hooks plus
-    :meth:`preprocessing_config` (everything the cached transforms depend on)."""
+    """Base for datasets read from ``dataset.root``; subclasses define :meth:`find_cases`,
+    :meth:`check_case_headers`, the transforms and :meth:`preprocessing_config` (everything the
+    cached transforms depend on)."""
 
     #: short name used in cache folders and messages
     name: str = "dataset"
-    #: default augmentation settings; ``dataset.augment`` overrides single keys
-    DEFAULT_AUGMENT: dict[str, Any] = {}
+    #: the keys of ``dataset.augment`` (values and defaults: the dataset's YAML config)
+    AUGMENT_KEYS: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -108,19 +118,50 @@ class FileSegDataModule(SegDataModule):
         self.fg_fraction = float(fg_fraction)
         if not 0.0 <= self.fg_fraction <= 1.0:
             raise ValueError(f"dataset.fg_fraction={fg_fraction} must be in [0, 1]")
-        unknown = sorted(set(augment or {}) - set(self.DEFAULT_AUGMENT))
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__}: unknown dataset.augment keys {unknown}; known: {sorted(self.DEFAULT_AUGMENT)}"
-            )
-        self.augment = {**self.DEFAULT_AUGMENT, **dict(augment or {})}
+        self.augment = self._augment_settings(augment)
         self.check_files = bool(check_files)
         self.cache = bool(cache)
 
+    def _augment_settings(self, augment: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if augment is None:
+            return None
+        given = set(augment)
+        unknown, missing = sorted(given - set(self.AUGMENT_KEYS)), sorted(set(self.AUGMENT_KEYS) - given)
+        if unknown or missing:
+            raise TypeError(
+                f"{type(self).__name__}: dataset.augment "
+                + (f"has unknown keys {unknown}" if unknown else f"lacks keys {missing}")
+                + f"; its keys are {sorted(self.AUGMENT_KEYS)} (defaults: conf/dataset/{self.name}.yaml)"
+            )
+        return dict(augment)
+
     # ------------------------------------------------------------------ to override
+    def find_cases(self) -> list[dict[str, Any]]:
+        """Every case under ``root``: ``{case_id, group, image, label, ...}``. A missing or empty
+        folder, or a file without its partner, is a :class:`DatasetError` naming the file."""
+        raise NotImplementedError
+
+    def check_case_headers(self, case: dict[str, Any]) -> None:
+        """Header-only check of one case (readable, dimensions, image and label on one grid)."""
+        raise NotImplementedError
+
+    def split_cases(self, cases: list[dict[str, Any]]) -> dict[str, list[dict]]:
+        """Persisted ``num_folds``-fold split by case (``fold`` = test fold); validation carved from
+        the other folds."""
+        by_id = {c["case_id"]: c for c in cases}
+        ids = self.kfold_split(list(by_id), self.splits_path(), self.seed)
+        return {split: [by_id[i] for i in v] for split, v in ids.items()}
+
     def preprocessing_config(self) -> dict[str, Any]:
         """Every setting the deterministic (cached) transforms depend on."""
         raise NotImplementedError
+
+    def load_cases(self) -> dict[str, list[dict]]:
+        cases = self.find_cases()
+        if self.check_files:
+            for case in cases:
+                self.check_case_headers(case)
+        return self.split_cases(cases)
 
     # ------------------------------------------------------------------ locations
     def _root_writable(self) -> bool:
@@ -180,43 +221,65 @@ class FileSegDataModule(SegDataModule):
 
     # ------------------------------------------------------------------ inversion
     def invert_to_original(
-        self, prediction: torch.Tensor, batch: Mapping[str, Any], nearest: bool = False
-    ) -> list[torch.Tensor]:
+        self, arrays: Mapping[str, torch.Tensor], batch: Mapping[str, Any], nearest: Sequence[str] = ()
+    ) -> list[dict[str, torch.Tensor]]:
         """Map predictions made on eval-transformed images back onto each original image grid.
 
-        ``prediction``: ``(B, C, *spatial)`` on the grid of ``batch["image"]`` (e.g. the
-        sliding-window output, probabilities or an argmax map); ``batch["case_id"]`` names the
-        cases. Returns one tensor ``(C, *original_spatial)`` per case on the original file's grid
-        (undoes padding, resampling, reorientation and -- with ``paper_crop`` -- crop/resize, via
-        ``monai.transforms.Invertd`` on ``eval_transforms()``). Use ``nearest=True`` for label
-        maps, ``False`` (linear) for probabilities.
+        ``arrays``: name -> ``(B, C, *spatial)`` on the grid of ``batch["image"]`` (e.g. the argmax
+        map and the uncertainty); ``batch["case_id"]`` names the cases. Returns per case a dict of
+        ``(C, *original_spatial)`` tensors on the original file's grid (undoes padding, resampling,
+        reorientation and -- with ``paper_crop`` -- crop/resize), nearest-neighbour for the names in
+        ``nearest`` (label maps), linear for the others.
         """
         transforms = self.eval_transforms()
-        inverter = Invertd(
-            keys="pred",
-            transform=transforms,
-            orig_keys="image",
-            nearest_interp=nearest,
-            to_tensor=True,
-        )
         self.setup()
         assert self.splits is not None
         by_id = {c["case_id"]: c for cases in self.splits.values() for c in cases}
-        preds = decollate_batch(prediction.detach(), detach=True)
+        per_case = [decollate_batch(a.detach(), detach=True) for a in arrays.values()]
         out = []
-        for case_id, pred in zip(batch["case_id"], preds):
+        for i, case_id in enumerate(batch["case_id"]):
             # The loader's image may come from the PersistentDataset cache, which does not keep
             # the record of the cached (deterministic) transforms: re-run them on the files to get
             # the complete record, then invert.
-            item = transforms(dict(by_id[case_id]))
-            item = {"image": reset_ops_id(item["image"]), "pred": MetaTensor(pred.cpu())}
-            out.append(inverter(item)["pred"])
+            image = reset_ops_id(transforms(dict(by_id[case_id]))["image"])
+            case = {name: values[i] for name, values in zip(arrays, per_case)}
+            out.append(invert_to_file_grid(image, transforms, case, nearest=nearest))
         return out
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(root=str(self.root), preprocessing=self.preprocessing_config())
         return info
+
+
+def find_pairs(
+    folder: Path, pattern: re.Pattern, case_and_kind: Callable[[re.Match], tuple[str, str]]
+) -> dict[str, dict[str, Path]]:
+    """``case id -> {kind: file}`` for the files in ``folder`` whose name matches ``pattern``
+    (``case_and_kind`` turns the match into ``(case id, "image" | "label")``). Two files of one kind
+    for a case (``.nii`` and ``.nii.gz``, say) are an error naming both."""
+    found: dict[str, dict[str, Path]] = {}
+    for p in sorted(folder.iterdir()):
+        m = pattern.match(p.name)
+        if not m or not p.is_file():
+            continue
+        cid, kind = case_and_kind(m)
+        slot = found.setdefault(cid, {})
+        if kind in slot:
+            raise DatasetError(f"case {cid}: both {slot[kind]} and {p} exist; keep one")
+        slot[kind] = p
+    return found
+
+
+def require_pairs(found: dict[str, dict[str, Path]], partner: Callable[[str, Path], Path], label_word: str = "label") -> None:
+    """Every case has its image and its label; ``partner(kind, file)`` is the file expected beside
+    ``file``, named in the error."""
+    for cid in sorted(found, key=natural_key):
+        slot = found[cid]
+        for have, lack, what in (("image", "label", f"image without its {label_word}"),
+                                 ("label", "image", f"{label_word} without its image")):
+            if lack not in slot:
+                raise DatasetError(f"{slot[have]}: {what} (expected {partner(have, slot[have])})")
 
 
 def as_tuple(values: Sequence[float] | float, n: int, what: str) -> tuple[float, ...]:

@@ -34,7 +34,7 @@ import csv
 import logging
 import re
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,6 @@ from monai.transforms import (
     CopyItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
-    MapTransform,
     RandAdjustContrastd,
     RandAffined,
     RandCropByPosNegLabeld,
@@ -59,19 +58,23 @@ from monai.transforms import (
 
 from uaseg.data.checks import (
     Binarized,
+    CheckChannelsd,
     CheckSameGeometryd,
-    DatasetError,
     LoadImageNamedd,
+    check_image_pair,
     expected_layout_error,
     natural_key,
-    source_name,
 )
-from uaseg.data.filebased import FileSegDataModule
+from uaseg.data.filebased import FileSegDataModule, find_pairs, require_pairs
 from uaseg.data.splits import carve_validation, load_or_make_folds
+from uaseg.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
 PARTS = ("train", "testA", "testB")
+#: accepted Pillow modes (checked from the headers before training); images are read as RGB
+IMAGE_MODES = ("RGB", "RGBA", "L", "P")
+LABEL_MODES = ("L", "P", "I", "I;16", "1")
 LAYOUT = """\
   <root>/train_1.bmp  <root>/train_1_anno.bmp   ... train_85
   <root>/testA_1.bmp  <root>/testA_1_anno.bmp   ... testA_60
@@ -118,13 +121,8 @@ def read_grade_csv(path: Path) -> dict[str, dict[str, str]]:
 
 
 def _scan(folder: Path) -> dict[str, dict[str, Path]]:
-    found: dict[str, dict[str, Path]] = {}
-    for p in folder.iterdir():
-        m = _FILE_RE.match(p.name)
-        if m and p.is_file():
-            cid = f"{_part(m.group(1))}_{int(m.group(2))}"
-            found.setdefault(cid, {})["label" if m.group(3) else "image"] = p
-    return found
+    return find_pairs(folder, _FILE_RE, lambda m: (f"{_part(m.group(1))}_{int(m.group(2))}",
+                                                   "label" if m.group(3) else "image"))
 
 
 def find_glas_cases(root: Path) -> list[dict[str, str]]:
@@ -141,11 +139,8 @@ def find_glas_cases(root: Path) -> list[dict[str, str]]:
             folder, found = hits[0]
     if not found:
         raise expected_layout_error("GlaS", root, LAYOUT, "no train_N / testA_N / testB_N .bmp files found")
-    for cid, slot in sorted(found.items()):
-        if "label" not in slot:
-            raise DatasetError(f"{slot['image']}: image without its annotation (expected {folder / (cid + '_anno.bmp')})")
-        if "image" not in slot:
-            raise DatasetError(f"{slot['label']}: annotation without its image (expected {folder / (cid + '.bmp')})")
+    swap = {"image": lambda n: n[:-4] + "_anno" + n[-4:], "label": lambda n: n[:-9] + n[-4:]}
+    require_pairs(found, lambda kind, f: folder / swap[kind](f.name), label_word="annotation")
     grades: dict[str, dict[str, str]] = {}
     csv_path = next((p for p in folder.iterdir() if p.name.lower() == "grade.csv"), None)
     if csv_path is not None:
@@ -179,46 +174,9 @@ def find_glas_cases(root: Path) -> list[dict[str, str]]:
     return cases
 
 
-def check_glas_headers(cases: Sequence[dict[str, str]]) -> None:
-    """Header-only check with Pillow: readable, image RGB(-like), annotation single-channel, same size."""
-    from PIL import Image
-
-    def info(path: str) -> tuple[tuple[int, int], str]:
-        try:
-            with Image.open(path) as im:
-                return im.size, im.mode
-        except Exception as e:
-            raise DatasetError(f"{path}: cannot read this image ({type(e).__name__}: {e})") from e
-
-    for c in cases:
-        si, mi = info(c["image"])
-        sl, ml = info(c["label"])
-        if mi not in ("RGB", "RGBA", "L", "P"):
-            raise DatasetError(f"{c['image']}: unsupported image mode {mi!r} (expected RGB)")
-        if ml not in ("L", "P", "I", "I;16", "1"):
-            raise DatasetError(f"{c['label']}: annotation mode {ml!r} is not a single-channel instance-id map")
-        if si != sl:
-            raise DatasetError(f"image {c['image']} is {si[0]}x{si[1]} but its annotation {c['label']} is {sl[0]}x{sl[1]}")
-
-
 def to_rgb(img):
     """PILReader converter: any image mode -> RGB (GlaS images are 24-bit already)."""
     return img if img.mode == "RGB" else img.convert("RGB")
-
-
-class CheckChannelsd(MapTransform):
-    """Channel-first arrays must have ``n`` channels (error naming the file)."""
-
-    def __init__(self, keys, n: int, what: str) -> None:
-        super().__init__(keys)
-        self.n, self.what = n, what
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            if d[key].shape[0] != self.n:
-                raise DatasetError(f"{source_name(d[key])}: {self.what} has {d[key].shape[0]} channels, expected {self.n}")
-        return d
 
 
 class GlaSDataModule(FileSegDataModule):
@@ -229,19 +187,8 @@ class GlaSDataModule(FileSegDataModule):
     in_channels = 3
     class_names = ("gland",)
 
-    DEFAULT_AUGMENT: dict[str, Any] = {
-        "flip_prob": 0.5,  # per axis
-        "rot90_prob": 0.5,
-        "affine_prob": 0.3,
-        "rotate_deg": 30.0,
-        "scale": 0.1,
-        "contrast_prob": 0.2,
-        "gamma": [0.7, 1.5],
-        "hist_shift_prob": 0.1,
-        "color_prob": 0.3,  # per-channel scale/shift (stain jitter)
-        "color_scale": 0.1,
-        "color_shift": 0.05,
-    }
+    AUGMENT_KEYS = ("flip_prob", "rot90_prob", "affine_prob", "rotate_deg", "scale", "contrast_prob", "gamma",
+                    "hist_shift_prob", "color_prob", "color_scale", "color_shift")
 
     def __init__(
         self,
@@ -254,11 +201,14 @@ class GlaSDataModule(FileSegDataModule):
         self.cv_on_train = bool(cv_on_train)
 
     # ------------------------------------------------------------------ cases and splits
-    def load_cases(self) -> dict[str, list[dict]]:
+    def find_cases(self) -> list[dict]:
         assert self.root is not None
-        cases = find_glas_cases(self.root)
-        if self.check_files:
-            check_glas_headers(cases)
+        return find_glas_cases(self.root)
+
+    def check_case_headers(self, case: dict) -> None:
+        check_image_pair(case["image"], case["label"], IMAGE_MODES, LABEL_MODES)
+
+    def split_cases(self, cases: list[dict]) -> dict[str, list[dict]]:
         train = [c for c in cases if c["group"] == "train"]
         test = [c for c in cases if c["group"] != "train"]
         if self.cv_on_train:
@@ -293,25 +243,23 @@ class GlaSDataModule(FileSegDataModule):
         return {"patch_size": list(self.patch_size), "intensity": "uint8/255", "label": "instances>0"}
 
     def _deterministic(self, label: bool = True) -> list:
-        if not label:
-            return [
-                LoadImageNamedd(keys="image", image_only=True, reader="PILReader", converter=to_rgb),
-                EnsureChannelFirstd(keys="image"),
-                CheckChannelsd(keys="image", n=3, what="image"),
-                ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
-                SpatialPadd(keys="image", spatial_size=self.patch_size),
-            ]
-        keys = ["image", "label", "instances"]
-        return [
+        """Read, check and scale; the image steps are the same with and without an annotation."""
+        image = [
             LoadImageNamedd(keys="image", image_only=True, reader="PILReader", converter=to_rgb),
-            LoadImageNamedd(keys="label", image_only=True, reader="PILReader"),
-            EnsureChannelFirstd(keys=["image", "label"]),
+            EnsureChannelFirstd(keys="image"),
             CheckChannelsd(keys="image", n=3, what="image"),
+            ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
+        ]
+        if not label:
+            return image + [SpatialPadd(keys="image", spatial_size=self.patch_size)]
+        keys = ["image", "label", "instances"]
+        return image + [
+            LoadImageNamedd(keys="label", image_only=True, reader="PILReader"),
+            EnsureChannelFirstd(keys="label"),
             CheckChannelsd(keys="label", n=1, what="annotation"),
             CheckSameGeometryd("image", "label", check_affine=False),
             CopyItemsd(keys="label", names="instances"),
             Binarized(keys="label"),
-            ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
             SpatialPadd(keys=keys, spatial_size=self.patch_size),
         ]
 
@@ -321,9 +269,7 @@ class GlaSDataModule(FileSegDataModule):
         )
 
     def train_transforms(self) -> Compose:
-        a = self.augment
         keys = ["image", "label", "instances"]
-        nearest = ("bilinear", "nearest", "nearest")
         t = self._deterministic() + [
             RandCropByPosNegLabeld(
                 keys=keys,
@@ -333,6 +279,15 @@ class GlaSDataModule(FileSegDataModule):
                 neg=1.0 - self.fg_fraction,
                 num_samples=self.samples_per_image,
             ),
+        ]
+        return Compose(t + self._augmentation() + self._finish())
+
+    def _augmentation(self) -> list:
+        a = self.augment
+        if a is None:
+            return []
+        keys = ["image", "label", "instances"]
+        t: list = [
             RandFlipd(keys=keys, prob=a["flip_prob"], spatial_axis=0),
             RandFlipd(keys=keys, prob=a["flip_prob"], spatial_axis=1),
         ]
@@ -345,7 +300,7 @@ class GlaSDataModule(FileSegDataModule):
                     prob=a["affine_prob"],
                     rotate_range=float(np.deg2rad(a["rotate_deg"])),
                     scale_range=(a["scale"], a["scale"]),
-                    mode=nearest,
+                    mode=("bilinear", "nearest", "nearest"),
                     padding_mode="reflection",
                 )
             )
@@ -360,7 +315,7 @@ class GlaSDataModule(FileSegDataModule):
             ]
         # keep intensities in [0, 1] after jitter
         t.append(ScaleIntensityRanged(keys="image", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True))
-        return Compose(t + self._finish())
+        return t
 
     def eval_transforms(self) -> Compose:
         return Compose(self._deterministic() + self._finish())

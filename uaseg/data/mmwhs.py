@@ -60,15 +60,13 @@ from monai.transforms import (
 from uaseg.data.checks import (
     CheckLabelValuesd,
     CheckSameGeometryd,
-    DatasetError,
     LoadImageNamedd,
-    check_same_geometry,
+    check_nifti_pair,
     expected_layout_error,
     natural_key,
-    nifti_header_geometry,
 )
-from uaseg.data.filebased import FileSegDataModule, as_tuple
-from uaseg.data.splits import carve_validation, load_or_make_folds
+from uaseg.data.filebased import FileSegDataModule, as_tuple, find_pairs, require_pairs
+from uaseg.errors import DatasetError
 
 #: released label values, in class order 1..7
 MMWHS_VALUES: tuple[int, ...] = (500, 600, 420, 550, 205, 820, 850)
@@ -93,42 +91,17 @@ def find_mmwhs_cases(root: Path) -> list[dict[str, str]]:
     if not root.is_dir():
         raise expected_layout_error("MM-WHS", root, LAYOUT, "the folder does not exist")
     folder = root / "ct_train" if (root / "ct_train").is_dir() else root
-    found: dict[str, dict[str, Path]] = {}
-    for p in sorted(folder.iterdir()):
-        m = _FILE_RE.match(p.name)
-        if not m or not p.is_file():
-            continue
-        cid, kind = m.group(1), m.group(2)
-        slot = found.setdefault(cid, {})
-        if kind in slot:
-            raise DatasetError(f"MM-WHS case {cid}: both {slot[kind]} and {p} exist; keep one")
-        slot[kind] = p
+    found = find_pairs(folder, _FILE_RE, lambda m: (m.group(1), m.group(2)))
     if not found:
         raise expected_layout_error(
             "MM-WHS", root, LAYOUT, f"no ct_train_<id>_image/_label NIfTI files in {folder}"
         )
-    cases = []
-    for cid in sorted(found, key=natural_key):
-        slot = found[cid]
-        if "label" not in slot:
-            name = slot["image"].name.replace("_image.", "_label.")
-            raise DatasetError(f"{slot['image']}: image without its label (expected {folder / name})")
-        if "image" not in slot:
-            name = slot["label"].name.replace("_label.", "_image.")
-            raise DatasetError(f"{slot['label']}: label without its image (expected {folder / name})")
-        cases.append({"case_id": cid, "group": "ct", "image": str(slot["image"]), "label": str(slot["label"])})
-    return cases
-
-
-def check_mmwhs_headers(cases: Sequence[dict[str, str]]) -> None:
-    """Header-only check: each file readable, 3-D, image and label with the same shape and affine."""
-    for c in cases:
-        si, ai, _ = nifti_header_geometry(c["image"])
-        sl, al, _ = nifti_header_geometry(c["label"])
-        for f, s in ((c["image"], si), (c["label"], sl)):
-            if len(s) != 3:
-                raise DatasetError(f"{f}: expected a 3-D volume, got shape {s}")
-        check_same_geometry(c["image"], c["label"], si, sl, ai, al)
+    swap = {"image": ("_image.", "_label."), "label": ("_label.", "_image.")}
+    require_pairs(found, lambda kind, f: folder / f.name.replace(*swap[kind]))
+    return [
+        {"case_id": cid, "group": "ct", "image": str(found[cid]["image"]), "label": str(found[cid]["label"])}
+        for cid in sorted(found, key=natural_key)
+    ]
 
 
 class MMWHSDataModule(FileSegDataModule):
@@ -139,15 +112,8 @@ class MMWHSDataModule(FileSegDataModule):
     in_channels = 1
     class_names = MMWHS_CLASSES
 
-    DEFAULT_AUGMENT: dict[str, Any] = {
-        "flip_prob": 0.5,  # per axis
-        "affine_prob": 0.2,
-        "rotate_deg": 15.0,  # +- degrees, each axis
-        "scale": 0.15,  # +- relative zoom
-        "intensity_prob": 0.2,
-        "intensity_scale": 0.1,  # image * (1 + U(-s, s))
-        "intensity_shift": 0.1,  # image + U(-s, s)  (image is in [0, 1])
-    }
+    AUGMENT_KEYS = ("flip_prob", "affine_prob", "rotate_deg", "scale", "intensity_prob", "intensity_scale",
+                    "intensity_shift")
 
     def __init__(
         self,
@@ -168,21 +134,13 @@ class MMWHSDataModule(FileSegDataModule):
         self.paper_crop = bool(paper_crop)
         self.paper_crop_margin = int(paper_crop_margin)
 
-    # ------------------------------------------------------------------ cases and splits
-    def load_cases(self) -> dict[str, list[dict]]:
+    # ------------------------------------------------------------------ cases
+    def find_cases(self) -> list[dict]:
         assert self.root is not None
-        cases = find_mmwhs_cases(self.root)
-        if self.check_files:
-            check_mmwhs_headers(cases)
-        by_id = {c["case_id"]: c for c in cases}
-        folds = load_or_make_folds(self.splits_path(), list(by_id), self.num_folds, self.seed)
-        test_ids = folds[self.fold]["test"]
-        train_ids, val_ids = carve_validation(folds[self.fold]["train"], self.val_fraction, self.seed)
-        return {
-            "train": [by_id[i] for i in train_ids],
-            "val": [by_id[i] for i in val_ids],
-            "test": [by_id[i] for i in test_ids],
-        }
+        return find_mmwhs_cases(self.root)
+
+    def check_case_headers(self, case: dict) -> None:
+        check_nifti_pair(case["image"], case["label"], ndim=3)
 
     # ------------------------------------------------------------------ transforms
     def preprocessing_config(self) -> dict[str, Any]:
@@ -231,9 +189,7 @@ class MMWHSDataModule(FileSegDataModule):
         )
 
     def train_transforms(self) -> Compose:
-        a = self.augment
         keys = ["image", "label"]
-        rot = float(np.deg2rad(a["rotate_deg"]))
         t = self._deterministic() + [
             RandCropByPosNegLabeld(
                 keys=keys,
@@ -245,7 +201,15 @@ class MMWHSDataModule(FileSegDataModule):
                 allow_smaller=False,
             ),
         ]
-        t += [RandFlipd(keys=keys, prob=a["flip_prob"], spatial_axis=ax) for ax in range(3)]
+        return Compose(t + self._augmentation() + self._finish())
+
+    def _augmentation(self) -> list:
+        a = self.augment
+        if a is None:
+            return []
+        keys = ["image", "label"]
+        rot = float(np.deg2rad(a["rotate_deg"]))
+        t: list = [RandFlipd(keys=keys, prob=a["flip_prob"], spatial_axis=ax) for ax in range(3)]
         if a["affine_prob"] > 0:
             t.append(
                 RandAffined(
@@ -262,7 +226,7 @@ class MMWHSDataModule(FileSegDataModule):
                 RandScaleIntensityd(keys="image", factors=a["intensity_scale"], prob=a["intensity_prob"]),
                 RandShiftIntensityd(keys="image", offsets=a["intensity_shift"], prob=a["intensity_prob"]),
             ]
-        return Compose(t + self._finish())
+        return t
 
     def eval_transforms(self) -> Compose:
         return Compose(self._deterministic() + self._finish())
