@@ -1,4 +1,4 @@
-"""Segment new images with a trained checkpoint, referring uncertain voxels (see uaseg/predict.py):
+"""Segment new images with a trained checkpoint, referring uncertain voxels (see uaseg/inference/):
 
     python predict.py ckpt=<run>/checkpoints/last.ckpt input=<folder or file> output=<folder> coverage=0.9
     python predict.py ckpt=... input=... output=... threshold=0.23 [overwrite=true] [device=cuda]
@@ -12,12 +12,12 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from uaseg.data.checks import DatasetError
-    from uaseg.predict import PredictError, main as predict
+    from uaseg.errors import UserError
+    from uaseg.predict import main as predict
 
     try:
         records = predict(cfg)
-    except (PredictError, DatasetError, FileExistsError, FileNotFoundError) as e:
+    except (UserError, FileExistsError, FileNotFoundError) as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"{len(records)} case(s) written to {cfg.output}")

@@ -19,7 +19,9 @@ from conftest import FAST, TINY, compose_cfg
 from omegaconf import OmegaConf
 from PIL import Image
 
-from uaseg.predict import PredictError, predict_files, threshold_for_coverage
+from uaseg.errors import PredictError
+from uaseg.inference import predict_files
+from uaseg.selective import ThresholdGrid
 from uaseg.train import build_datamodule, build_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +36,7 @@ def _cfg(tmp: Path, dataset: str, *extra: str):
 
 def _module(cfg):
     torch.manual_seed(0)
-    module = build_module(cfg)
-    module.dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
-    return module
+    return build_module(cfg)  # the resolved dataset config is one of its hyper-parameters
 
 
 def _save(module, path: Path, curve: dict | None) -> Path:
@@ -46,7 +46,7 @@ def _save(module, path: Path, curve: dict | None) -> Path:
         "hyper_parameters": dict(module.hparams),
         "pytorch-lightning_version": L.__version__,
     }
-    module.val_curve = curve
+    module.val_curve = ThresholdGrid.from_dict(curve) if curve else None
     module.on_save_checkpoint(ckpt)
     torch.save(ckpt, path)
     return path
@@ -117,14 +117,15 @@ def _curve_from(u: np.ndarray) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- threshold rule
-def test_threshold_for_coverage_is_the_nearest_point_ties_to_larger_coverage():
-    curve = {"coverage": [1.0, 0.9, 0.8, 0.0], "threshold": [0.7, 0.4, 0.3, -math.inf]}
-    assert threshold_for_coverage(curve, 0.91) == (0.4, 0.9)
-    assert threshold_for_coverage(curve, 0.86) == (0.4, 0.9)
-    assert threshold_for_coverage(curve, 0.84) == (0.3, 0.8)
-    assert threshold_for_coverage(curve, 0.85) == (0.4, 0.9)  # tie in distance -> larger coverage
-    assert threshold_for_coverage(curve, 1.0) == (0.7, 1.0)
-    assert threshold_for_coverage(curve, 0.01) == (-math.inf, 0.0)
+def test_threshold_at_is_the_nearest_point_ties_to_larger_coverage():
+    """The one coverage -> threshold rule (used by prediction and the report's case panel)."""
+    grid = ThresholdGrid.from_dict({"coverage": [1.0, 0.9, 0.8, 0.0], "threshold": [0.7, 0.4, 0.3, -math.inf]})
+    assert grid.threshold_at(0.91) == (0.4, 0.9)
+    assert grid.threshold_at(0.86) == (0.4, 0.9)
+    assert grid.threshold_at(0.84) == (0.3, 0.8)
+    assert grid.threshold_at(0.85) == (0.4, 0.9)  # tie in distance -> larger coverage
+    assert grid.threshold_at(1.0) == (0.7, 1.0)
+    assert grid.threshold_at(0.01) == (-math.inf, 0.0)
 
 
 # ---------------------------------------------------------------------------------------- NIfTI, 3-D models
@@ -231,8 +232,8 @@ def test_glas_model_pads_small_images_and_crops_back(tmp_path):
 def test_checkpoint_metadata_is_plain_for_weights_only(demo2d_ckpt):
     _, ckpt = demo2d_ckpt
     ck = torch.load(ckpt, weights_only=True)  # a Trainer-written checkpoint loads without pickled objects
-    assert ck["uaseg_dataset"]["_target_"] == "uaseg.data.demo2d.Demo2DDataModule"
-    assert ck["uaseg_dataset"]["meta"]["in_channels"] == 3
+    assert ck["hyper_parameters"]["dataset"]["_target_"] == "uaseg.data.demo2d.Demo2DDataModule"
+    assert ck["hyper_parameters"]["dataset"]["meta"]["in_channels"] == 3
     curve = ck["uaseg_val_curve"]
     assert curve["coverage"][0] == 1.0 and curve["coverage"][-1] == 0.0
     assert all(type(v) is float for v in curve["coverage"] + curve["threshold"])
@@ -315,7 +316,7 @@ def test_error_messages(models, demo2d_ckpt, tmp_path):
 def test_weights_only_refuses_pickled_objects(models, tmp_path):
     module, _ = models["demo3d"]
     ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": L.__version__, "uaseg_dataset": module.dataset_cfg,
+            "pytorch-lightning_version": L.__version__,
             "extra": Path("an/arbitrary/object")}
     torch.save(ckpt, tmp_path / "pickled.ckpt")
     vol = _nifti(tmp_path / "v.nii.gz")

@@ -3,7 +3,6 @@ checkpoint, and leave an honest run folder behind (config, checkpoints, logs, su
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -15,22 +14,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import uaseg.resolvers  # noqa: F401  (registers ${uaseg.*} config resolvers)
-from uaseg.data.base import SegDataModule
-from uaseg.data.checks import DatasetError
+from uaseg.callbacks import SelectiveReportWriter
+from uaseg.data import build_datamodule
+from uaseg.errors import ConfigError, UserError
+from uaseg.identity import run_identity
+from uaseg.io import write_json
 from uaseg.models import SelectiveSegModule
-from uaseg.models.module import plain_config
 
 log = logging.getLogger(__name__)
 
-
-def build_datamodule(dataset_cfg: DictConfig | dict) -> SegDataModule:
-    """Instantiate the dataset config; ``meta`` is for other configs to read, not an argument."""
-    cfg = dict(plain_config(dataset_cfg))
-    cfg.pop("meta", None)
-    return instantiate(cfg, _convert_="all")
+__all__ = ["train", "build_datamodule", "build_module", "USER_ERRORS", "ConfigError"]
 
 
 def build_module(cfg: DictConfig) -> SelectiveSegModule:
+    """The module from the ``model``, ``loss`` and ``eval`` groups, with the resolved ``dataset``
+    config (prediction preprocesses new images with it) and the run identity as hyper-parameters."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     target = model_cfg.pop("_target_")
     return instantiate(
@@ -38,37 +36,19 @@ def build_module(cfg: DictConfig) -> SelectiveSegModule:
         **model_cfg,
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         evaluation=OmegaConf.to_container(cfg.eval, resolve=True),
+        dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
+        run_identity=run_identity(cfg),
         _recursive_=False,
     )
 
 
+def build_callbacks(cfg: DictConfig) -> list[Any]:
+    """The ``callbacks`` group, plus the test report writer configured from the ``eval`` group."""
+    return _instantiate_group(cfg.get("callbacks")) + [SelectiveReportWriter.from_eval_config(cfg.eval, cfg.paths.output_dir)]
+
+
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
-
-
-def run_identity(cfg: DictConfig) -> dict[str, Any]:
-    """What makes this run this run: written into summary.json and used by the report to group."""
-    choices = {}
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choices = dict(HydraConfig.get().runtime.choices)
-    except ValueError:  # composed outside @hydra.main (tests, notebooks)
-        pass
-    return {
-        "dataset": choices.get("dataset", cfg.dataset.get("_target_", "?").rsplit(".", 1)[-1]),
-        "model": choices.get("model"),
-        "fold": cfg.dataset.get("fold"),
-        "seed": cfg.get("seed"),
-        "lambda": cfg.loss.get("lambda"),
-        "margin": cfg.loss.get("margin"),
-        "scale": cfg.loss.get("scale"),
-        "sampling": cfg.loss.get("sampling"),
-        "n_wrong": cfg.loss.get("n_wrong"),
-        "n_correct": cfg.loss.get("n_correct"),
-        "start_epoch": cfg.loss.get("start_epoch"),
-        "tag": cfg.get("tag"),
-    }
 
 
 def _resolve_ckpt(cfg: DictConfig, out: Path) -> str | None:
@@ -129,12 +109,8 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-class ConfigError(ValueError):
-    """A configuration the user must fix (the message says how); shown without a traceback."""
-
-
 #: errors that are the user's to fix: a one-line message is more useful than a traceback
-USER_ERRORS = (ConfigError, DatasetError, FileExistsError, FileNotFoundError)
+USER_ERRORS = (UserError, FileExistsError, FileNotFoundError)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -169,10 +145,7 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
     datamodule = build_datamodule(cfg.dataset)
     model = build_module(cfg)
-    model.run_identity = run_identity(cfg)
-    # stored in checkpoints so predict.py preprocesses new images exactly as in training
-    model.dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
-    callbacks = _instantiate_group(cfg.get("callbacks"))
+    callbacks = build_callbacks(cfg)
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
@@ -193,7 +166,7 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     if trainer.is_global_zero:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        write_json(out / "metrics.json", dict(sorted(metrics.items())))
     return metrics
 
 
@@ -202,14 +175,8 @@ def _record_failure(out: Path, error: BaseException) -> None:
     import traceback
 
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "failed.json").write_text(
-            json.dumps(
-                {"error": f"{type(error).__name__}: {error}",
-                 "traceback": "".join(traceback.format_exception(error))},
-                indent=1,
-            )
-        )
+        write_json(out / "failed.json", {"error": f"{type(error).__name__}: {error}",
+                                         "traceback": "".join(traceback.format_exception(error))})
     except OSError:
         log.exception("could not write %s/failed.json", out)
 

@@ -1,0 +1,158 @@
+"""Files of prediction: which inputs to segment, what kind they are, and where their outputs go.
+
+Outputs per case ``<name>`` (the file name without its extension), on the grid of the source file:
+
+* NIfTI in -> NIfTI out with the source's header geometry: ``<name>_seg.nii.gz`` (uint8 classes),
+  ``<name>_uncertainty.nii.gz`` (float32), ``<name>_refer.nii.gz`` (uint8, 1 = refer);
+* a 2-D image in -> PNG in its pixel layout ``(height, width)``: ``<name>_seg.png`` (8-bit classes),
+  ``<name>_uncertainty.png`` (16-bit, ``u * 65535``) plus ``<name>_uncertainty.npy`` (float32),
+  ``<name>_refer.png`` (0 / 255).
+
+Arrays come in MONAI's layout (NIfTI voxel order; ``(width, height)`` for 2-D files).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from uaseg.data.checks import natural_key
+from uaseg.errors import DatasetError, PredictError
+from uaseg.io import (
+    load_nifti,
+    read_image_header,
+    read_nifti_header,
+    save_nifti_like,
+    save_npy,
+    save_png,
+    uncertainty_png16,
+)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+#: suffixes of the files written per input (also used to skip our own outputs in an input folder)
+OUTPUT_TAGS = ("_seg", "_uncertainty", "_refer")
+_GRAY_MODES = ("1", "L", "LA", "I", "F", "La", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def file_kind(path: Path) -> str | None:
+    """``"nifti"``, ``"image"`` (2-D) or ``None`` (not an input)."""
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
+    return None
+
+
+def case_name(path: Path) -> str:
+    name = path.name
+    for suffix in NIFTI_SUFFIXES + IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def list_inputs(inputs: str | Path | Iterable[str | Path], skip_outputs_in: Path | None = None) -> tuple[list[Path], str]:
+    """Files to segment and their kind (``"nifti"`` or ``"image"``). Each entry is a file or a folder
+    (every NIfTI / BMP / PNG / JPG / TIF file directly inside, naturally sorted). NIfTI volumes and 2-D
+    images cannot be mixed. Files in ``skip_outputs_in`` that look like our own outputs are skipped."""
+    entries = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    if not entries:
+        raise PredictError("no input given")
+    files: list[Path] = []
+    for entry in entries:
+        p = Path(entry).expanduser()
+        if p.is_dir():
+            found = [f for f in p.iterdir() if f.is_file() and not f.name.startswith(".") and file_kind(f)]
+            if skip_outputs_in is not None and p.resolve() == skip_outputs_in.resolve():
+                found = [f for f in found if not case_name(f).endswith(OUTPUT_TAGS)]
+            if not found:
+                raise PredictError(
+                    f"input folder {p} holds no NIfTI (.nii, .nii.gz) or image (.bmp, .png, .jpg, .tif) files"
+                )
+            files += sorted(found, key=lambda f: natural_key(f.name))
+        elif p.is_file():
+            if file_kind(p) is None:
+                raise PredictError(
+                    f"{p}: unsupported file type; expected NIfTI (.nii, .nii.gz) or an image (.bmp, .png, .jpg, .tif)"
+                )
+            files.append(p)
+        else:
+            raise PredictError(f"input not found: {p}")
+    kinds = {file_kind(f) for f in files}
+    if len(kinds) > 1:
+        nifti = next(f for f in files if file_kind(f) == "nifti")
+        image = next(f for f in files if file_kind(f) == "image")
+        raise PredictError(
+            f"the inputs mix NIfTI volumes and 2-D images (e.g. {nifti} and {image}); a model segments one kind"
+        )
+    names: dict[str, Path] = {}
+    for f in files:
+        n = case_name(f)
+        if n in names and names[n] != f:
+            raise PredictError(f"two inputs would write the same outputs '{n}_*': {names[n]} and {f}")
+        names[n] = f
+    return files, kinds.pop()
+
+
+def inspect_input(path: Path, kind: str) -> tuple[int, int, str]:
+    """``(spatial_dims, channels, description)`` from the file's header; errors name the file."""
+    try:
+        if kind == "nifti":
+            h = read_nifti_header(path)
+            shape = h.shape
+            if h.voxel_channels > 1:  # RGB24 / RGBA32 voxels
+                return len(shape), h.voxel_channels, f"{len(shape)}-D volume {shape} of {h.voxel_channels}-channel voxels"
+            if len(shape) == 4:
+                return 3, shape[3], f"4-D volume {shape} (last axis taken as channels)"
+            if len(shape) == 5 and shape[3] == 1:
+                return 3, shape[4], f"5-D volume {shape} (vector axis taken as channels)"
+            return len(shape), 1, f"{len(shape)}-D volume {shape}"
+        size, mode = read_image_header(path)
+    except DatasetError as e:
+        raise PredictError(str(e)) from e
+    channels = 1 if mode in _GRAY_MODES else 3  # colour modes (RGB, RGBA, P, CMYK...) are read as RGB
+    return 2, channels, f"2-D {'grayscale' if channels == 1 else 'colour'} image {size[0]}x{size[1]} (mode {mode})"
+
+
+def output_paths(folder: Path, name: str, kind: str, refer: bool = True) -> dict[str, Path]:
+    """Where :func:`write_segmentation` writes case ``name`` (and ``json`` its record)."""
+    tags = ("seg", "uncertainty", "refer") if refer else ("seg", "uncertainty")
+    ext = ".nii.gz" if kind == "nifti" else ".png"
+    out = {t: folder / f"{name}_{t}{ext}" for t in tags}
+    if kind != "nifti":
+        out["uncertainty_npy"] = folder / f"{name}_uncertainty.npy"
+    out["json"] = folder / f"{name}.json"
+    return out
+
+
+def write_segmentation(
+    paths: dict[str, Path],
+    source: Path,
+    seg: np.ndarray,
+    uncertainty: np.ndarray,
+    refer: np.ndarray | None = None,
+    refer_note: str = "",
+) -> None:
+    """Write segmentation, uncertainty (and the referral mask) on the grid of ``source`` into
+    ``paths`` (from :func:`output_paths`). Shapes must match the source file's grid."""
+    if file_kind(source) == "nifti":
+        ref = load_nifti(source)
+        if seg.shape != tuple(ref.shape[:3]):
+            raise RuntimeError(f"{source}: the prediction has shape {seg.shape}, the file {ref.shape}")
+        save_nifti_like(paths["seg"], seg, ref, np.uint8, "uaseg segmentation")
+        save_nifti_like(paths["uncertainty"], uncertainty, ref, np.float32, "uaseg uncertainty 1-max softmax")
+        if refer is not None:
+            save_nifti_like(paths["refer"], refer, ref, np.uint8, f"uaseg referral {refer_note}")
+        return
+    (width, height), _ = read_image_header(source)
+    if seg.shape != (width, height):  # MONAI reads 2-D files as (width, height)
+        raise RuntimeError(f"{source}: the prediction has shape {seg.shape}, the image is {width}x{height}")
+    save_png(paths["seg"], seg.T.astype(np.uint8))
+    save_png(paths["uncertainty"], uncertainty_png16(uncertainty.T))
+    save_npy(paths["uncertainty_npy"], np.ascontiguousarray(uncertainty.T, dtype=np.float32))
+    if refer is not None:
+        save_png(paths["refer"], refer.T.astype(np.uint8) * 255)

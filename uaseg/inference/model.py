@@ -1,0 +1,94 @@
+"""A trained model as prediction needs it: the module from its checkpoint alone (``weights_only``
+loading), the dataset module that preprocesses new files exactly as in training, and the checks that
+a file suits the model."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uaseg.data import build_datamodule
+from uaseg.errors import PredictError, root_cause
+from uaseg.inference.files import inspect_input
+from uaseg.selective import ThresholdGrid
+
+
+@dataclass
+class LoadedModel:
+    module: Any
+    datamodule: Any
+    dataset_cfg: dict
+    val_curve: ThresholdGrid | None
+    spatial_dims: int
+    in_channels: int
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        what = "3-D volumes (NIfTI .nii/.nii.gz)" if self.spatial_dims == 3 else "2-D images (BMP/PNG/JPG/TIF)"
+        ch = {1: "1 channel (e.g. CT)", 3: "3 channels (RGB)"}.get(self.in_channels, f"{self.in_channels} channels")
+        ds = self.dataset_cfg.get("_target_", "?").rsplit(".", 1)[-1]
+        return f"this model ({ds}) segments {what} with {ch}"
+
+    def check_compatible(self, path: Path, kind: str) -> None:
+        """A clear error, from the file's header, when ``path`` is not what this model segments."""
+        dims, channels, desc = inspect_input(path, kind)
+        wanted_kind = "nifti" if self.spatial_dims == 3 else "image"
+        if kind != wanted_kind or dims != self.spatial_dims:
+            raise PredictError(f"{path}: a {desc}, but {self.describe()}")
+        if channels != self.in_channels:
+            raise PredictError(
+                f"{path}: a {desc} with {channels} channel{'s' if channels != 1 else ''}, but {self.describe()}"
+            )
+
+
+def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_checkpoint: bool = False) -> LoadedModel:
+    """Rebuild the module from ``ckpt`` (``weights_only=True`` unless ``trust_checkpoint``) and the
+    dataset module from the dataset config stored with its hyper-parameters."""
+    from uaseg.models import SelectiveSegModule
+
+    path = Path(ckpt).expanduser()
+    if not path.is_file():
+        raise PredictError(f"checkpoint not found: {path}")
+    try:
+        module = SelectiveSegModule.load_from_checkpoint(
+            str(path), map_location="cpu", weights_only=not trust_checkpoint
+        )
+    except pickle.UnpicklingError as e:
+        raise PredictError(
+            f"{path}: the checkpoint holds objects that torch.load(weights_only=True) refuses to unpickle "
+            f"({str(e).splitlines()[0] if str(e) else e}). If you trust this file, pass trust_checkpoint=true."
+        ) from e
+    except Exception as e:
+        raise PredictError(f"{path}: cannot load this checkpoint ({type(e).__name__}: {e})") from e
+    dataset_cfg = module.dataset_cfg
+    if not dataset_cfg:
+        raise PredictError(
+            f"{path} holds no dataset config (hyper-parameter 'dataset'), so the preprocessing of new "
+            "images is unknown; train it with a current train.py"
+        )
+    try:
+        datamodule = build_datamodule(dataset_cfg)
+        datamodule.predict_transforms()  # e.g. paper_crop models cannot segment unlabelled images
+    except Exception as e:
+        raise PredictError(
+            f"{path}: cannot preprocess new images for this model's dataset {dataset_cfg.get('_target_')} "
+            f"({root_cause(e)})"
+        ) from e
+    net = module.hparams["net"]
+    meta = dataset_cfg.get("meta") or {}
+    module.eval().to(device)
+    return LoadedModel(
+        module=module,
+        datamodule=datamodule,
+        dataset_cfg=dataset_cfg,
+        val_curve=module.val_curve,
+        spatial_dims=int(net.get("spatial_dims", datamodule.spatial_dims)),
+        in_channels=int(net.get("in_channels", datamodule.in_channels)),
+        num_classes=int(net["out_channels"]),
+        class_names=["background", *(meta.get("class_names") or getattr(datamodule, "class_names", ()))],
+    )

@@ -1,0 +1,149 @@
+"""Selective segmentation of new files with a trained checkpoint: the library behind ``predict.py``.
+
+For each input, :func:`predict_files` writes the segmentation, the uncertainty ``u = 1 - max softmax``
+and the referral mask ``u > t`` on the input's own grid (see :mod:`uaseg.inference.files`) and a JSON
+record: the threshold and how it was chosen, the case's own coverage, voxel counts per class.
+
+Threshold: ``threshold=t`` is used as given. ``coverage=c`` takes the threshold of the checkpoint's
+validation curve by :meth:`uaseg.selective.ThresholdGrid.threshold_at` (the point with coverage
+nearest ``c``; the grid has a point for every 0.1 % of coverage), so ``c`` is honoured on the
+validation images to within 0.05 % plus their tie groups; a new image's own coverage at that threshold
+differs from ``c`` by however much it differs from the validation images. The referral mask is
+computed on the original grid, so the mask, the written uncertainty and the reported coverage agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from uaseg.errors import PredictError
+from uaseg.inference.files import case_name, list_inputs, output_paths, write_segmentation
+from uaseg.inference.model import LoadedModel, load_model
+from uaseg.inference.segment import segment_file
+from uaseg.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PredictError(f"device={device} requested but CUDA is not available; use device=cpu")
+    return dev
+
+
+def check_threshold_options(coverage: float | None, threshold: float | None) -> None:
+    """Exactly one of ``coverage`` in (0, 1] and a numeric ``threshold`` (checked before any work)."""
+    if (coverage is None) == (threshold is None):
+        raise PredictError("give exactly one of coverage=<fraction in (0, 1]> and threshold=<uncertainty>")
+    if coverage is not None and not 0.0 < float(coverage) <= 1.0:
+        raise PredictError(f"coverage={coverage} must be in (0, 1]")
+    if threshold is not None and math.isnan(float(threshold)):
+        raise PredictError("threshold must be a number")
+
+
+def choose_threshold(model: LoadedModel, ckpt: Path, coverage: float | None, threshold: float | None) -> dict:
+    """The threshold and the record of how it was chosen."""
+    check_threshold_options(coverage, threshold)
+    if threshold is not None:
+        threshold = float(threshold)
+        return {"threshold": threshold, "threshold_source": "explicit",
+                "threshold_rule": "given by the user; refer voxels with u > threshold",
+                "requested_coverage": None, "validation_coverage": None}
+    coverage = float(coverage)
+    if model.val_curve is None:
+        raise PredictError(
+            f"{ckpt} has no validation risk-coverage curve ('uaseg_val_curve'; saved only after a "
+            "validation run), so coverage cannot be mapped to a threshold; pass threshold=<u> instead"
+        )
+    t, val_coverage = model.val_curve.threshold_at(coverage)
+    log.info("coverage %.4g -> threshold %.6g (validation coverage %.4f)", coverage, t, val_coverage)
+    record = {"threshold": t, "threshold_source": "coverage",
+              "threshold_rule": "validation curve point with coverage nearest to the requested one "
+                                "(ties: larger coverage); refer voxels with u > threshold",
+              "requested_coverage": coverage, "validation_coverage": val_coverage}
+    if t == -math.inf:
+        record["note"] = "threshold -inf: the nearest validation coverage was 0, every voxel is referred"
+    return record
+
+
+def predict_files(
+    ckpt: str | Path,
+    inputs: str | Path | Sequence[str | Path],
+    output: str | Path,
+    coverage: float | None = None,
+    threshold: float | None = None,
+    overwrite: bool = False,
+    device: str | torch.device = "cpu",
+    trust_checkpoint: bool = False,
+) -> list[dict]:
+    """Segment every input file with ``ckpt`` and write segmentation, uncertainty, referral mask and a
+    JSON per file into ``output``. Exactly one of ``coverage`` (in (0, 1]; threshold from the
+    checkpoint's validation curve) and ``threshold`` (refer ``u > threshold``). Refuses to overwrite
+    existing outputs unless ``overwrite``; every check runs before any computation. Returns the
+    per-file JSON records."""
+    check_threshold_options(coverage, threshold)
+    dev = _device(device)
+    ckpt_path = Path(ckpt).expanduser().resolve() if Path(ckpt).expanduser().exists() else Path(ckpt)
+    output = Path(output).expanduser().absolute()
+    files, kind = list_inputs(inputs, skip_outputs_in=output)
+
+    model = load_model(ckpt_path, "cpu", trust_checkpoint=trust_checkpoint)
+    chosen = choose_threshold(model, ckpt_path, coverage, threshold)
+    for f in files:
+        model.check_compatible(f, kind)
+
+    targets = {f: output_paths(output, case_name(f), kind) for f in files}
+    if not overwrite:
+        existing = [p for t in targets.values() for p in t.values() if p.exists()]
+        if existing:
+            shown = "\n  ".join(str(p) for p in existing[:5])
+            more = f"\n  ... and {len(existing) - 5} more" if len(existing) > 5 else ""
+            raise FileExistsError(
+                f"{len(existing)} output file(s) already exist; pass overwrite=true to replace them, or choose "
+                f"another output folder:\n  {shown}{more}"
+            )
+    model.module.to(dev)
+    records = []
+    for f in files:
+        log.info("segmenting %s", f)
+        records.append(_predict_one(model, f, targets[f], dev, ckpt_path, chosen))
+    return records
+
+
+def _predict_one(model: LoadedModel, path: Path, out: dict[str, Path], device: torch.device, ckpt_path: Path,
+                 chosen: dict) -> dict:
+    seg, u = segment_file(model, path, device)
+    threshold = chosen["threshold"]
+    refer = u > threshold  # -inf: refer everything
+    write_segmentation(out, path, seg, u, refer, refer_note=f"u>{threshold:.6g}")
+    n = int(refer.size)
+    counts = np.bincount(seg.ravel(), minlength=model.num_classes)
+    counts_covered = np.bincount(seg[~refer].ravel(), minlength=model.num_classes)
+    names = model.class_names if len(model.class_names) == model.num_classes else [str(i) for i in range(model.num_classes)]
+    shape = seg.shape if seg.ndim == 3 else seg.T.shape  # 2-D: (height, width) as written
+    record = {
+        "input": str(path.resolve()),
+        "checkpoint": str(ckpt_path),
+        "dataset": model.dataset_cfg.get("_target_"),
+        **chosen,
+        "coverage": float(1.0 - refer.sum() / n),
+        "voxels": n,
+        "referred_voxels": int(refer.sum()),
+        "shape": list(shape),
+        "voxel_counts": {names[i]: int(c) for i, c in enumerate(counts)},
+        "voxel_counts_covered": {names[i]: int(c) for i, c in enumerate(counts_covered)},
+        "uncertainty": {"mean": float(u.mean()), "max": float(u.max())},
+        "outputs": {k: str(p) for k, p in out.items() if k != "json"},
+    }
+    write_json(out["json"], record)
+    log.info("%s: coverage %.4f at threshold %.6g -> %s", path.name, record["coverage"], threshold, out["seg"])
+    return record

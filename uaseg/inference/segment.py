@@ -1,0 +1,29 @@
+"""Segment one file on its own grid: preprocess as in training, sliding-window inference, and map the
+segmentation (nearest) and the uncertainty (linear) back onto the file's grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from uaseg.data.invert import invert_to_file_grid
+from uaseg.errors import DatasetError, PredictError, first_cause
+from uaseg.inference.model import LoadedModel
+
+
+def segment_file(model: LoadedModel, path: Path, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """``(segmentation int64, uncertainty float32)`` on the file's own grid, in MONAI's array layout
+    (NIfTI voxel order; ``(width, height)`` for 2-D images)."""
+    transforms = model.datamodule.predict_transforms()
+    try:
+        image = transforms({"image": str(path)})["image"]
+    except Exception as e:
+        cause = first_cause(e, DatasetError)
+        raise PredictError(f"{path}: cannot preprocess this file ({cause or e})") from e
+    if image.shape[0] != model.in_channels:
+        raise PredictError(f"{path}: read as {image.shape[0]} channel(s), but {model.describe()}")
+    uncertainty, prediction, _ = model.module.segment(image[None].to(device))
+    out = invert_to_file_grid(image, transforms, {"seg": prediction[:1], "u": uncertainty[:1]}, nearest=["seg"])
+    return out["seg"][0].round().long().numpy(), out["u"][0].float().numpy().astype(np.float32)
