@@ -95,3 +95,59 @@ def test_ranking_gradient_reaches_the_network_parameters(make_cfg):
     for a, b, ref in zip(g2, g0, gb):
         torch.testing.assert_close(a - b, ref, rtol=1e-7, atol=1e-9)
 
+
+
+# ===================================================================== 2. subsample sizes and draw
+def _compose_loss(overrides) -> "DictConfig":  # noqa: F821
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF / "loss"), version_base="1.3"):
+        return compose("uncertainty_aware", overrides=list(overrides))
+
+
+def test_subsample_sizes_go_to_the_right_sets(monkeypatch):
+    """loss.sampling=subsample hands n_wrong wrong voxels and n_correct correct ones (not swapped,
+    each a subset of the truly wrong / correct voxels) to the ranking term."""
+    seen = []
+    real = ua_mod.masked_pairwise_ranking_loss
+
+    def spy(u, wrong, correct, margin):
+        seen.append((wrong.clone(), correct.clone()))
+        return real(u, wrong, correct, margin)
+
+    monkeypatch.setattr(ua_mod, "masked_pairwise_ranking_loss", spy)
+    n_wrong, n_correct = 7, 13
+    loss = instantiate(_compose_loss(["sampling=subsample", f"n_wrong={n_wrong}", f"n_correct={n_correct}"]))
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 6, 7, 5, generator=g)
+    target = torch.randint(0, 4, (2, 1, 6, 7, 5), generator=g)
+    truly_wrong = (logits.argmax(1) != target[:, 0]).reshape(-1)
+    assert int(truly_wrong.sum()) > 3 * n_correct and int((~truly_wrong).sum()) > 3 * n_correct
+    torch.manual_seed(0)
+    _, logs = loss(logits, target, epoch=0)
+    (wrong, correct), = seen
+    assert int(wrong.sum()) == n_wrong and int(correct.sum()) == n_correct
+    assert not (wrong & ~truly_wrong).any() and not (correct & truly_wrong).any()
+    # the logged set sizes are the full sets, before subsampling
+    assert int(logs["n_wrong"]) == int(truly_wrong.sum())
+
+
+def test_random_mask_subset_is_uniform_over_candidates():
+    """2000 draws of 5 out of 40 candidates (of 100 entries): exactly 5 each time, never a
+    non-candidate, and per-candidate counts pass a chi-square test against 2000*5/40 = 250.
+
+    (Without replacement the counts are less dispersed than multinomial, so Pearson's statistic
+    is conservative here; the 0.999 quantile keeps the false-alarm rate at most 1e-3, and the
+    seeded generator makes the test deterministic anyway.)"""
+    mask = torch.zeros(100, dtype=torch.bool)
+    mask[torch.randperm(100, generator=torch.Generator().manual_seed(0))[:40]] = True
+    g = torch.Generator().manual_seed(1)
+    draws, k = 2000, 5
+    counts = torch.zeros(100)
+    for _ in range(draws):
+        pick = random_mask_subset(mask, k, generator=g)
+        assert int(pick.sum()) == k
+        counts += pick
+    assert counts[~mask].sum() == 0
+    expected = draws * k / 40
+    stat = float(((counts[mask] - expected) ** 2 / expected).sum())
+    assert stat < chi2.ppf(0.999, df=40 - 1), stat
