@@ -151,3 +151,75 @@ def test_random_mask_subset_is_uniform_over_candidates():
     expected = draws * k / 40
     stat = float(((counts[mask] - expected) ** 2 / expected).sum())
     assert stat < chi2.ppf(0.999, df=40 - 1), stat
+
+
+# ===================================================================== 3. class weights applied
+MMWHS_WEIGHT = [1, 1, 1, 1, 1, 2, 1, 1.0]  # Myo (class 5) weighted 2
+
+
+def _eight_class_batch(seed: int = 0):
+    """Logits (2, 8, 4, 4) float64 and a target in which every class 0..7 occurs 4 times."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(2, 8, 4, 4, generator=g, dtype=F64)  # x3: weighting moves the CE by ~0.1
+    target = torch.arange(32)[torch.randperm(32, generator=g)].remainder(8).reshape(2, 1, 4, 4)
+    assert set(target.unique().tolist()) == set(range(8))
+    return logits, target
+
+
+def _weighted_ce_by_hand(logits, target, weight):
+    """sum_i w[y_i] * (-log softmax(x_i)[y_i]) / sum_i w[y_i] (torch's weighted mean)."""
+    logp = torch.log_softmax(logits, 1)
+    y = target[:, 0]
+    nll = -logp.gather(1, y[:, None])[:, 0]
+    w = torch.as_tensor(weight, dtype=F64)[y]
+    return (w * nll).sum() / w.sum()
+
+
+def _weighted_dice_by_hand(logits, target, weight, smooth=1e-5):
+    """MONAI DiceLoss(softmax, to_onehot_y, include_background, weight): per (batch, class)
+    1 - (2 tp + s) / (2 tp + fp + fn + s) over space, times weight[class], mean over (batch, class)."""
+    p = torch.softmax(logits, 1)
+    y = F.one_hot(target[:, 0], logits.shape[1]).movedim(-1, 1).to(F64)
+    tp = (p * y).sum((2, 3))
+    fp = (p * (1 - y)).sum((2, 3))
+    fn = ((1 - p) * y).sum((2, 3))
+    f = 1 - (2 * tp + smooth) / (2 * tp + fp + fn + smooth)
+    return (f * torch.as_tensor(weight, dtype=F64)).mean()
+
+
+def test_ce_mmwhs_class_weights_are_applied():
+    """loss/seg_loss=ce_mmwhs (composed from conf/train.yaml) weights the CE: equal to the weighted
+    CE written out, and to F.cross_entropy(weight=...), and different from the unweighted CE."""
+    logits, target = _eight_class_batch()
+    loss = instantiate(_compose_train(["loss/seg_loss=ce_mmwhs", "loss.lambda=0"]).loss)
+    total, logs = loss(logits, target, epoch=0)
+    expected = _weighted_ce_by_hand(logits, target, MMWHS_WEIGHT)
+    torch.testing.assert_close(expected, F.cross_entropy(logits, target[:, 0], weight=torch.tensor(MMWHS_WEIGHT, dtype=F64)))
+    torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logs["seg"], expected, rtol=1e-12, atol=1e-12)
+    unweighted = F.cross_entropy(logits, target[:, 0])
+    assert abs(float(total - unweighted)) > 1e-3
+    # with the ranking term on (the default lambda), the seg part is still the weighted CE
+    full = instantiate(_compose_train(["loss/seg_loss=ce_mmwhs"]).loss)
+    torch.testing.assert_close(full(logits, target, epoch=0)[1]["seg"], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("lambda_dice", [1.0, 0.0])
+def test_dice_ce_class_weights_are_applied(lambda_dice):
+    """loss/seg_loss=dice_ce with loss.seg_loss.weight: lambda_dice * weighted Dice + weighted CE
+    (MONAI >= 1.2 DiceCELoss passes the weight to both parts), written out by hand; lambda_dice=0
+    isolates the CE part. Differs from the same config without weights."""
+    logits, target = _eight_class_batch(1)
+    common = ["loss/seg_loss=dice_ce", "loss.lambda=0", f"loss.seg_loss.lambda_dice={lambda_dice}"]
+    # .double(): MONAI keeps the weight as a float32 buffer of its CrossEntropyLoss, which refuses
+    # float64 logits; Lightning's precision plugin casts the module (and so the buffer) the same way
+    weighted = instantiate(_compose_train([*common, "loss.seg_loss.weight=[1,1,1,1,1,2,1,1]"]).loss).double()
+    plain = instantiate(_compose_train(common).loss).double()
+    got, _ = weighted(logits, target, epoch=0)
+    expected = lambda_dice * _weighted_dice_by_hand(logits, target, MMWHS_WEIGHT) + _weighted_ce_by_hand(
+        logits, target, MMWHS_WEIGHT)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    unweighted = lambda_dice * _weighted_dice_by_hand(logits, target, [1.0] * 8) + F.cross_entropy(
+        logits, target[:, 0])
+    torch.testing.assert_close(plain(logits, target, epoch=0)[0], unweighted, rtol=1e-10, atol=1e-10)
+    assert abs(float(got - unweighted)) > 1e-3
