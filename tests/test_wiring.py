@@ -15,6 +15,7 @@ from datafiles import SPACING, affine_for, make_mmwhs, save_nifti
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+from monai.transforms import Compose
 from scipy.stats import chi2
 
 import uaseg.losses.uncertainty_aware as ua_mod
@@ -223,3 +224,45 @@ def test_dice_ce_class_weights_are_applied(lambda_dice):
         logits, target[:, 0])
     torch.testing.assert_close(plain(logits, target, epoch=0)[0], unweighted, rtol=1e-10, atol=1e-10)
     assert abs(float(got - unweighted)) > 1e-3
+
+
+# ===================================================================== 4. label resampled nearest
+def _runs(line: np.ndarray) -> list[int]:
+    """Run-length classes along a line: [0, 0, 1, 1, 5, 7, 7] -> [0, 1, 5, 7]."""
+    return [int(v) for i, v in enumerate(line) if i == 0 or v != line[i - 1]]
+
+
+def test_mmwhs_label_resampled_nearest_keeps_thin_structures(tmp_path):
+    """MM-WHS preprocessing with a real (anisotropic -> 0.5 mm isotropic) resampling: the label
+    keeps integer values from the input's class set only, and a 1-voxel Myo wall between LV and
+    PA (and a 1-slice AO lid on the coarse axis) keeps its class, with no class appearing between."""
+    from datafiles import mmwhs_image
+
+    shape, spacing = (12, 10, 6), (0.8, 1.0, 2.0)
+    lab = np.zeros(shape, np.int16)
+    lab[2:7, 2:8, 1:4] = 500  # LV   -> 1
+    lab[7, 2:8, 1:4] = 205    # Myo  -> 5, one voxel thick (0.8 mm), between LV and PA
+    lab[8:11, 2:8, 1:4] = 850  # PA  -> 7
+    lab[2:7, 2:8, 4] = 820    # AO   -> 6, one slice (2 mm) on top of LV
+    folder = tmp_path / "ct_train"
+    folder.mkdir()
+    aff = affine_for(spacing=spacing, shape=shape)
+    case = {"case_id": "1001", "group": "ct",
+            "image": str(save_nifti(mmwhs_image(lab), aff, folder / "ct_train_1001_image.nii.gz")),
+            "label": str(save_nifti(lab, aff, folder / "ct_train_1001_label.nii.gz"))}
+    dm = MMWHSDataModule(root=str(tmp_path), patch_size=(8, 8, 8), spacing=(0.5, 0.5, 0.5), cache=False,
+                         num_workers=0, batch_size=1)
+    out = dm.eval_transforms()(dict(case))["label"][0].numpy()
+    assert all(o >= 1.5 * n for o, n in zip(out.shape, shape))  # really resampled (x1.6, x2, x4)
+    assert set(np.unique(out).tolist()) == {0, 1, 5, 6, 7}
+    # before the final int64 cast the label already holds whole numbers
+    raw = Compose(dm._deterministic())(dict(case))["label"][0]
+    np.testing.assert_array_equal(np.asarray(raw), np.round(np.asarray(raw)))
+    # along x through the middle of the structures: background, LV, Myo, PA, background
+    ys, zs = np.nonzero((out == 1).any(0))
+    y, z = int(np.median(ys)), int(np.median(zs))
+    assert _runs(out[:, y, z]) == [0, 1, 5, 7, 0]
+    assert 1 <= int((out[:, y, z] == 5).sum()) <= 3  # 0.8 mm at 0.5 mm
+    # along z (the coarse axis) through the LV: background, LV, AO lid, background
+    xs = np.nonzero((out == 1).any((1, 2)))[0]
+    assert _runs(out[int(np.median(xs)), y, :]) == [0, 1, 6, 0]
