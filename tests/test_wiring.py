@@ -266,3 +266,25 @@ def test_mmwhs_label_resampled_nearest_keeps_thin_structures(tmp_path):
     # along z (the coarse axis) through the LV: background, LV, AO lid, background
     xs = np.nonzero((out == 1).any((1, 2)))[0]
     assert _runs(out[int(np.median(xs)), y, :]) == [0, 1, 6, 0]
+
+
+# ===================================================================== 5. value -> class mapping
+#: released value(s) of each class 1..7, written out here (not imported from uaseg)
+RELEASED = {1: (500,), 2: (600,), 3: (420, 421), 4: (550,), 5: (205,), 6: (820,), 7: (850,)}  # LV RV LA RA Myo AO PA
+
+
+def test_mmwhs_classes_have_the_voxel_counts_of_their_released_values(tmp_path):
+    """After the real preprocessing (native spacing, so no resampling), class k has exactly as
+    many voxels as its released value in the raw file (LA including the stray 421). The fixture
+    gives every structure a different size, so any swap in the mapping changes a count."""
+    root = make_mmwhs(tmp_path / "MM-WHS", ids=(1002,), with_421=1002, flipped=None, plain_nii=None,
+                      with_test=False)
+    img, lab = (root / "ct_train" / f"ct_train_1002_{k}.nii.gz" for k in ("image", "label"))
+    raw = np.asarray(nib.load(lab).dataobj)
+    want = {k: int(np.isin(raw, vals).sum()) for k, vals in RELEASED.items()}
+    assert len(set(want.values())) == 7 and int((raw == 421).sum()) > 0  # the fixture can tell a swap
+    dm = MMWHSDataModule(root=str(root), patch_size=(16, 16, 16), spacing=SPACING, cache=False,
+                         num_workers=0, batch_size=1)
+    out = dm.eval_transforms()({"case_id": "1002", "group": "ct", "image": str(img), "label": str(lab)})
+    got = {k: int((out["label"] == k).sum()) for k in RELEASED}
+    assert got == want
