@@ -288,3 +288,91 @@ def test_mmwhs_classes_have_the_voxel_counts_of_their_released_values(tmp_path):
     out = dm.eval_transforms()({"case_id": "1002", "group": "ct", "image": str(img), "label": str(lab)})
     got = {k: int((out["label"] == k).sum()) for k in RELEASED}
     assert got == want
+
+
+# ===================================================================== 6. case-level AURC, groups
+# Four cases of 4 voxels, 2 classes; label y = [1, 1, 0, 0] in all; u in units of 1/32 (exact).
+#   case  group  pred          u (x32)         wrong voxels        TP FP FN  Dice   risk  mean u (x32)
+#   A1    testA  [1, 1, 0, 0]  [1, 2, 3, 4]    none                 2  0  0  1      0     2.5
+#   A2    testA  [1, 0, 0, 0]  [7, 14, 9, 11]  #1 FN (u 14)         1  0  1  2/3    1/3   10.25
+#   A3    testA  [1, 0, 1, 0]  [5, 12, 10, 6]  #1 FN (12), #2 FP (10) 1 1 1  1/2    1/2   8.25
+#   B1    testB  [0, 0, 1, 1]  [13, 15, 8, 16] all                  0  2  2  0      1     13
+HAND_CASES = [
+    ("A1", "testA", [1, 1, 0, 0], [1, 2, 3, 4]),
+    ("A2", "testA", [1, 0, 0, 0], [7, 14, 9, 11]),
+    ("A3", "testA", [1, 0, 1, 0], [5, 12, 10, 6]),
+    ("B1", "testB", [0, 0, 1, 1], [13, 15, 8, 16]),
+]
+
+# Case-level AURC over all four (fd-shifts selective risk): keep the LEAST uncertain cases, i.e.
+# ascending mean u: A1 (r 0), A3 (r 1/2), A2 (r 1/3), B1 (r 1); cumulative risk 0, 1/2, 5/6, 11/6;
+# selective risk at coverage 1/4, 2/4, 3/4, 1: 0, 1/4, 5/18, 11/24; anchor (0, 0) = last risk.
+# Trapezoids of width 1/4: 1/8 * [(11/24 + 5/18) + (5/18 + 1/4) + (1/4 + 0) + (0 + 0)]
+#   = 1/8 * (33 + 20 + 20 + 18 + 18) / 72 = 109/576  ->  18.92 %
+CASE_AURC = 100 * 109 / 576
+# The wrong direction (most uncertain kept first): B1 (1), A2 (1/3), A3 (1/2), A1 (0); selective
+# risk at 1/4..1: 1, 2/3, 11/18, 11/24; anchor (0, 1): 1/8 * (77 + 92 + 120 + 144) / 72 = 433/576.
+CASE_AURC_REVERSED = 100 * 433 / 576
+# Group A alone: A1 (0), A3 (1/2), A2 (1/3) -> selective 0, 1/4, 5/18 at 1/3, 2/3, 1; anchor (0, 0):
+# 1/6 * [(5/18 + 1/4) + (1/4 + 0) + 0] = 1/6 * 28/36 = 7/54. Group B (one case): risk 1 flat -> 1.
+CASE_AURC_A, CASE_AURC_B = 100 * 7 / 54, 100.0
+
+# Dice curve of group A (12 voxels, threshold global to the group), referral by u descending:
+#   refer 14 (A2 FN fixed: A2 -> 1)         cov 11/12  Dice (1, 1, 1/2)   mean 5/6    risk 1/6
+#   refer 12 (A3 FN fixed: TP2 FP1 -> 4/5)  cov 10/12  Dice (1, 1, 4/5)   mean 14/15  risk 1/15
+#   refer 11 (correct voxel)                cov  9/12                                risk 1/15
+#   refer 10 (A3 FP fixed: A3 -> 1)         cov  8/12                                risk 0
+# full coverage: mean (1 + 2/3 + 1/2)/3 = 13/18, risk 5/18. Area, widths 1/12:
+#   1/24 * [(5/18 + 1/6) + (1/6 + 1/15) + (1/15 + 1/15) + (1/15 + 0)] = 1/24 * 79/90 = 79/2160
+# at coverage 0.90 (10.8 of 12 -> nearest achievable 11): 5/6; at 0.75 (exactly 9): 14/15.
+DICE_A = {"aurc": 100 * 79 / 2160, "full": 13 / 18, "0.90": 5 / 6, "0.75": 14 / 15}
+# Group B (B1 alone), referral 16 (FP), 15 (FN), 13 (FN), 8 (FP):
+#   cov 1: TP0 FP2 FN2 -> 0; 3/4: FP1 -> 0; 2/4: TP1 FP1 FN1 -> 1/2; 1/4: TP2 FP1 -> 4/5; 0: 1.
+#   risk 1, 1, 1/2, 1/5, 0: area 1/8 * [(1 + 1) + (1 + 1/2) + (1/2 + 1/5) + (1/5 + 0)] = 4.4/8
+# at 0.90 (3.6 of 4 -> 4) and 0.75 (3 -> refers the FP only): Dice 0.
+DICE_B = {"aurc": 55.0, "full": 0.0, "0.90": 0.0, "0.75": 0.0}
+
+
+def _hand_result() -> dict:
+    acc = SelectiveAccumulator(num_classes=2, coverages=(0.90, 0.75), bootstrap=0)
+    for cid, group, pred, u32 in HAND_CASES:
+        acc.add_case(np.array(u32, np.float32) / 32, np.array(pred), np.array([1, 1, 0, 0]), cid, group=group)
+    return acc.compute()
+
+
+def test_case_level_aurc_by_hand():
+    """Case-level AURC ranks cases by mean uncertainty (higher referred first) against risk
+    1 - Dice, with fd-shifts' selective-risk curve; the reversed direction gives another number."""
+    r = _hand_result()
+    assert r["dice_full"]["mean"] == pytest.approx((1 + 2 / 3 + 1 / 2 + 0) / 4)  # = 13/24
+    assert [c["uncertainty"]["mean"] * 32 for c in r["cases"]] == [2.5, 10.25, 8.25, 13.0]
+    assert r["case_level"]["aurc"] == pytest.approx(CASE_AURC, abs=1e-9)
+    # the reversed hand value is what the same curve gives for -u: the direction is pinned down
+    from uaseg.selective.case_level import case_level_aurc
+
+    mean_u, risk = np.array([2.5, 10.25, 8.25, 13.0]), np.array([0, 1 / 3, 1 / 2, 1])
+    assert case_level_aurc(-mean_u, risk, bootstrap=0)["aurc"] == pytest.approx(CASE_AURC_REVERSED, abs=1e-9)
+    assert abs(CASE_AURC - CASE_AURC_REVERSED) > 50
+    assert r["groups"]["testA"]["case_level"]["aurc"] == pytest.approx(CASE_AURC_A, abs=1e-9)
+    assert r["groups"]["testB"]["case_level"]["aurc"] == pytest.approx(CASE_AURC_B, abs=1e-9)
+
+
+def test_group_numbers_and_plain_group_average_by_hand():
+    """Each group's Dice numbers (threshold global within the group) by hand, and group_average
+    their plain mean (GlaS: parts A and B averaged), not a mean weighted by case count (3 vs 1)."""
+    r = _hand_result()
+    for g, want in (("testA", DICE_A), ("testB", DICE_B)):
+        res = r["groups"][g]
+        assert res["n_cases"] == (3 if g == "testA" else 1)
+        assert res["aurc_dice"] == pytest.approx(want["aurc"], abs=1e-9), g
+        assert res["dice_full"]["mean"] == pytest.approx(want["full"], abs=1e-12), g
+        for key in ("0.90", "0.75"):
+            assert res["at_coverage"][key]["dice_mean"] == pytest.approx(want[key], abs=1e-12), (g, key)
+    avg = r["group_average"]
+    assert set(avg) == {"aurc_dice", "dice_full_mean", "dice_mean@0.90", "dice_mean@0.75"}
+    assert avg["aurc_dice"] == pytest.approx((DICE_A["aurc"] + DICE_B["aurc"]) / 2, abs=1e-9)
+    assert avg["dice_full_mean"] == pytest.approx(13 / 36, abs=1e-12)  # (13/18 + 0) / 2
+    assert avg["dice_mean@0.90"] == pytest.approx(5 / 12, abs=1e-12)  # (5/6 + 0) / 2
+    assert avg["dice_mean@0.75"] == pytest.approx(7 / 15, abs=1e-12)  # (14/15 + 0) / 2
+    # weighted by case count it would be (3 * 13/18 + 0) / 4 = 13/24, the pooled mean
+    assert avg["dice_full_mean"] != pytest.approx(r["dice_full"]["mean"])
