@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from datafiles import SPACING, affine_for, make_mmwhs, save_nifti
+from datafiles import SPACING, affine_for, make_mmwhs, mmwhs_image, save_nifti
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from monai.transforms import Compose
+from omegaconf import DictConfig
 from scipy.stats import chi2
 
 import uaseg.losses.uncertainty_aware as ua_mod
@@ -30,7 +31,7 @@ F64 = torch.float64
 LAMBDA, SCALE, MARGIN = 2.0, 1000.0, 0.1  # the paper's values, written out (not read from the code)
 
 
-def _compose_train(overrides) -> "DictConfig":  # noqa: F821
+def _compose_train(overrides) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=list(overrides))
@@ -99,7 +100,7 @@ def test_ranking_gradient_reaches_the_network_parameters(make_cfg):
 
 
 # ===================================================================== 2. subsample sizes and draw
-def _compose_loss(overrides) -> "DictConfig":  # noqa: F821
+def _compose_loss(overrides) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF / "loss"), version_base="1.3"):
         return compose("uncertainty_aware", overrides=list(overrides))
@@ -236,8 +237,6 @@ def test_mmwhs_label_resampled_nearest_keeps_thin_structures(tmp_path):
     """MM-WHS preprocessing with a real (anisotropic -> 0.5 mm isotropic) resampling: the label
     keeps integer values from the input's class set only, and a 1-voxel Myo wall between LV and
     PA (and a 1-slice AO lid on the coarse axis) keeps its class, with no class appearing between."""
-    from datafiles import mmwhs_image
-
     shape, spacing = (12, 10, 6), (0.8, 1.0, 2.0)
     lab = np.zeros(shape, np.int16)
     lab[2:7, 2:8, 1:4] = 500  # LV   -> 1
