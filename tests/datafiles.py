@@ -15,13 +15,16 @@ SHAPE = (40, 40, 32)
 
 
 def mmwhs_label(shape=SHAPE, seed: int = 0, extra_value: int | None = None) -> np.ndarray:
-    """Seven boxes, one per structure, with the released label values (int16 like the release)."""
+    """Seven boxes, one per structure, with the released label values (int16 like the release).
+
+    Each structure has its own size (8 x 8 x (20 - 2i) voxels: 1280, 1152, ..., 512 in the order of
+    ``MMWHS_VALUES``), so a mix-up of the value -> class mapping changes the per-class voxel counts."""
     rng = np.random.default_rng(seed)
     lab = np.zeros(shape, np.int16)
     for i, v in enumerate(MMWHS_VALUES):
         x0 = 3 + (i % 3) * 11 + int(rng.integers(0, 2))
         y0 = 3 + (i // 3) * 11
-        lab[x0 : x0 + 8, y0 : y0 + 8, 6:26] = v
+        lab[x0 : x0 + 8, y0 : y0 + 8, 6 : 26 - 2 * i] = v
     if extra_value is not None:
         lab[1:3, 1:3, 1:3] = extra_value
     return lab
