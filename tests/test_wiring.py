@@ -22,7 +22,7 @@ from scipy.stats import chi2
 import uaseg.losses.uncertainty_aware as ua_mod
 from uaseg.data.mmwhs import MMWHSDataModule
 from uaseg.losses import random_mask_subset, uncertainty_aware_loss
-from uaseg.selective import SelectiveAccumulator
+from uaseg.selective import SelectiveAccumulator, SelectiveResult
 from uaseg.train import build_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,7 +332,7 @@ DICE_A = {"aurc": 100 * 79 / 2160, "full": 13 / 18, "0.90": 5 / 6, "0.75": 14 / 
 DICE_B = {"aurc": 55.0, "full": 0.0, "0.90": 0.0, "0.75": 0.0}
 
 
-def _hand_result() -> dict:
+def _hand_result() -> SelectiveResult:
     acc = SelectiveAccumulator(num_classes=2, coverages=(0.90, 0.75), bootstrap=0)
     for cid, group, pred, u32 in HAND_CASES:
         acc.add_case(np.array(u32, np.float32) / 32, np.array(pred), np.array([1, 1, 0, 0]), cid, group=group)
@@ -343,17 +343,17 @@ def test_case_level_aurc_by_hand():
     """Case-level AURC ranks cases by mean uncertainty (higher referred first) against risk
     1 - Dice, with fd-shifts' selective-risk curve; the reversed direction gives another number."""
     r = _hand_result()
-    assert r["dice_full"]["mean"] == pytest.approx((1 + 2 / 3 + 1 / 2 + 0) / 4)  # = 13/24
-    assert [c["uncertainty"]["mean"] * 32 for c in r["cases"]] == [2.5, 10.25, 8.25, 13.0]
-    assert r["case_level"]["aurc"] == pytest.approx(CASE_AURC, abs=1e-9)
+    assert r.dice_full.mean == pytest.approx((1 + 2 / 3 + 1 / 2 + 0) / 4)  # = 13/24
+    assert [c.uncertainty["mean"] * 32 for c in r.cases] == [2.5, 10.25, 8.25, 13.0]
+    assert r.case_level.aurc == pytest.approx(CASE_AURC, abs=1e-9)
     # the reversed hand value is what the same curve gives for -u: the direction is pinned down
     from uaseg.selective.case_level import case_level_aurc
 
     mean_u, risk = np.array([2.5, 10.25, 8.25, 13.0]), np.array([0, 1 / 3, 1 / 2, 1])
     assert case_level_aurc(-mean_u, risk, bootstrap=0)["aurc"] == pytest.approx(CASE_AURC_REVERSED, abs=1e-9)
     assert abs(CASE_AURC - CASE_AURC_REVERSED) > 50
-    assert r["groups"]["testA"]["case_level"]["aurc"] == pytest.approx(CASE_AURC_A, abs=1e-9)
-    assert r["groups"]["testB"]["case_level"]["aurc"] == pytest.approx(CASE_AURC_B, abs=1e-9)
+    assert r.groups["testA"].case_level.aurc == pytest.approx(CASE_AURC_A, abs=1e-9)
+    assert r.groups["testB"].case_level.aurc == pytest.approx(CASE_AURC_B, abs=1e-9)
 
 
 def test_group_numbers_and_plain_group_average_by_hand():
@@ -361,17 +361,17 @@ def test_group_numbers_and_plain_group_average_by_hand():
     their plain mean (GlaS: parts A and B averaged), not a mean weighted by case count (3 vs 1)."""
     r = _hand_result()
     for g, want in (("testA", DICE_A), ("testB", DICE_B)):
-        res = r["groups"][g]
-        assert res["n_cases"] == (3 if g == "testA" else 1)
-        assert res["aurc_dice"] == pytest.approx(want["aurc"], abs=1e-9), g
-        assert res["dice_full"]["mean"] == pytest.approx(want["full"], abs=1e-12), g
+        res = r.groups[g]
+        assert res.n_cases == (3 if g == "testA" else 1)
+        assert res.aurc_dice == pytest.approx(want["aurc"], abs=1e-9), g
+        assert res.dice_full.mean == pytest.approx(want["full"], abs=1e-12), g
         for key in ("0.90", "0.75"):
-            assert res["at_coverage"][key]["dice_mean"] == pytest.approx(want[key], abs=1e-12), (g, key)
-    avg = r["group_average"]
-    assert set(avg) == {"aurc_dice", "dice_full_mean", "dice_mean@0.90", "dice_mean@0.75"}
-    assert avg["aurc_dice"] == pytest.approx((DICE_A["aurc"] + DICE_B["aurc"]) / 2, abs=1e-9)
-    assert avg["dice_full_mean"] == pytest.approx(13 / 36, abs=1e-12)  # (13/18 + 0) / 2
-    assert avg["dice_mean@0.90"] == pytest.approx(5 / 12, abs=1e-12)  # (5/6 + 0) / 2
-    assert avg["dice_mean@0.75"] == pytest.approx(7 / 15, abs=1e-12)  # (14/15 + 0) / 2
+            assert res.at_coverage[key].dice_mean == pytest.approx(want[key], abs=1e-12), (g, key)
+    avg = r.group_average
+    assert set(avg.dice_mean) == {"0.90", "0.75"}
+    assert avg.aurc_dice == pytest.approx((DICE_A["aurc"] + DICE_B["aurc"]) / 2, abs=1e-9)
+    assert avg.dice_full_mean == pytest.approx(13 / 36, abs=1e-12)  # (13/18 + 0) / 2
+    assert avg.dice_mean["0.90"] == pytest.approx(5 / 12, abs=1e-12)  # (5/6 + 0) / 2
+    assert avg.dice_mean["0.75"] == pytest.approx(7 / 15, abs=1e-12)  # (14/15 + 0) / 2
     # weighted by case count it would be (3 * 13/18 + 0) / 4 = 13/24, the pooled mean
-    assert avg["dice_full_mean"] != pytest.approx(r["dice_full"]["mean"])
+    assert avg.dice_full_mean != pytest.approx(r.dice_full.mean)
