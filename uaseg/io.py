@@ -74,7 +74,8 @@ def json_safe(x: Any) -> Any:
 
 
 def write_json(path: str | Path, obj: Any, indent: int = 1) -> Path:
-    return write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False))
+    """``obj`` as JSON (see :func:`json_safe`; other objects, e.g. paths, written as strings)."""
+    return write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False, default=str))
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> Path:
@@ -86,6 +87,13 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
 def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
+    return Path(path)
+
+
+def save_figure(path: str | Path, fig, dpi: float | None = None) -> Path:
+    """A matplotlib figure as PNG (format from the suffix)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi if dpi is not None else "figure", format=Path(path).suffix.lstrip(".") or "png")
     return Path(path)
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from uaseg.data.base import SegDataModule
+from uaseg.io import save_npz
 
 #: bump when a generator changes so old caches are not reused
 GENERATOR_VERSION = 1
@@ -55,9 +55,7 @@ class DemoDataModule(SegDataModule):
             path = folder / f"case_{i:03d}.npz"
             if not path.exists():
                 image, label = type(self).generator(self.data_seed, i, self.image_size)
-                tmp = folder / f".case_{i:03d}.{os.getpid()}.tmp.npz"
-                np.savez_compressed(tmp, image=image, label=label)
-                tmp.replace(path)
+                save_npz(path, image=image, label=label)
 
     def load_cases(self) -> dict[str, list[dict]]:
         self.generate()

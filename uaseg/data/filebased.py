@@ -45,6 +45,7 @@ from uaseg.data.base import SegDataModule
 from uaseg.data.checks import natural_key
 from uaseg.data.invert import invert_to_file_grid
 from uaseg.errors import DatasetError, first_cause, root_cause
+from uaseg.io import write_json
 
 #: bump when the preprocessing code changes meaningfully, so old caches are not reused
 CACHE_VERSION = 1
@@ -207,7 +208,7 @@ class FileSegDataModule(SegDataModule):
         folder.mkdir(parents=True, exist_ok=True)
         info = folder / "preprocessing.json"
         if not info.exists():
-            info.write_text(json.dumps(self.preprocessing_config(), indent=1, default=str))
+            write_json(info, self.preprocessing_config())
         sub = "train" if split == "train" else "eval"
         return NamedErrorsPersistentDataset(
             data,

@@ -7,11 +7,12 @@ exactly the same cases in the same fold even if the code or the random generator
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from uaseg.io import write_json
 
 
 def make_folds(case_ids: Sequence[str], num_folds: int, seed: int) -> list[dict[str, list[str]]]:
@@ -45,10 +46,7 @@ def load_or_make_folds(
             )
         return folds
     folds = make_folds(case_ids, num_folds, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(folds, indent=1))
-    tmp.replace(path)
+    write_json(path, folds)
     return folds
 
 

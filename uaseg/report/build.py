@@ -10,6 +10,8 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from uaseg.io import write_text
+
 from . import figures as figs
 from . import table
 from .collect import collect
@@ -126,7 +128,7 @@ def build_report(root, out_dir=None, force: bool = False, make_figures: bool = T
         if report.figures:
             md += ["## Figures", ""] + [f"![{p.stem}]({_rel(p, out_dir)})" for p in report.figures]
     report.markdown = "\n".join(md) + "\n"
-    md_path.write_text(report.markdown)
+    write_text(md_path, report.markdown)
     table.write_csv(rows, csv_path)
     report.md_path, report.csv_path = md_path, csv_path
     return report

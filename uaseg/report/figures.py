@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from uaseg.io import save_figure
+
 from . import stats
 from .grouping import describe_context, describe_loss
 
@@ -71,7 +73,7 @@ def fig2(comp, covs, path) -> Path | None:
             ax.set_ylabel("Dice difference d₂ − d₁ (%)")
     fig.suptitle(f"Per-case comparison, ours − baseline: {describe_loss(comp.loss)}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(path, fig)
     return Path(path)
 
 
@@ -117,7 +119,7 @@ def fig3(comp, path) -> Path | None:
     ax.set_title(describe_loss(comp.loss), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(path, fig)
     return Path(path)
 
 
@@ -190,5 +192,5 @@ def _sweep_plot(ctx, axis, lines, base, aurc_of, path) -> Path:
     ax.set_title(describe_context(ctx)[:90], fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(path, fig)
     return Path(path)

@@ -8,11 +8,13 @@ percent; voxel ``aurc``/``eaurc``/``augrc`` as fractions, as in summary.json.
 from __future__ import annotations
 
 import csv
+import io
 import math
 
 import numpy as np
 
 from uaseg.identity import LOSS_KEYS
+from uaseg.io import write_text
 from uaseg.selective.result import FULL_COVERAGE, SelectiveResult
 
 from . import stats
@@ -104,11 +106,12 @@ def _compare(comp, part, metric, cov) -> dict:
 
 
 def write_csv(rows, path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if _nan(r.get(k)) else r.get(k)) for k in COLUMNS})
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if _nan(r.get(k)) else r.get(k)) for k in COLUMNS})
+    write_text(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------- markdown

@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from uaseg.io import save_figure  # noqa: E402
+
 from .result import SelectiveResult  # noqa: E402
 
 
@@ -102,9 +104,8 @@ def plot_case_panel(image, label, prediction, uncertainty, threshold, path,
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(path, fig, dpi=100)
+    finally:
+        plt.close(fig)
