@@ -32,8 +32,51 @@ def run_report(args) -> int:
     return 0
 
 
-COMMANDS = {"report": (add_report, run_report,
-                       "Table 1, paired tests and figures from a (partial) multirun")}
+def add_ensemble(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a multirun folder; runs that differ only in seed become ensembles")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--force", action="store_true", help="rebuild ensemble folders that already exist")
+
+
+def run_ensemble(args) -> int:
+    """One ensemble run folder per group of seeds under <folder>/ensembles/; exit 1 when none."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    from .errors import UserError
+    from .inference.ensemble import write_ensemble
+    from .report.collect import collect
+    from .report.grouping import seed_groups
+
+    root = Path(args.folder)
+    try:
+        groups = seed_groups(collect(root)[0])
+    except UserError as e:
+        print(f"uaseg ensemble: error: {e}", file=sys.stderr)
+        return 2
+    if not groups:
+        print(f"no group of runs that differ only in seed under {root}", file=sys.stderr)
+        return 1
+    for i, (label, members) in enumerate(groups, 1):
+        name = re.sub(r"[^A-Za-z0-9.=_-]+", "_", label)[:100]
+        folder = root / "ensembles" / f"{i}_{name}"
+        if folder.exists() and args.force:
+            shutil.rmtree(folder)
+        try:
+            summary = write_ensemble(folder, [(r.path, r.summary) for r in members], device=args.device)
+        except (UserError, FileExistsError) as e:
+            print(f"uaseg ensemble: error: {e}", file=sys.stderr)
+            return 2
+        print(f"{folder}: {len(members)} members, AURC {summary['aurc_dice']:.3f} % "
+              f"(Dice {100 * summary['dice_full']['mean']:.2f})")
+    return 0
+
+
+COMMANDS = {
+    "report": (add_report, run_report, "Table 1, paired tests and figures from a (partial) multirun"),
+    "ensemble": (add_ensemble, run_ensemble, "deep ensembles of the runs of a multirun that differ only in seed"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-#: summary.json key -> where it comes from: a config path, or ``choice:<group>`` (the Hydra choice)
+#: summary.json key -> where it comes from: a config path, ``choice:<group>`` (the Hydra choice) or
+#: ``=<value>`` (fixed for runs of train.py; ``method`` is ``ensemble`` for ``uaseg ensemble``)
 IDENTITY_SOURCES: dict[str, str] = {
+    "method": "=single",
     "dataset": "choice:dataset",
     "model": "choice:model",
     "fold": "dataset.fold",
@@ -41,7 +43,9 @@ def run_identity(cfg: Any, choices: dict[str, str] | None = None) -> dict[str, A
         choices = _hydra_choices()
     out: dict[str, Any] = {}
     for key, source in IDENTITY_SOURCES.items():
-        if source.startswith("choice:"):
+        if source.startswith("="):
+            out[key] = source[1:]
+        elif source.startswith("choice:"):
             group = source.split(":", 1)[1]
             target = OmegaConf.select(cfg, f"{group}._target_", default="?") or "?"
             fallback = None if group == "model" else str(target).rsplit(".", 1)[-1]
@@ -49,6 +53,14 @@ def run_identity(cfg: Any, choices: dict[str, str] | None = None) -> dict[str, A
         else:
             out[key] = OmegaConf.select(cfg, source, default=None)
     return out
+
+
+def identity_of(summary: dict[str, Any]) -> dict[str, Any]:
+    """The identity recorded in a ``summary.json`` (a fixed key missing from older summaries takes
+    its fixed value)."""
+    keys = summary.get("identity_keys") or IDENTITY_KEYS
+    fixed = {k: s[1:] for k, s in IDENTITY_SOURCES.items() if s.startswith("=")}
+    return {k: summary.get(k, fixed.get(k)) for k in keys}
 
 
 def _hydra_choices() -> dict[str, str]:

@@ -97,6 +97,18 @@ def save_figure(path: str | Path, fig, dpi: float | None = None) -> Path:
     return Path(path)
 
 
+def update_checkpoint(path: str | Path, entries: dict[str, Any]) -> Path:
+    """Add or replace top-level ``entries`` (plain Python values, so ``weights_only`` loading keeps
+    working) in a torch checkpoint file, keeping everything else in it."""
+    import torch
+
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    ckpt.update(entries)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return Path(path)
+
+
 # ---------------------------------------------------------------------------------------- images
 def uncertainty_png16(u: np.ndarray) -> np.ndarray:
     """Uncertainty in [0, 1] as 16-bit PNG values (``u * 65535``, rounded)."""

@@ -18,7 +18,7 @@ from uaseg.callbacks import SelectiveReportWriter
 from uaseg.data import build_datamodule
 from uaseg.errors import ConfigError, UserError
 from uaseg.identity import run_identity
-from uaseg.io import write_json
+from uaseg.io import update_checkpoint, write_json
 from uaseg.models import SelectiveSegModule
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def build_module(cfg: DictConfig) -> SelectiveSegModule:
     config (prediction preprocesses new images with it) and the run identity as hyper-parameters."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     target = model_cfg.pop("_target_")
+    model_cfg.pop("dropout", None)  # read by the net through ${..dropout}
     return instantiate(
         {"_target_": target},
         **model_cfg,
@@ -163,11 +164,30 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if cfg.get("test", True):
         if not best:
             log.warning("no checkpoint to test; testing the current weights")
+        if "temperature" in model.scores:
+            _fit_temperature(model, best, datamodule, cfg, trainer, own_checkpoint=bool(cfg.get("train", True)))
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     if trainer.is_global_zero:
         write_json(out / "metrics.json", dict(sorted(metrics.items())))
     return metrics
+
+
+def _fit_temperature(model: SelectiveSegModule, ckpt: str, datamodule, cfg: DictConfig, trainer: L.Trainer,
+                     own_checkpoint: bool) -> None:
+    """Temperature of the ``temperature`` score: fitted on the validation cases with the weights that
+    will be tested, kept on ``model`` and, for a checkpoint this run wrote, in that checkpoint."""
+    from uaseg.uncertainty.temperature import fit_temperature, validation_logits
+
+    source = SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True) if ckpt else model
+    source = source.to(trainer.strategy.root_device).eval()
+    datamodule.setup("validate")
+    logits, labels = validation_logits(source, datamodule.val_dataloader(), int(cfg.eval.temperature_voxels),
+                                       seed=int(cfg.get("seed") or 0))
+    model.temperature = fit_temperature(logits, labels)
+    log.info("temperature T = %.4f fitted on %d validation voxels", model.temperature, labels.numel())
+    if ckpt and own_checkpoint and trainer.is_global_zero:
+        update_checkpoint(ckpt, {"uaseg_temperature": model.temperature})
 
 
 def _record_failure(out: Path, error: BaseException) -> None:

@@ -1,11 +1,13 @@
 """The test report of a run, written by a Lightning callback so the module writes no files.
 
 Per test batch, from the :class:`~uaseg.models.module.CaseOutput` list that ``test_step`` returns:
-``predictions/<case>.npz`` (``save_arrays``), ``predictions/<case>_seg`` / ``_uncertainty`` on each
-case's original file grid (``export``; NIfTI with the file's header, PNG for 2-D), and the first case
-of each test group for the qualitative figure. After the test (the module has computed
-``test_result``): ``summary.json`` with the run identity, ``curves.csv``, ``figures/``, the figures and
-curve sent to W&B/TensorBoard, and the Table-1 row printed.
+``predictions/<case>.npz`` (``save_arrays``; the main score's arrays plus ``uncertainty_<score>`` /
+``prediction_<score>`` per score), ``predictions/<case>_seg`` / ``_uncertainty`` on each case's original
+file grid (``export``; NIfTI with the file's header, PNG for 2-D), and the first case of each test
+group for the qualitative figure. After the test (the module has computed ``test_results``):
+``summary.json`` with the run identity, the main score's report at the top level and every score's
+under ``scores`` (with its cost), ``curves.csv``, ``figures/``, the figures and curve sent to
+W&B/TensorBoard, and the Table-1 row printed.
 """
 
 from __future__ import annotations
@@ -20,16 +22,29 @@ from lightning.pytorch.callbacks import Callback
 
 from uaseg.inference.files import file_kind, output_paths, write_segmentation
 from uaseg.loggers import log_test_report
+from uaseg.uncertainty import SCORES
 from uaseg.selective import (
     format_table,
     plot_case_panel,
     plot_dice_coverage,
     plot_risk_coverage,
     save_case_arrays,
-    write_outputs,
+    write_score_outputs,
 )
 
 log = logging.getLogger(__name__)
+
+
+def per_score_arrays(case) -> dict:
+    """``uncertainty_<score>`` for every score, ``prediction_<score>`` where a score is evaluated with
+    another prediction than the main one (TTA, MC dropout: the argmax of the mean)."""
+    main = SCORES[next(iter(case.scores))].prediction
+    out = {}
+    for name, (u, pred) in case.scores.items():
+        out[f"uncertainty_{name}"] = u
+        if SCORES[name].prediction != main:
+            out[f"prediction_{name}"] = pred
+    return out
 
 
 class SelectiveReportWriter(Callback):
@@ -66,7 +81,8 @@ class SelectiveReportWriter(Callback):
             self._export(trainer, batch, cases)
         for i, c in enumerate(cases):
             if self.save_arrays:
-                save_case_arrays(self._out(trainer), c.case_id, c.uncertainty, c.prediction, c.label)
+                save_case_arrays(self._out(trainer), c.case_id, c.uncertainty, c.prediction, c.label,
+                                 **per_score_arrays(c))
             if self.figures and c.group not in self._panels:  # first case of each group
                 self._panels[c.group] = dict(
                     case_id=c.case_id, image=batch["image"][i].detach().cpu().float().numpy(),
@@ -99,7 +115,13 @@ class SelectiveReportWriter(Callback):
         if result is None or not trainer.is_global_zero:
             return
         out = self._out(trainer)
-        write_outputs(result, out, pl_module.run_identity)
+        extra = {}
+        if pl_module.temperature is not None:
+            extra["temperature"] = pl_module.temperature
+        if getattr(trainer, "ckpt_path", None):
+            extra["checkpoint"] = str(trainer.ckpt_path)
+        write_score_outputs(pl_module.test_results, out, pl_module.run_identity, pl_module.test_costs,
+                            {n: SCORES[n].prediction for n in pl_module.test_results}, extra)
         figures = {}
         if self.figures:
             fig_dir = out / "figures"

@@ -9,6 +9,7 @@ class dim of a 5-D tensor costs more than the softmax on CPU).
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -42,3 +43,15 @@ def max_softmax_uncertainty(logits: Tensor) -> tuple[Tensor, Tensor]:
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     conf, pred = torch.softmax(x, dim=1).max(dim=1)
     return 1.0 - conf, pred
+
+
+@register_score("entropy")
+def entropy_uncertainty(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """u = predictive entropy of softmax(logits) divided by log K (in [0, 1]) and pred = argmax_k;
+    log_softmax keeps the gradient finite where a probability underflows to 0."""
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    log_p = torch.log_softmax(x, dim=1)
+    p = log_p.exp()
+    k = x.shape[1]
+    h = -(p * log_p).sum(dim=1)
+    return (h / math.log(k) if k > 1 else h), p.argmax(dim=1)

@@ -12,6 +12,8 @@ the whole model from the checkpoint alone.
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +22,16 @@ import torch
 from hydra.utils import instantiate
 from monai.data import MetaTensor
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from uaseg.errors import ConfigError
 from uaseg.selective import SelectiveResult, SelectiveSegmentationMetric, ThresholdGrid
+from uaseg.uncertainty import SCORES, MeanOfPasses, check_scores, deterministic_scores
+from uaseg.uncertainty.mc_dropout import dropout_active
+from uaseg.uncertainty.tta import flip_sets, flipped_probabilities
 
 #: keys of the ``eval`` config the module itself uses (the report writer reads the others)
-EVAL_KEYS = ("coverages", "quantize_bits", "case_aggregation", "bootstrap")
+EVAL_KEYS = ("coverages", "quantize_bits", "case_aggregation", "bootstrap", "scores", "tta_flips", "mc_samples")
 
 
 def plain_config(cfg: Any) -> Any:
@@ -39,13 +45,22 @@ def as_tensor(x: Any) -> torch.Tensor:
 
 @dataclass
 class CaseOutput:
-    """One evaluated case, as ``test_step`` hands it to callbacks (tensors on the module's device)."""
+    """One evaluated case, as ``test_step`` hands it to callbacks (tensors on the module's device):
+    per score, the voxel uncertainty and the prediction it is evaluated with (``eval.scores`` order;
+    the first is the run's main score)."""
 
     case_id: str
     group: str
-    uncertainty: torch.Tensor  # (*spatial) float, 1 - max softmax
-    prediction: torch.Tensor  # (*spatial) int64
     label: torch.Tensor  # (*spatial) int64
+    scores: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (uncertainty float, prediction int64)
+
+    @property
+    def uncertainty(self) -> torch.Tensor:
+        return next(iter(self.scores.values()))[0]
+
+    @property
+    def prediction(self) -> torch.Tensor:
+        return next(iter(self.scores.values()))[1]
 
 
 class SelectiveSegModule(L.LightningModule):
@@ -81,13 +96,27 @@ class SelectiveSegModule(L.LightningModule):
             quantize_bits=evaluation["quantize_bits"],
             case_aggregation=evaluation["case_aggregation"],
         )
-        # validation runs every epoch: no bootstrap there
+        # validation runs every epoch: no bootstrap there, and the one-pass score
         self.val_metric = SelectiveSegmentationMetric(bootstrap=0, **metric_args)
-        self.test_metric = SelectiveSegmentationMetric(bootstrap=evaluation["bootstrap"], **metric_args)
+        #: test-time uncertainty scores, each with its own full evaluation (the first is the main one)
+        self.scores = check_scores(evaluation["scores"])
+        self.test_metrics = nn.ModuleDict(
+            {name: SelectiveSegmentationMetric(bootstrap=evaluation["bootstrap"], **metric_args) for name in self.scores}
+        )
+        self.tta_flips = flip_sets(int(net.get("spatial_dims", 2)), evaluation["tta_flips"])
+        self.mc_samples = int(evaluation["mc_samples"])
+        if "mc" in self._families() and self.mc_samples < 1:
+            raise ConfigError(f"eval.mc_samples={self.mc_samples} must be >= 1")
         #: coverage -> threshold of the last validation, kept in checkpoints for prediction
         self.val_curve: ThresholdGrid | None = None
-        #: the last test's result, read by the report writer
+        #: temperature of the ``temperature`` score, fitted on validation cases after training
+        self.temperature: float | None = None
+        #: the last test's results per score (``test_result``: the main one) and what each cost
+        self.test_results: dict[str, SelectiveResult] = {}
         self.test_result: SelectiveResult | None = None
+        self.test_costs: dict[str, dict[str, float]] = {}
+        self._family_time: dict[str, float] = {}
+        self._test_cases = 0
 
     @property
     def dataset_cfg(self) -> dict | None:
@@ -137,19 +166,12 @@ class SelectiveSegModule(L.LightningModule):
         confidence, prediction = prob.max(dim=1)
         return 1.0 - confidence, prediction, prob
 
-    def _evaluate(self, batch: dict, metric: SelectiveSegmentationMetric) -> list[CaseOutput]:
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
         uncertainty, prediction, _ = self.segment(as_tensor(batch["image"]))
         label = as_tensor(batch["label"])[:, 0].long()
         groups = batch.get("group") or ["test"] * label.shape[0]
-        out = []
         for i, case_id in enumerate(batch["case_id"]):
-            case = CaseOutput(str(case_id), str(groups[i]), uncertainty[i], prediction[i], label[i])
-            metric.update(case.uncertainty, case.prediction, case.label, case_id=case.case_id, group=case.group)
-            out.append(case)
-        return out
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metric)
+            self.val_metric.update(uncertainty[i], prediction[i], label[i], case_id=str(case_id), group=str(groups[i]))
 
     def on_validation_epoch_end(self) -> None:
         result = self.val_metric.compute()
@@ -164,28 +186,101 @@ class SelectiveSegModule(L.LightningModule):
         # plain Python types only, so prediction loads checkpoints with torch.load(weights_only=True)
         if self.val_curve is not None:
             checkpoint["uaseg_val_curve"] = self.val_curve.to_dict()
+        if self.temperature is not None:
+            checkpoint["uaseg_temperature"] = float(self.temperature)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         curve = checkpoint.get("uaseg_val_curve")
         self.val_curve = ThresholdGrid.from_dict(curve) if curve else None
+        if "uaseg_temperature" in checkpoint:  # else keep one fitted in memory (a test-only run)
+            self.temperature = float(checkpoint["uaseg_temperature"])
 
     # ------------------------------------------------------------------ test
+    def _families(self) -> set[str]:
+        return {SCORES[n].family for n in self.scores}
+
+    @torch.no_grad()
+    def score_maps(self, image: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Every score of ``eval.scores`` for a batch of whole images: name -> (uncertainty,
+        prediction), each family's passes run once (and timed, for the cost in the report)."""
+        def segment(x: torch.Tensor) -> torch.Tensor:
+            return as_tensor(self.inferer(x, self.net))
+
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        families = self._families()
+        if "deterministic" in families:
+            if "temperature" in self.scores and self.temperature is None:
+                raise ConfigError("eval.scores asks for 'temperature' but no temperature was fitted for this model")
+            with self._timed("deterministic"):
+                out.update(deterministic_scores(segment(image), self.temperature))
+        if "tta" in families:
+            with self._timed("tta"):
+                acc = MeanOfPasses()
+                for prob in flipped_probabilities(segment, image, self.tta_flips):
+                    acc.add(prob)
+                out.update(acc.scores("tta", "tta"))
+        if "mc" in families:
+            with self._timed("mc"), dropout_active(self.net):
+                acc = MeanOfPasses()
+                for _ in range(self.mc_samples):
+                    acc.add(segment(image).float().softmax(dim=1))
+                out.update(acc.scores("mc", "mc_dropout"))
+        return {name: out[name] for name in self.scores}
+
+    @contextmanager
+    def _timed(self, family: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._family_time[family] = self._family_time.get(family, 0.0) + time.perf_counter() - start
+
+    def family_passes(self, family: str) -> int:
+        return {"deterministic": 1, "tta": len(self.tta_flips), "mc": self.mc_samples}[family]
+
+    def on_test_epoch_start(self) -> None:
+        self._family_time, self._test_cases = {}, 0
+
     def test_step(self, batch: dict, batch_idx: int) -> list[CaseOutput]:
-        return self._evaluate(batch, self.test_metric)
+        maps = self.score_maps(as_tensor(batch["image"]))
+        label = as_tensor(batch["label"])[:, 0].long()
+        groups = batch.get("group") or ["test"] * label.shape[0]
+        out = []
+        for i, case_id in enumerate(batch["case_id"]):
+            case = CaseOutput(str(case_id), str(groups[i]), label[i], {n: (u[i], p[i]) for n, (u, p) in maps.items()})
+            for name, (u, pred) in case.scores.items():
+                self.test_metrics[name].update(u, pred, case.label, case_id=case.case_id, group=case.group)
+            out.append(case)
+        self._test_cases += len(out)
+        return out
 
     def on_test_epoch_end(self) -> None:
-        result = self.test_metric.compute()
-        self.test_metric.reset()
+        self.test_results = {}
+        for i, (name, metric) in enumerate(self.test_metrics.items()):
+            result = metric.compute()
+            metric.reset()
+            self.test_results[name] = result
+            self._log_test_scalars(result, "test/" if i == 0 else f"test/{name}/")
+        self.test_result = self.test_results[self.scores[0]]
+        cases = max(self._test_cases, 1)
+        self.test_costs = {
+            name: {"passes": self.family_passes(SCORES[name].family),
+                   "seconds_per_case": self._family_time.get(SCORES[name].family, 0.0) / cases}
+            for name in self.scores
+        }
+
+    def _log_test_scalars(self, result: SelectiveResult, prefix: str) -> None:
         scalars = {
-            "test/aurc_dice": result.aurc_dice,
-            "test/aurc": result.aurc,
-            "test/eaurc": result.eaurc,
-            "test/augrc": result.augrc,
-            "test/dice": result.dice_full.mean,
-            "test/dice_p5": result.dice_full.p5,
+            "aurc_dice": result.aurc_dice,
+            "aurc": result.aurc,
+            "eaurc": result.eaurc,
+            "augrc": result.augrc,
+            "dice": result.dice_full.mean,
+            "dice_p5": result.dice_full.p5,
         }
         for cov, point in result.at_coverage.items():
-            scalars[f"test/dice@{cov}"] = point.dice_mean
-            scalars[f"test/dice_p5@{cov}"] = point.dice_p5
-        self.log_dict({k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(v)})
-        self.test_result = result
+            scalars[f"dice@{cov}"] = point.dice_mean
+            scalars[f"dice_p5@{cov}"] = point.dice_p5
+        self.log_dict({prefix + k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(v)})

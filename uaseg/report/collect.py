@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uaseg.identity import IDENTITY_KEYS
+from uaseg.identity import identity_of
 from uaseg.selective.result import SelectiveResult
 
 #: folders a run writes that never hold another run (not descended into)
@@ -29,15 +29,24 @@ class Run:
     path: Path
     summary: dict
     overrides: list[str] = field(default_factory=list)
+    #: the main score's result (the top level of summary.json)
     result: SelectiveResult = field(init=False)
+    #: every score's result (``scores`` in summary.json; older summaries: max_softmax only)
+    scores: dict[str, SelectiveResult] = field(init=False)
 
     def __post_init__(self) -> None:
         self.result = SelectiveResult.from_summary(self.summary)
+        raw = self.summary.get("scores") or {}
+        self.scores = {n: SelectiveResult.from_summary(v) for n, v in raw.items()} or {"max_softmax": self.result}
+
+    def score_info(self, name: str) -> dict:
+        """``{"cost": {passes, seconds_per_case}, "prediction": ...}`` recorded for a score."""
+        raw = (self.summary.get("scores") or {}).get(name) or {}
+        return {"cost": raw.get("cost") or {}, "prediction": raw.get("prediction")}
 
     @property
     def identity(self) -> dict:
-        keys = self.summary.get("identity_keys") or IDENTITY_KEYS
-        return {k: self.summary.get(k) for k in keys}
+        return identity_of(self.summary)
 
     @property
     def fold(self):

@@ -147,3 +147,32 @@ def compare(runs: list[Run]) -> list[Comparison]:
 def _sortable(v):
     """Numbers before strings, numbers numerically (λ = 0.5 < 2 < 10)."""
     return (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v))
+
+
+def seed_groups(runs: list[Run]) -> list[tuple[str, list[Run]]]:
+    """Runs that differ only in ``seed`` (same context, loss setting and fold; single networks):
+    the members of a deep ensemble. Each group is named by its setting and fold; members must have
+    been tested on the same cases (else a clear error: the data split followed the training seed)."""
+    from uaseg.errors import UserError
+
+    groups: OrderedDict = OrderedDict()
+    for r in runs:
+        if r.identity.get("method", "single") != "single":
+            continue
+        loss = () if is_baseline(r) else loss_of(r)
+        groups.setdefault((context_of(r), loss, r.fold), []).append(r)
+    out = []
+    for (ctx, loss, fold), members in groups.items():
+        if len(members) < 2:
+            continue
+        cases = {r.path: sorted(c.case_id for c in r.result.cases or []) for r in members}
+        first = members[0]
+        for r in members[1:]:
+            if cases[r.path] != cases[first.path]:
+                raise UserError(
+                    f"ensemble members {first.path} and {r.path} were tested on different cases "
+                    f"({len(cases[first.path])} vs {len(cases[r.path])}); their data split must not depend on the seed"
+                )
+        label = f"{describe_context(ctx)}; {describe_loss(loss) if loss else 'λ=0'}; fold={fold}"
+        out.append((label, sorted(members, key=lambda r: str(r.path))))
+    return out

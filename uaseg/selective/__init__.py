@@ -11,14 +11,14 @@ from .case_level import CASE_AGGREGATIONS, register_case_aggregation
 from .dice_curve import dice_risk_coverage
 from .format import format_table
 from .metric import SelectiveSegmentationMetric
-from .outputs import save_case_arrays, write_outputs
+from .outputs import save_case_arrays, write_outputs, write_score_outputs
 from .plots import plot_case_panel, plot_dice_coverage, plot_risk_coverage
 from .result import FULL_COVERAGE, SelectiveResult, ThresholdGrid, coverage_key
 from .voxel_rc import voxel_risk_coverage
 
 __all__ = [
     "dice_risk_coverage", "voxel_risk_coverage", "SelectiveAccumulator", "SelectiveResult",
-    "ThresholdGrid", "FULL_COVERAGE", "SelectiveSegmentationMetric", "write_outputs",
+    "ThresholdGrid", "FULL_COVERAGE", "SelectiveSegmentationMetric", "write_outputs", "write_score_outputs",
     "save_case_arrays", "format_table", "plot_risk_coverage", "plot_dice_coverage",
     "plot_case_panel", "coverage_key", "CASE_AGGREGATIONS", "register_case_aggregation",
 ]
