@@ -266,7 +266,6 @@ def run_runner(cfg: DictConfig, datamodule, init_state: dict, device: torch.devi
     t0 = time.perf_counter()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     model = fresh_module(cfg, init_state)
-    model.dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)  # stored in checkpoints
     timer = StepTimer(device, bare)
     groups = [cfg.get("callbacks"), cfg.get("logger")]
     callbacks, loggers = ([instantiate(c) for c in (g or {}).values() if c is not None and "_target_" in c]

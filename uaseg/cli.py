@@ -40,7 +40,6 @@ def add_ensemble(p: argparse.ArgumentParser) -> None:
 
 def run_ensemble(args) -> int:
     """One ensemble run folder per group of seeds under <folder>/ensembles/; exit 1 when none."""
-    import re
     import shutil
     from pathlib import Path
 
@@ -59,16 +58,17 @@ def run_ensemble(args) -> int:
         print(f"no group of runs that differ only in seed under {root}", file=sys.stderr)
         return 1
     for i, (label, members) in enumerate(groups, 1):
-        name = re.sub(r"[^A-Za-z0-9.=_-]+", "_", label)[:100]
-        folder = root / "ensembles" / f"{i}_{name}"
+        first = members[0].identity
+        folder = root / "ensembles" / f"{i}_lambda={first.get('lambda')}_fold={first.get('fold')}"
         if folder.exists() and args.force:
             shutil.rmtree(folder)
         try:
-            summary = write_ensemble(folder, [(r.path, r.summary) for r in members], device=args.device)
+            summary = write_ensemble(folder, [(r.path, r.summary) for r in members], members[0].overrides,
+                                     device=args.device)
         except (UserError, FileExistsError) as e:
             print(f"uaseg ensemble: error: {e}", file=sys.stderr)
             return 2
-        print(f"{folder}: {len(members)} members, AURC {summary['aurc_dice']:.3f} % "
+        print(f"{folder} ({label}): {len(members)} members, AURC {summary['aurc_dice']:.3f} % "
               f"(Dice {100 * summary['dice_full']['mean']:.2f})")
     return 0
 

@@ -95,8 +95,9 @@ def evaluate_ensemble(members: list[LoadedModel], device: str | torch.device = "
     }
 
 
-def write_ensemble(folder: Path, members: list[tuple[Path, dict]], device="cpu") -> dict:
-    """Evaluate the ensemble of ``members`` (run folder, summary) and write its run folder."""
+def write_ensemble(folder: Path, members: list[tuple[Path, dict]], overrides: list[str], device="cpu") -> dict:
+    """Evaluate the ensemble of ``members`` (run folder, summary) and write its run folder;
+    ``overrides``: the members' shared Hydra overrides (the report groups by them)."""
     if folder.exists():
         raise FileExistsError(f"{folder} already exists; remove it or pass --force to rebuild it")
     models = [load_model(member_checkpoint(path, summary), device) for path, summary in members]
@@ -107,6 +108,7 @@ def write_ensemble(folder: Path, members: list[tuple[Path, dict]], device="cpu")
     identity = {k: first_summary.get(k) for k in IDENTITY_KEYS}
     identity.update(method="ensemble", seed=None)
     extra = {
+        "overrides": [o for o in overrides if not o.lstrip("+~").startswith("seed=")],
         "members": [str(path) for path, _ in members],
         "member_seeds": [s.get("seed") for _, s in members],
         "case_level_pairwise_dice": out["case_level_pairwise_dice"],

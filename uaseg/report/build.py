@@ -16,7 +16,9 @@ from . import figures as figs
 from . import table
 from .collect import collect
 from .grouping import compare, describe_context, describe_loss
+from .methods import method_rows, methods_figure, render_methods
 from .sweep import expand, find_multirun_files
+from .table import write_csv_rows
 
 CAPTION = (
     "Every number is the **mean over folds of the per-fold metric** (a fold's value = the mean "
@@ -25,6 +27,14 @@ CAPTION = (
     "within a fold, each averaged over folds. Baseline = λ = 0 with the same dataset, model, tag "
     "and result-changing overrides; its loss keys are irrelevant (the ranking term is off). "
     "AURC rel. Δ = (ours − baseline) / baseline."
+)
+METHODS_NOTE = (
+    "One row per training setting and test-time uncertainty score (`eval.scores`, `uaseg ensemble`); "
+    "numbers are means over folds of per-fold means over runs (seeds). *Prediction* says which "
+    "segmentation a row is evaluated with (multi-pass scores use the argmax of the mean, so their Dice "
+    "at coverage 1 differs). Reference: λ = 0, single network, max_softmax. *p (cases)*: per-case Dice at "
+    "coverage 0.90 against the reference, paired by (fold, case), Wilcoxon signed-rank. *passes* and "
+    "*s / case*: forward passes per image and seconds per case measured in the run (machine-dependent)."
 )
 TESTS_NOTE = (
     "p (folds): paired by fold; Wilcoxon signed-rank (scipy) when n ≥ 5, else paired t-test. "
@@ -106,6 +116,8 @@ def build_report(root, out_dir=None, force: bool = False, make_figures: bool = T
     runs, problems = collect(root)
     comparisons = compare(runs)
     rows = table.build_rows(comparisons)
+    method_groups = method_rows(runs)
+    method_tidy: list[dict] = []
     md = [f"# Selective segmentation report: `{root}`", "",
           f"{len(runs)} runs with a summary, {len(problems)} job folders without one; "
           f"generated {_dt.datetime.now().isoformat(timespec='seconds')}.", ""]
@@ -115,6 +127,8 @@ def build_report(root, out_dir=None, force: bool = False, make_figures: bool = T
         md += _comparison_list(comparisons)
         md += ["## Table 1: baseline vs ours", "", CAPTION, "", table.render_table1(rows), "",
                "## Changes and paired tests", "", TESTS_NOTE, "", table.render_tests(rows), ""]
+        methods_md, method_tidy = render_methods(method_groups)
+        md += ["## Methods: training settings × uncertainty scores", "", METHODS_NOTE, "", methods_md]
     md += _status_sections(root, runs, problems) if root.is_dir() else []
     report = Report(len(runs), "", rows=rows)
     if not runs:  # nothing to compare: print what we found, write nothing
@@ -125,11 +139,14 @@ def build_report(root, out_dir=None, force: bool = False, make_figures: bool = T
     md_path, csv_path, fig_dir = output_paths(out_dir, force)
     if make_figures:
         report.figures = _figures(comparisons, fig_dir)
+        report.figures += [p for i, (ctx, rs) in enumerate(method_groups.items(), 1)
+                           if (p := methods_figure(ctx, rs, fig_dir / f"methods_{i:02d}.png")) is not None]
         if report.figures:
             md += ["## Figures", ""] + [f"![{p.stem}]({_rel(p, out_dir)})" for p in report.figures]
     report.markdown = "\n".join(md) + "\n"
     write_text(md_path, report.markdown)
     table.write_csv(rows, csv_path)
+    write_csv_rows(csv_path.with_name(csv_path.name.replace("report", "methods")), method_tidy)
     report.md_path, report.csv_path = md_path, csv_path
     return report
 

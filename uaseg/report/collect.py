@@ -113,7 +113,9 @@ def collect(root) -> tuple[list[Run], list[Problem]]:
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
         if "summary.json" in filenames:
             try:
-                run = Run(here, json.loads((here / "summary.json").read_text()), read_overrides(here))
+                summary = json.loads((here / "summary.json").read_text())
+                # an ensemble folder is no Hydra job: its summary records its members' overrides
+                run = Run(here, summary, read_overrides(here) or list(summary.get("overrides") or []))
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
                 problems.append(Problem(here, "failed", f"unreadable summary.json: {e}",
                                         read_overrides(here)))

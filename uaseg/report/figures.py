@@ -77,9 +77,10 @@ def fig2(comp, covs, path) -> Path | None:
     return Path(path)
 
 
-def read_curve(run_dir) -> tuple[np.ndarray, np.ndarray] | None:
-    """(coverage, Dice) from a run's curves.csv, sorted by increasing coverage."""
-    path = Path(run_dir) / "curves.csv"
+def read_curve(run_dir, name: str = "curves.csv") -> tuple[np.ndarray, np.ndarray] | None:
+    """(coverage, Dice) from a run's curves.csv (or another score's ``curves_<score>.csv``), sorted
+    by increasing coverage."""
+    path = Path(run_dir) / name
     if not path.exists():
         return None
     data = np.genfromtxt(path, delimiter=",", names=True)

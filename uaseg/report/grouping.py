@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from uaseg.identity import LOSS_KEYS, REPLICATE_KEYS
 
 from .collect import Run
+
 #: Hydra overrides that do not change a run's numbers, or are already identity keys
 IGNORED_OVERRIDES = {"dataset", "model", "tag", "seed", "loss", "ckpt_path", "train", "test",
                      "dataset.fold", "dataset.num_workers", "trainer.devices",

@@ -106,11 +106,17 @@ def _compare(comp, part, metric, cov) -> dict:
 
 
 def write_csv(rows, path) -> None:
+    write_csv_rows(path, rows, COLUMNS)
+
+
+def write_csv_rows(path, rows: list[dict], columns=None) -> None:
+    """Tidy rows as CSV (NaN and None as empty cells); columns default to the first row's keys."""
+    columns = list(columns or (rows[0] if rows else []))
     buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if _nan(r.get(k)) else r.get(k)) for k in COLUMNS})
+        w.writerow({k: ("" if _nan(r.get(k)) else r.get(k)) for k in columns})
     write_text(path, buf.getvalue())
 
 

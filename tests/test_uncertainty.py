@@ -1,0 +1,238 @@
+"""Test-time uncertainty scores (eval.scores), temperature scaling, flip TTA, MC dropout, deep
+ensembles and the Methods table: each against hand-computed values or an exact equivalence."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_cfg, FAST, TINY
+from test_report import make_summary, write_run
+
+from uaseg.errors import ConfigError
+from uaseg.losses.scores import get_score
+from uaseg.train import build_module, train
+from uaseg.uncertainty import MeanOfPasses, check_scores, deterministic_scores, entropy
+from uaseg.uncertainty.temperature import fit_temperature
+from uaseg.uncertainty.tta import flip_sets
+
+# two voxels, two classes: probabilities (0.5, 0.5) and (e^2 / (1 + e^2), 1 / (1 + e^2))
+LOGITS = torch.tensor([[[[0.0, 2.0]], [[0.0, 0.0]]]])  # (B=1, K=2, 1, 2)
+
+
+def _p(z):
+    return math.exp(z) / (1 + math.exp(z))
+
+
+# ---------------------------------------------------------------------------------------- scores by hand
+def test_one_pass_scores_by_hand():
+    out = deterministic_scores(LOGITS, temperature=2.0)
+    p = _p(2.0)
+    u, pred = out["max_softmax"]
+    assert u.flatten().tolist() == pytest.approx([0.5, 1 - p])
+    assert pred.flatten().tolist() == [0, 0]
+    h = -(p * math.log(p) + (1 - p) * math.log(1 - p)) / math.log(2)
+    assert out["entropy"][0].flatten().tolist() == pytest.approx([1.0, h])
+    assert out["temperature"][0].flatten().tolist() == pytest.approx([0.5, 1 - _p(1.0)])  # z / T = 1
+    assert "temperature" not in deterministic_scores(LOGITS, temperature=None)
+
+
+def test_mean_of_passes_by_hand():
+    """Two passes (0.9, 0.1) and (0.5, 0.5): mean (0.7, 0.3), MI = H(mean) - mean H."""
+    acc = MeanOfPasses()
+    acc.add(torch.tensor([[[0.9]], [[0.1]]])[None])
+    acc.add(torch.tensor([[[0.5]], [[0.5]]])[None])
+    s = acc.scores("mc", "mc_dropout")
+    ln2 = math.log(2)
+    h = lambda q: -(q * math.log(q) + (1 - q) * math.log(1 - q)) / ln2  # noqa: E731
+    assert float(s["mc_dropout"][0]) == pytest.approx(0.3)
+    assert float(s["mc_entropy"][0]) == pytest.approx(h(0.7))
+    assert float(s["mc_mutual_information"][0]) == pytest.approx(h(0.7) - (h(0.9) + 1.0) / 2)
+    assert int(s["mc_dropout"][1]) == 0
+
+
+def test_training_score_entropy_matches_hand_value_and_is_differentiable():
+    z = LOGITS.clone().double().requires_grad_(True)
+    u, pred = get_score("entropy")(z)
+    p = _p(2.0)
+    assert u.flatten().tolist() == pytest.approx([1.0, -(p * math.log(p) + (1 - p) * math.log(1 - p)) / math.log(2)])
+    u.sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    big = torch.tensor([[[[80.0]], [[-80.0]]]], requires_grad=True)  # a probability underflows to 0
+    get_score("entropy")(big)[0].sum().backward()
+    assert torch.isfinite(big.grad).all()
+
+
+def test_score_names_are_checked():
+    assert check_scores(["max_softmax", "tta"]) == ["max_softmax", "tta"]
+    with pytest.raises(ConfigError, match="unknown score 'bogus'"):
+        check_scores(["bogus"])
+    with pytest.raises(ConfigError, match="unknown score 'ensemble'"):  # only `uaseg ensemble` makes those
+        check_scores(["ensemble"])
+    with pytest.raises(ConfigError, match="twice"):
+        check_scores(["tta", "tta"])
+    assert flip_sets(2, "all") == [(), (0,), (1,), (0, 1)] and len(flip_sets(3, "all")) == 8
+    with pytest.raises(ConfigError, match="axes must lie in 0..1"):
+        flip_sets(2, [[2]])
+
+
+# ---------------------------------------------------------------------------------------- temperature
+@pytest.mark.parametrize("t_true", [0.5, 2.5])
+def test_temperature_fit_recovers_the_temperature_that_generated_the_labels(t_true):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(40000, 4, generator=g, dtype=torch.float64) * 3
+    y = torch.multinomial((z / t_true).softmax(1), 1, generator=g)[:, 0]
+    assert fit_temperature(z, y) == pytest.approx(t_true, rel=0.05)
+
+
+# ---------------------------------------------------------------------------------------- a module's passes
+def _module(tmp_path, *extra):
+    cfg = compose_cfg(["dataset=demo2d", *TINY["demo2d"], *FAST, *extra], tmp_path / "run", tmp_path / "cache")
+    torch.manual_seed(0)
+    return build_module(cfg).eval()
+
+
+IMAGE = torch.rand(1, 3, 32, 40, generator=torch.Generator().manual_seed(1))
+
+
+def test_tta_with_the_identity_only_is_the_plain_pass(tmp_path):
+    m = _module(tmp_path, "eval.scores=[max_softmax,tta]", "eval.tta_flips=[[]]")
+    out = m.score_maps(IMAGE)
+    assert torch.equal(out["tta"][1], out["max_softmax"][1])
+    torch.testing.assert_close(out["tta"][0], out["max_softmax"][0])
+
+
+def test_flips_map_back_exactly(tmp_path):
+    """A pointwise (hence flip-equivariant) network: every flipped pass, flipped back, equals the plain
+    one, so TTA over all flips gives the plain probabilities; a network that is not equivariant
+    (the U-Net) gives different ones, so the flips were really applied."""
+    m = _module(tmp_path, "eval.scores=[max_softmax,tta]")
+    unet = m.score_maps(IMAGE)
+    assert not torch.allclose(unet["tta"][0], unet["max_softmax"][0])
+    m.net = torch.nn.Conv2d(3, 2, 1)
+    out = m.score_maps(IMAGE)
+    torch.testing.assert_close(out["tta"][0], out["max_softmax"][0], atol=1e-6, rtol=0)
+    assert torch.equal(out["tta"][1], out["max_softmax"][1])
+
+
+def test_mc_dropout_needs_dropout_and_equals_the_plain_pass_when_dropout_does_nothing(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="model.dropout"):
+        _module(tmp_path, "eval.scores=[mc_dropout]").score_maps(IMAGE)
+    m = _module(tmp_path, "eval.scores=[max_softmax,mc_dropout,mc_mutual_information]", "model.dropout=0.3",
+                "eval.mc_samples=4")
+    sampled = m.score_maps(IMAGE)
+    assert float(sampled["mc_mutual_information"][0].max()) > 1e-4  # dropout really sampled
+    assert all(not mod.training for mod in m.net.modules())  # and inference mode restored
+    monkeypatch.setattr(torch.nn.Dropout, "forward", lambda self, x: x)
+    out = m.score_maps(IMAGE)
+    torch.testing.assert_close(out["mc_dropout"][0], out["max_softmax"][0], atol=1e-6, rtol=0)
+    assert torch.equal(out["mc_dropout"][1], out["max_softmax"][1])
+    assert float(out["mc_mutual_information"][0].abs().max()) < 1e-6
+
+
+# ---------------------------------------------------------------------------------------- a run, an ensemble
+RUN_ARGS = ("loss.lambda=0", "model.dropout=0.2", "eval.mc_samples=2", "eval.figures=false", "eval.save_arrays=true",
+            "eval.scores=[max_softmax,entropy,temperature,tta,mc_dropout]")
+
+
+@pytest.fixture(scope="module")
+def seed_runs(tmp_path_factory):
+    """Two tiny runs that differ only in seed, in a multirun-like folder."""
+    root = tmp_path_factory.mktemp("multi")
+    for i, seed in enumerate((1, 2)):
+        cfg = compose_cfg(["dataset=demo2d", *TINY["demo2d"], *FAST, f"seed={seed}", *RUN_ARGS],
+                          root / f"{i}_seed={seed}", root / "cache")
+        train(cfg)
+    return root
+
+
+def test_every_score_is_reported_with_its_cost_arrays_and_scalars(seed_runs):
+    run = seed_runs / "0_seed=1"
+    s = json.loads((run / "summary.json").read_text())
+    assert list(s["scores"]) == ["max_softmax", "entropy", "temperature", "tta", "mc_dropout"]
+    assert s["aurc_dice"] == s["scores"]["max_softmax"]["aurc_dice"]  # the top level is the first score
+    assert s["temperature"] > 0 and s["method"] == "single"
+    ck = torch.load(s["checkpoint"], map_location="cpu", weights_only=True)
+    assert ck["uaseg_temperature"] == pytest.approx(s["temperature"])
+    assert s["scores"]["tta"]["cost"]["passes"] == 4 and s["scores"]["mc_dropout"]["cost"]["passes"] == 2
+    assert s["scores"]["tta"]["prediction"].startswith("argmax of the mean")
+    z = np.load(next((run / "predictions").glob("*.npz")))
+    assert {"uncertainty_tta", "prediction_tta", "uncertainty_entropy", "prediction_mc_dropout"} <= set(z.files)
+    assert "prediction_entropy" not in z.files
+    np.testing.assert_array_equal(z["uncertainty_max_softmax"], z["uncertainty"])
+    header = (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "test/aurc_dice" in header and "test/tta/aurc_dice" in header and "test/max_softmax/aurc_dice" not in header
+    assert (run / "curves_tta.csv").exists()
+
+
+def test_an_ensemble_of_copies_of_one_checkpoint_is_that_checkpoint(seed_runs):
+    from uaseg.inference import load_model
+    from uaseg.inference.ensemble import evaluate_ensemble
+
+    s = json.loads((seed_runs / "0_seed=1" / "summary.json").read_text())
+    model = load_model(s["checkpoint"])
+    out = evaluate_ensemble([model, model, model])
+    one = out["results"]["ensemble"]
+    assert one.aurc_dice == pytest.approx(s["aurc_dice"], abs=1e-9)
+    assert one.dice_full.mean == pytest.approx(s["dice_full"]["mean"], abs=1e-12)
+    assert out["results"]["ensemble_mutual_information"].voxel_error_rate == pytest.approx(s["voxel_error_rate"])
+    assert out["costs"]["ensemble"]["passes"] == 3
+
+
+def test_uaseg_ensemble_and_the_methods_table(seed_runs, capsys):
+    from uaseg.cli import main as cli
+
+    assert cli(["ensemble", str(seed_runs)]) == 0
+    (folder,) = (seed_runs / "ensembles").iterdir()
+    s = json.loads((folder / "summary.json").read_text())
+    assert s["method"] == "ensemble" and len(s["members"]) == 2 and s["member_seeds"] == [1, 2]
+    assert list(s["scores"]) == ["ensemble", "ensemble_entropy", "ensemble_mutual_information"]
+    assert 0 <= s["case_level_pairwise_dice"]["aurc"] <= 100
+    assert cli(["ensemble", str(seed_runs)]) == 2  # never overwritten without --force
+    assert cli(["report", str(seed_runs), "--no-figures"]) == 0
+    md = (seed_runs / "report.md").read_text()
+    table = md.split("## Methods")[1]
+    for row in ("| λ=0 (baseline) | max_softmax |", "| λ=0 (baseline) | tta |", "| λ=0 (baseline) + ensemble | ensemble |",
+                "| λ=0 (baseline) + ensemble | pairwise_dice |"):
+        assert row in table, row
+
+
+# ---------------------------------------------------------------------------------------- the Methods table
+def test_methods_table_rows_and_relative_changes(tmp_path):
+    """Fake runs: 2 settings x 2 scores x 2 seeds; AURC of a row = mean over its seeds; relative
+    change against (λ = 0, max_softmax) computed here by hand."""
+    from uaseg.report.methods import method_rows, render_methods, row_values
+
+    rng = np.random.default_rng(0)
+    aurc = {}
+    for i, (lam, seed) in enumerate([(0.0, 1), (0.0, 2), (2.0, 1), (2.0, 2)]):
+        s = make_summary(rng, fold=0, lam=lam, seed=seed)
+        s["scores"] = {}
+        for score, off in (("max_softmax", 0.0), ("tta", -3.0)):
+            part = json.loads(json.dumps(s))
+            part["aurc_dice"] = 20.0 - 2 * lam + off + seed  # known values
+            aurc.setdefault((lam, score), []).append(part["aurc_dice"])
+            s["scores"][score] = {**part, "cost": {"passes": 1 if score == "max_softmax" else 4,
+                                                   "seconds_per_case": 0.1}, "prediction": "p"}
+        s.update({k: v for k, v in s["scores"]["max_softmax"].items() if k not in ("cost", "prediction", "scores")})
+        write_run(tmp_path / f"{i}", s, [f"loss.lambda={lam:g}", f"seed={seed}"])
+    from uaseg.report import collect
+
+    (ctx, rows), = method_rows(collect(tmp_path)[0]).items()
+    assert [(r.loss == (), r.score) for r in rows] == [(True, "max_softmax"), (True, "tta"),
+                                                       (False, "max_softmax"), (False, "tta")]
+    ref = rows[0]
+    want_ref = np.mean(aurc[(0.0, "max_softmax")])
+    for r in rows:
+        lam = 0.0 if r.loss == () else 2.0
+        v = row_values(r, ref)
+        assert v["aurc_dice"] == pytest.approx(np.mean(aurc[(lam, r.score)]))
+        if r is not ref:
+            assert v["rel_aurc_pct"] == pytest.approx(100 * (np.mean(aurc[(lam, r.score)]) - want_ref) / want_ref)
+        assert v["passes"] == (1 if r.score == "max_softmax" else 4)
+    md, tidy = render_methods({ctx: rows})
+    assert md.count("\n| λ") == 4 and "reference" in md and len(tidy) == 4
