@@ -353,3 +353,62 @@ def test_factory_rejects_both_lambda_spellings():
         uncertainty_aware_loss(**{"lambda": 1.0, "lambda_": 2.0})
     with pytest.raises(ValueError):
         UncertaintyAwareLoss(sampling="bogus")
+
+
+# ---------------------------------------------------------------------------------------- variants
+def _masked_vs_brute(u, lab, m, power, weight):
+    """Masked exact form vs the pair matrix (values and gradients) on the same inputs."""
+    uu = u.clone().requires_grad_(True)
+    out = masked_pairwise_ranking_loss(uu, lab == 0, lab == 1, m, power=power,
+                                       wrong_weight=None if weight is None else weight)
+    out.backward()
+    w = None if weight is None else weight[lab == 0]
+    v, gw, gc = _value_and_grads(lambda a, b, mm: brute_force_ranking_loss(a, b, mm, power, w),
+                                 u[lab == 0], u[lab == 1], m)
+    torch.testing.assert_close(out, v, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(uu.grad[lab == 0], gw, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(uu.grad[lab == 1], gc, rtol=1e-6, atol=1e-12)
+    assert torch.all(uu.grad[lab == 2] == 0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("power", [1, 2])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+def test_power_and_weighted_variants_match_the_pair_matrix(seed, power, weighted, ties):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(400, generator=g, dtype=F64)
+    if ties:  # dyadic grid and margin: many pairs exactly on the hinge
+        u = torch.randint(0, 9, (400,), generator=g).to(F64) / 8
+    lab = torch.randint(0, 3, (400,), generator=g)
+    weight = torch.rand(400, generator=g, dtype=F64) * 3 if weighted else None
+    _masked_vs_brute(u, lab, 0.125 if ties else 0.1, power, weight)
+
+
+def test_squared_hinge_by_hand_and_gradcheck():
+    # pairs (wrong 0.2; correct 0.05, 0.3): hinges max(0.05-0.1, 0)=0, max(0.3-0.1, 0)=0.2 -> mean 0.04/2
+    w, c = torch.tensor([0.2], dtype=F64), torch.tensor([0.05, 0.3], dtype=F64)
+    assert pairwise_ranking_loss(w, c, 0.1).item() == pytest.approx(0.1)
+    out = masked_pairwise_ranking_loss(torch.cat([w, c]), torch.tensor([True, False, False]),
+                                       torch.tensor([False, True, True]), 0.1, power=2)
+    assert out.item() == pytest.approx(0.02)
+    g = torch.Generator().manual_seed(8)
+    u = torch.rand(60, generator=g, dtype=F64, requires_grad=True)
+    lab = torch.randint(0, 2, (60,), generator=g)
+    weight = torch.rand(60, generator=g, dtype=F64) + 0.5
+    assert torch.autograd.gradcheck(
+        lambda x: masked_pairwise_ranking_loss(x, lab == 0, lab == 1, 0.1, power=2, wrong_weight=weight), (u,))
+
+
+def test_weighted_sum_paths_agree():
+    from uaseg.losses.ranking import _sum_wrong_at_or_below
+
+    g = torch.Generator().manual_seed(9)
+    pos = torch.randint(0, 50, (300,), generator=g)
+    wrong = torch.rand(300, generator=g) < 0.4
+    vals = torch.rand(300, generator=g, dtype=F64)
+    a = _sum_wrong_at_or_below(pos, wrong, vals, sync_free=False)
+    b = _sum_wrong_at_or_below(pos, wrong, vals, sync_free=True)
+    brute = torch.stack([vals[wrong & (pos <= i)].sum() for i in range(300)])
+    torch.testing.assert_close(a, brute)
+    torch.testing.assert_close(b, brute)

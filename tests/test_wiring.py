@@ -112,9 +112,9 @@ def test_subsample_sizes_go_to_the_right_sets(monkeypatch):
     seen = []
     real = ua_mod.masked_pairwise_ranking_loss
 
-    def spy(u, wrong, correct, margin):
+    def spy(u, wrong, correct, margin, *args):
         seen.append((wrong.clone(), correct.clone()))
-        return real(u, wrong, correct, margin)
+        return real(u, wrong, correct, margin, *args)
 
     monkeypatch.setattr(ua_mod, "masked_pairwise_ranking_loss", spy)
     n_wrong, n_correct = 7, 13

@@ -24,6 +24,12 @@ IDENTITY_SOURCES: dict[str, str] = {
     "n_wrong": "loss.n_wrong",
     "n_correct": "loss.n_correct",
     "start_epoch": "loss.start_epoch",
+    "score": "loss.score",
+    "pairing": "loss.pairing",
+    "hinge_power": "loss.hinge_power",
+    "wrong_weight": "loss.wrong_weight",
+    "consistency": "loss.consistency",
+    "consistency_view": "loss.consistency_view",
     "tag": "tag",
 }
 IDENTITY_KEYS: tuple[str, ...] = tuple(IDENTITY_SOURCES)

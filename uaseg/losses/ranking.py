@@ -45,63 +45,115 @@ def _out_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _count_wrong_at_or_below(pos: Tensor, wrong: Tensor, sync_free: bool | None = None) -> Tensor:
-    """out[i] = #{j in wrong : pos_j <= i}, i < n. On CUDA by a sort + searchsorted (bincount
-    syncs there to size its output and is flagged nondeterministic); on CPU bincount is faster."""
+def _sum_wrong_at_or_below(pos: Tensor, wrong: Tensor, values: Tensor | None = None,
+                           sync_free: bool | None = None) -> Tensor:
+    """out[i] = sum of ``values_j`` (1 when None) over wrong j with pos_j <= i, for i < n. On CUDA by
+    a sort + searchsorted (bincount syncs there to size its output and is flagged nondeterministic);
+    on CPU bincount is faster."""
     n = pos.numel()
     if pos.is_cuda if sync_free is None else sync_free:
-        wrong_pos = torch.sort(torch.where(wrong, pos, n + 1)).values
-        return torch.searchsorted(wrong_pos, torch.arange(n, device=pos.device), right=True)
-    return torch.cumsum(torch.bincount(pos[wrong], minlength=n + 1)[:n], 0)
+        wrong_pos, order = torch.sort(torch.where(wrong, pos, n + 1))
+        if values is None:
+            return torch.searchsorted(wrong_pos, torch.arange(n, device=pos.device), right=True)
+        cum = torch.cumsum(torch.where(wrong, values, 0.0)[order], 0)
+        idx = torch.searchsorted(wrong_pos, torch.arange(n, device=pos.device), right=True)
+        return torch.where(idx > 0, cum[(idx - 1).clamp(min=0)], 0.0)
+    w = None if values is None else values[wrong]
+    return torch.cumsum(torch.bincount(pos[wrong], weights=w, minlength=n + 1)[:n], 0)
+
+
+def _count_wrong_at_or_below(pos: Tensor, wrong: Tensor, sync_free: bool | None = None) -> Tensor:
+    """out[i] = #{j in wrong : pos_j <= i}, i < n."""
+    return _sum_wrong_at_or_below(pos, wrong, None, sync_free)
 
 
 class _MaskedPairwiseRanking(torch.autograd.Function):
-    """Exact mean pairwise hinge over (wrong, correct) voxel pairs, explicit count-based backward."""
+    """Exact (weighted) mean pairwise hinge^power over (wrong, correct) voxel pairs, explicit backward.
+
+    With s the sorted correct u, t_j = u_j - m, and N / S1 / S2 the count / sum / sum of squares of
+    the s greater than t_j (prefix sums at pos_j = #s <= t_j):
+        power 1: sum_k h = S1 - t_j N                         dL/du_j = -w_j N / P
+        power 2: sum_k h^2 = S2 - 2 t_j S1 + t_j^2 N          dL/du_j = -2 w_j (S1 - t_j N) / P
+    and for the correct voxel at sorted position i, with W / WT the sums of w_j / w_j t_j over the
+    wrong j with pos_j <= i (those with t_j < s_i):
+        power 1: dL/ds_i = W / P                              power 2: dL/ds_i = 2 (s_i W - WT) / P
+    P = (sum_j w_j) |C|. A pair exactly on the hinge gets gradient 0 (F.relu's convention).
+    """
 
     @staticmethod
-    def forward(ctx, u: Tensor, wrong: Tensor, correct: Tensor, margin: float) -> Tensor:
+    def forward(ctx, u: Tensor, wrong: Tensor, correct: Tensor, margin: float, power: int,
+                weight: Tensor | None) -> Tensor:
         ud = u.detach()
-        n_w, n_c = wrong.sum(), correct.sum()
+        n_c = correct.sum()
         # Correct u ascending first, everything else (+inf) after: positions < n_c are C.
         # Sorting in the input dtype is cheaper; the cast to float64 is exact and monotone.
         s, perm = torch.sort(torch.where(correct, ud, torch.inf))
         s = s.to(torch.float64)
         t = ud.to(torch.float64) - margin
         pos = torch.searchsorted(s, t, right=True)  # #correct u <= t (the +inf tail never counts)
-        prefix = torch.cat([s.new_zeros(1), torch.cumsum(s.nan_to_num(posinf=0.0), 0)])  # u is finite
+        finite = s.nan_to_num(posinf=0.0)  # u is finite
+        prefix = torch.cat([s.new_zeros(1), torch.cumsum(finite, 0)])
         n_gt = n_c - pos
-        per_wrong = (prefix[-1] - prefix[pos]) - t * n_gt  # sum_k max(u_k - t_j, 0)
-        n_pairs = (n_w * n_c).clamp(min=1)  # empty W or C: sum is 0, result 0
-        total = torch.where(wrong, per_wrong, 0.0).sum() / n_pairs
-        ctx.save_for_backward(wrong, perm, pos, n_c, n_pairs)
-        ctx.u_dtype = u.dtype
+        s1 = prefix[-1] - prefix[pos]
+        if power == 1:
+            per_wrong = s1 - t * n_gt  # sum_k max(u_k - t_j, 0)
+        else:
+            prefix2 = torch.cat([s.new_zeros(1), torch.cumsum(finite * finite, 0)])
+            per_wrong = (prefix2[-1] - prefix2[pos]) - 2 * t * s1 + t * t * n_gt
+        w = None if weight is None else torch.where(wrong, weight.detach().to(torch.float64), 0.0)
+        total_w = wrong.sum() if w is None else w.sum()
+        n_pairs = torch.where(total_w * n_c > 0, total_w * n_c, torch.ones_like(total_w * n_c))
+        weighted = per_wrong if w is None else per_wrong * w
+        total = torch.where(wrong, weighted, 0.0).sum() / n_pairs  # empty W or C: sum 0, result 0
+        ctx.save_for_backward(wrong, perm, pos, n_c, n_pairs, t, s, w)
+        ctx.power, ctx.u_dtype, ctx.weighted = power, u.dtype, w is not None
         return total.to(_out_dtype(u.dtype))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        wrong, perm, pos, n_c, n_pairs = ctx.saved_tensors
+        wrong, perm, pos, n_c, n_pairs, t, s, w = ctx.saved_tensors
+        w = w if ctx.weighted else None
         n = pos.numel()
         g = grad_out.to(torch.float64) / n_pairs
-        grad = torch.where(wrong, (pos - n_c).to(torch.float64), 0.0) * g  # -N_>(t_j) / P
-        # correct voxel at sorted position i: #{wrong j : pos_j <= i}
         idx = torch.arange(n, device=pos.device)
-        count = _count_wrong_at_or_below(pos, wrong)
-        grad_sorted = torch.where(idx < n_c, count.to(torch.float64), 0.0) * g
-        grad = grad + torch.empty_like(grad_sorted).scatter_(0, perm, grad_sorted)
-        return grad.to(ctx.u_dtype), None, None, None
+        is_c = idx < n_c
+        if ctx.power == 1:
+            grad = (pos - n_c).to(torch.float64)  # -N_>(t_j)
+            at_or_below = _sum_wrong_at_or_below(pos, wrong, w).to(torch.float64)
+            grad_sorted = torch.where(is_c, at_or_below, 0.0)
+        else:
+            finite = s.nan_to_num(posinf=0.0)
+            prefix = torch.cat([s.new_zeros(1), torch.cumsum(finite, 0)])
+            n_gt = (n_c - pos).to(torch.float64)
+            grad = -2.0 * ((prefix[-1] - prefix[pos]) - t * n_gt)
+            ones = torch.ones_like(t) if w is None else w
+            w_le = _sum_wrong_at_or_below(pos, wrong, ones)
+            wt_le = _sum_wrong_at_or_below(pos, wrong, ones * t)
+            grad_sorted = torch.where(is_c, 2.0 * (finite * w_le - wt_le), 0.0)
+        if w is not None:
+            grad = grad * w
+        grad = torch.where(wrong, grad, 0.0) * g
+        grad = grad + torch.empty_like(grad_sorted).scatter_(0, perm, grad_sorted * g)
+        return grad.to(ctx.u_dtype), None, None, None, None, None
 
 
-def masked_pairwise_ranking_loss(u: Tensor, wrong: Tensor, correct: Tensor, margin: float = 0.1) -> Tensor:
-    """Exact mean over all pairs (j in ``wrong``, k in ``correct``) of ``max(u_k - u_j + margin, 0)``.
+def masked_pairwise_ranking_loss(u: Tensor, wrong: Tensor, correct: Tensor, margin: float = 0.1,
+                                 power: int = 1, wrong_weight: Tensor | None = None) -> Tensor:
+    """Exact mean over all pairs (j in ``wrong``, k in ``correct``) of ``max(u_k - u_j + margin, 0)``
+    (``power=2``: its square, which weights badly ordered pairs more); with ``wrong_weight`` each
+    wrong voxel's pairs count ``w_j`` times (weighted mean).
 
-    ``u``, ``wrong``, ``correct``: same shape (flattened), masks boolean and disjoint; voxels in
-    neither mask (ignored labels, not drawn) take no part. Any float dtype and device; the result
-    is a scalar of dtype ``promote(u.dtype, float32)``, 0 (still attached to ``u``'s graph, so
-    DDP sees gradients) when either set is empty. No host-device synchronisation.
+    ``u``, ``wrong``, ``correct`` (and ``wrong_weight``): same shape (flattened), masks boolean and
+    disjoint; voxels in neither mask (ignored labels, not drawn) take no part. Any float dtype and
+    device; the result is a scalar of dtype ``promote(u.dtype, float32)``, 0 (still attached to
+    ``u``'s graph, so DDP sees gradients) when either set is empty. No host-device synchronisation.
     """
+    if power not in (1, 2):
+        raise ValueError(f"hinge power must be 1 or 2, got {power}")
     u = u.reshape(-1)
-    return _MaskedPairwiseRanking.apply(u, wrong.reshape(-1), correct.reshape(-1), float(margin))
+    weight = None if wrong_weight is None else wrong_weight.reshape(-1)
+    return _MaskedPairwiseRanking.apply(u, wrong.reshape(-1), correct.reshape(-1), float(margin), int(power), weight)
 
 
 def pairwise_ranking_loss(u_wrong: Tensor, u_correct: Tensor, margin: float = 0.1) -> Tensor:
@@ -142,10 +194,15 @@ def subsample_ranking_loss(
     )
 
 
-def brute_force_ranking_loss(u_wrong: Tensor, u_correct: Tensor, margin: float = 0.1) -> Tensor:
+def brute_force_ranking_loss(u_wrong: Tensor, u_correct: Tensor, margin: float = 0.1, power: int = 1,
+                             wrong_weight: Tensor | None = None) -> Tensor:
     """Reference O(|W||C|) pair-matrix form, for tests only."""
     if u_wrong.numel() == 0 or u_correct.numel() == 0:
         return (u_wrong.sum() + u_correct.sum()) * 0
     diff = u_correct.reshape(1, -1) - u_wrong.reshape(-1, 1) + margin
     # F.relu, not torch.clamp: clamp passes gradient 1 at exactly 0, relu passes 0 (our convention)
-    return torch.nn.functional.relu(diff).mean()
+    h = torch.nn.functional.relu(diff) ** power
+    if wrong_weight is None:
+        return h.mean()
+    w = wrong_weight.reshape(-1, 1).to(h.dtype)
+    return (w * h).sum() / (w.sum() * u_correct.numel())

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .ranking import masked_pairwise_ranking_loss, random_mask_subset
 from .scores import get_score
 from .segmentation import CrossEntropy
+from .variants import PAIRINGS, VIEWS, WRONG_WEIGHTS, dice_weights, group_ids, grouped_ranking_loss
 
 __all__ = ["UncertaintyAwareLoss", "uncertainty_aware_loss"]
 
@@ -24,10 +25,13 @@ class UncertaintyAwareLoss(nn.Module):
     With ``lambda_ == 0`` or before ``start_epoch`` the ranking term is skipped entirely (no
     uncertainty, no argmax), so the baseline costs exactly the segmentation loss.
 
-    ``forward(logits, target, epoch=None) -> (total, logs)``; logs hold detached scalars
-    ``seg`` and ``rank`` (unscaled L_unc, 0 when off) and, only when the term is on,
-    ``n_wrong`` / ``n_correct`` (all non-ignored voxels, before any subsampling) and ``error_rate``.
-    ``epoch=None`` means "no epoch gating".
+    Variants beyond the paper (``pairing``, ``hinge_power``, ``wrong_weight``, ``consistency``) are
+    described in :mod:`uaseg.losses.variants`; their defaults give the paper's objective.
+
+    ``forward(logits, target, epoch=None, view_logits=None) -> (total, logs)``; logs hold detached
+    scalars ``seg`` and ``rank`` (unscaled L_unc, 0 when off) and, only when the term is on,
+    ``n_wrong`` / ``n_correct`` (all non-ignored voxels, before any subsampling) and ``error_rate``
+    (and ``consistency``, ``disagree_rate`` with a second view). ``epoch=None`` means "no epoch gating".
     """
 
     def __init__(
@@ -42,10 +46,18 @@ class UncertaintyAwareLoss(nn.Module):
         start_epoch: int = 0,
         ignore_index: int | None = None,
         score: str = "max_softmax",
+        pairing: str = "batch",
+        hinge_power: int = 1,
+        wrong_weight: str = "uniform",
+        consistency: float = 0.0,
+        consistency_view: str = "flip",
     ):
         super().__init__()
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        for key, value, allowed in (("sampling", sampling, SAMPLINGS), ("pairing", pairing, PAIRINGS),
+                                    ("wrong_weight", wrong_weight, WRONG_WEIGHTS),
+                                    ("consistency_view", consistency_view, VIEWS), ("hinge_power", hinge_power, (1, 2))):
+            if value not in allowed:
+                raise ValueError(f"loss.{key} must be one of {allowed}, got {value!r}")
         self.seg_loss = CrossEntropy(ignore_index=ignore_index) if seg_loss is None else seg_loss
         self.lambda_ = float(lambda_)
         self.margin = float(margin)
@@ -57,11 +69,24 @@ class UncertaintyAwareLoss(nn.Module):
         self.ignore_index = ignore_index
         self.score = score
         self._score_fn = get_score(score)
+        self.pairing, self.hinge_power, self.wrong_weight = pairing, int(hinge_power), wrong_weight
+        self.consistency, self.consistency_view = float(consistency), consistency_view
 
     def ranking_active(self, epoch: int | None) -> bool:
         return self.lambda_ != 0 and (epoch is None or epoch >= self.start_epoch)
 
-    def forward(self, logits: Tensor, target: Tensor, epoch: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def needs_view(self, epoch: int | None) -> bool:
+        """Whether ``forward`` wants a second view's logits this epoch (see ``second_view_logits``)."""
+        return self.consistency != 0 and self.ranking_active(epoch)
+
+    def _rank(self, u: Tensor, wrong: Tensor, correct: Tensor, pred: Tensor, weight: Tensor | None) -> Tensor:
+        groups, n_groups = group_ids(self.pairing, pred, self._num_classes)
+        if groups is None:
+            return masked_pairwise_ranking_loss(u, wrong, correct, self.margin, self.hinge_power, weight)
+        return grouped_ranking_loss(u, wrong, correct, groups, n_groups, self.margin, self.hinge_power, weight)
+
+    def forward(self, logits: Tensor, target: Tensor, epoch: int | None = None,
+                view_logits: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         seg = self.seg_loss(logits, target)
         logs: dict[str, Tensor] = {"seg": seg.detach()}
         if not self.ranking_active(epoch):
@@ -70,22 +95,30 @@ class UncertaintyAwareLoss(nn.Module):
 
         if target.ndim == logits.ndim:  # (B, 1, *spatial) -> (B, *spatial)
             target = target.squeeze(1)
+        self._num_classes = logits.shape[1]
         u, pred = self._score_fn(logits)
-        u, target = u.reshape(-1), target.reshape(-1)
+        u, target_img, target = u.reshape(-1), target, target.reshape(-1)
         with torch.no_grad():  # which voxels are wrong is not differentiated
             hit = pred.reshape(-1) == target
-            if self.ignore_index is not None:
-                valid = target != self.ignore_index
-                wrong, correct = valid & ~hit, valid & hit
-            else:
-                wrong, correct = ~hit, hit
+            valid = None if self.ignore_index is None else target != self.ignore_index
+            wrong, correct = (~hit, hit) if valid is None else (valid & ~hit, valid & hit)
             n_w, n_c = wrong.sum(), correct.sum()
             if self.sampling == "subsample":
                 wrong = random_mask_subset(wrong, self.n_wrong)
                 correct = random_mask_subset(correct, self.n_correct)
+            weight = (dice_weights(pred, target_img, self._num_classes, valid)
+                      if self.wrong_weight == "dice" else None)
         # Masks, not u[wrong] / u[correct]: no host sync. Empty W or C gives a graph-connected 0.
-        rank = masked_pairwise_ranking_loss(u, wrong, correct, self.margin)
+        rank = self._rank(u, wrong, correct, pred, weight)
         total = seg + (self.lambda_ * self.scale) * rank
+        if view_logits is not None and self.consistency != 0:
+            with torch.no_grad():
+                disagree = (view_logits.argmax(dim=1) != pred).reshape(-1)
+                agree = ~disagree if valid is None else valid & ~disagree
+                disagree = disagree if valid is None else valid & disagree
+            cons = self._rank(u, disagree, agree, pred, None)
+            total = total + (self.consistency * self.scale) * cons
+            logs.update(consistency=cons.detach(), disagree_rate=disagree.float().mean().detach())
 
         logs.update(
             rank=rank.detach(),
@@ -98,7 +131,9 @@ class UncertaintyAwareLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"lambda_={self.lambda_}, margin={self.margin}, scale={self.scale}, sampling={self.sampling!r}, "
                 f"n_wrong={self.n_wrong}, n_correct={self.n_correct}, start_epoch={self.start_epoch}, "
-                f"ignore_index={self.ignore_index}, score={self.score!r}")
+                f"ignore_index={self.ignore_index}, score={self.score!r}, pairing={self.pairing!r}, "
+                f"hinge_power={self.hinge_power}, wrong_weight={self.wrong_weight!r}, "
+                f"consistency={self.consistency}, consistency_view={self.consistency_view!r}")
 
 
 def uncertainty_aware_loss(**cfg: Any) -> UncertaintyAwareLoss:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from uaseg.errors import ConfigError
+from uaseg.losses.variants import second_view_logits
 from uaseg.selective import SelectiveResult, SelectiveSegmentationMetric, ThresholdGrid
 from uaseg.uncertainty import SCORES, MeanOfPasses, check_scores, deterministic_scores
 from uaseg.uncertainty.mc_dropout import dropout_active
@@ -132,8 +133,12 @@ class SelectiveSegModule(L.LightningModule):
         return self.net(image)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self.net(as_tensor(batch["image"]))
-        total, parts = self.loss(logits, as_tensor(batch["label"]), epoch=self.current_epoch)
+        image = as_tensor(batch["image"])
+        logits = self.net(image)
+        view = None
+        if getattr(self.loss, "needs_view", None) and self.loss.needs_view(self.current_epoch):
+            view = second_view_logits(self.net, image, self.loss.consistency_view)
+        total, parts = self.loss(logits, as_tensor(batch["label"]), epoch=self.current_epoch, view_logits=view)
         if not torch.isfinite(total):
             raise FloatingPointError(
                 f"non-finite training loss ({total.item()}) at epoch {self.current_epoch}, "

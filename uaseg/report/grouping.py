@@ -62,8 +62,15 @@ def loss_of(run: Run) -> tuple:
         v = s.get(k)
         if k in ("n_wrong", "n_correct") and s.get("sampling") == "exact":
             v = None
+        if k == "consistency_view" and not s.get("consistency"):
+            v = None
         out.append((k, v))
     return tuple(out)
+
+
+#: the paper's choices for the loss variants: a run that departs from one names it in its setting
+PAPER_OBJECTIVE = {"score": "max_softmax", "pairing": "batch", "hinge_power": 1, "wrong_weight": "uniform",
+                   "consistency": 0.0}
 
 
 @dataclass
@@ -124,6 +131,9 @@ def describe_loss(loss: tuple) -> str:
         s.append(f"sample={d['n_wrong']}×{d['n_correct']}")
     if d.get("start_epoch"):
         s.append(f"start_epoch={d['start_epoch']}")
+    s += [f"{k}={_fmt(d[k])}" for k, paper in PAPER_OBJECTIVE.items() if d.get(k) not in (None, paper)]
+    if d.get("consistency"):
+        s.append(f"view={d.get('consistency_view')}")
     return ", ".join(s)
 
 

@@ -1,0 +1,106 @@
+"""Loss variants beyond the paper (uaseg/losses/variants.py): grouped pairing, Dice weights, the
+second-view consistency term, each against a brute-force reference; every option trains 2 steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from uaseg.losses import UncertaintyAwareLoss, brute_force_ranking_loss
+from uaseg.losses.variants import dice_weights, group_ids, grouped_ranking_loss
+
+F64 = torch.float64
+
+
+def _brute_grouped(u, wrong, correct, groups, n_groups, m, power, weight):
+    terms = []
+    for g in range(n_groups):
+        w, c = wrong & (groups == g), correct & (groups == g)
+        if w.any() and c.any():
+            terms.append(brute_force_ranking_loss(u[w], u[c], m, power, None if weight is None else weight[w]))
+    return torch.stack(terms).mean() if terms else u.sum() * 0
+
+
+@pytest.mark.parametrize("power", [1, 2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_grouped_pairing_is_the_mean_of_per_group_exact_terms(power, weighted):
+    g = torch.Generator().manual_seed(power + 2 * weighted)
+    n = 300
+    u = torch.randint(0, 17, (n,), generator=g).to(F64) / 16  # ties, pairs on the hinge
+    lab = torch.randint(0, 2, (n,), generator=g)
+    groups = torch.randint(0, 4, (n,), generator=g)
+    groups[groups == 3] = 2  # group 3 empty
+    lab[groups == 1] = 1  # group 1: no wrong voxel, no pair
+    weight = torch.rand(n, generator=g, dtype=F64) + 0.1 if weighted else None
+    wrong, correct = lab == 0, lab == 1
+    a = u.clone().requires_grad_(True)
+    out = grouped_ranking_loss(a, wrong, correct, groups, 4, 0.125, power, weight)
+    out.backward()
+    b = u.clone().requires_grad_(True)
+    ref = _brute_grouped(b, wrong, correct, groups, 4, 0.125, power, weight)
+    ref.backward()
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_group_ids_per_case_and_per_class():
+    pred = torch.tensor([[[0, 2], [1, 1]], [[2, 2], [0, 1]]])  # (B=2, 2, 2)
+    ids, n = group_ids("case", pred, 3)
+    assert n == 2 and ids.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    ids, n = group_ids("class", pred, 3)
+    assert n == 3 and ids.tolist() == pred.reshape(-1).tolist()
+    assert group_ids("batch", pred, 3) == (None, 1)
+
+
+def test_dice_weights_by_hand():
+    # image 0: pred [1, 1, 0, 2], label [1, 0, 2, 2]: class 1 |P|+|G| = 2+1 = 3, class 2 = 1+2 = 3
+    # image 1: pred [0, 0, 0, 1], label [1, 1, 0, 0]: class 1 = 1+2 = 3, class 2 = 0
+    pred = torch.tensor([[1, 1, 0, 2], [0, 0, 0, 1]])
+    label = torch.tensor([[1, 0, 2, 2], [1, 1, 0, 0]])
+    w = dice_weights(pred, label, 3).reshape(2, 4)
+    # voxel (0,1): predicted 1 (1/3), label 0 (-) ; (0,2): predicted 0, label 2 (1/3); (0,0): 1/3 + 1/3
+    torch.testing.assert_close(w[0], torch.tensor([2 / 3, 1 / 3, 1 / 3, 2 / 3], dtype=F64))
+    torch.testing.assert_close(w[1], torch.tensor([1 / 3, 1 / 3, 0.0, 1 / 3], dtype=F64))
+
+
+def _loss(**kw):
+    return UncertaintyAwareLoss(lambda_=2.0, scale=1000.0, margin=0.1, **kw).double()
+
+
+def test_consistency_term_ranks_view_disagreement():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 5, 4, generator=g, dtype=F64)
+    target = logits.argmax(1)  # everything correct: the paper's term is 0
+    loss = _loss(consistency=0.5)
+    base, _ = loss(logits, target, view_logits=logits)  # same view: nothing disagrees
+    view = logits.clone()
+    view[:, :, :2] = -view[:, :, :2]  # flips the argmax on the first two rows
+    z = logits.clone().requires_grad_(True)
+    total, logs = loss(z, target, view_logits=view)
+    disagree = (view.argmax(1) != logits.argmax(1)).reshape(-1)
+    u = (1 - z.softmax(1).max(1).values).reshape(-1)
+    seg = torch.nn.functional.cross_entropy(z, target)
+    ref = seg + 0.5 * 1000.0 * brute_force_ranking_loss(u[disagree], u[~disagree], 0.1)
+    torch.testing.assert_close(total, ref)
+    assert disagree.any() and float(logs["disagree_rate"]) == pytest.approx(disagree.double().mean().item())
+    torch.testing.assert_close(base, torch.nn.functional.cross_entropy(logits, target))
+
+
+@pytest.mark.parametrize("dataset", ["demo2d", "demo3d"])
+@pytest.mark.parametrize("option", ["loss.pairing=case", "loss.pairing=class", "loss.hinge_power=2",
+                                    "loss.wrong_weight=dice", "loss.consistency=1", "loss.score=entropy"])
+def test_every_option_trains_two_steps(make_cfg, dataset, option):
+    from uaseg.train import train
+
+    extra = ["loss.consistency_view=noise"] if dataset == "demo3d" and option == "loss.consistency=1" else []
+    cfg = make_cfg(dataset, "loss.lambda=2", option, *extra, "test=false", "trainer.limit_val_batches=1")
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    header = (out / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/rank" in header and ("train/consistency" in header) == (option == "loss.consistency=1")
+    key, value = option.split("=")
+    ck = torch.load(next((out / "checkpoints").glob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert str(ck["hyper_parameters"]["loss"][key.split(".")[1]]) == value
