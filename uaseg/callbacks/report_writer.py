@@ -99,7 +99,9 @@ class SelectiveReportWriter(Callback):
         if result is None or not trainer.is_global_zero:
             return
         out = self._out(trainer)
-        write_outputs(result, out, pl_module.run_identity)
+        # the foreground classes, in the order of every ``class_dice`` list
+        names = getattr(trainer.datamodule, "class_names", None) or ((pl_module.dataset_cfg or {}).get("meta") or {}).get("class_names")
+        write_outputs(result, out, {**pl_module.run_identity, "class_names": list(names or [])})
         figures = {}
         if self.figures:
             fig_dir = out / "figures"
