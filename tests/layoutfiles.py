@@ -2,7 +2,7 @@
 
 Every case is a small volume (or image) with two foreground boxes (classes 1 and 2) whose
 intensities differ per class and channel, so a U-Net learns something in a few steps and a mix-up of
-channels or classes shows. Spacings differ per case (and one case of ``make_nnunet_ct`` has its first
+channels or classes shows. Spacings differ per case (and one case of ``make_nnunet_3d`` has its first
 two voxel axes swapped in the affine) so the fingerprint's median spacing is not trivial.
 """
 
@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 SHAPE = (16, 16, 16)
-#: voxel spacing of each case of make_nnunet_ct, in the file's voxel-axis order
-CT_SPACINGS = ((1.0, 1.0, 2.0), (1.0, 1.0, 2.5), (1.0, 1.2, 2.0), (1.0, 1.0, 3.0), (0.8, 1.0, 2.0))
-#: the case whose affine swaps its first two voxel axes (voxel i -> world y, voxel j -> world x)
+#: voxel spacing of each case of make_nnunet_3d, in the file's voxel-axis order
+CT_SPACINGS = ((1.2, 1.0, 2.0), (1.2, 1.0, 2.5), (1.0, 1.2, 2.0), (1.0, 1.0, 3.0), (0.8, 1.0, 2.0))
+#: the case whose affine swaps its first two voxel axes (voxel i -> world y, voxel j -> world x): in
+#: RAS order its spacing is (1.2, 1.0, 2.0), so the median x spacing is 1.2 only if that is honoured
 SWAPPED = 2
 
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from uaseg.errors import DatasetError
+from uaseg.errors import DatasetError, first_cause, root_cause
 from uaseg.io import read_image_header, read_nifti_header, write_json
 
 log = logging.getLogger(__name__)
@@ -76,12 +76,14 @@ def case_geometry(image: str, spatial_dims: int) -> dict[str, Any]:
             "axcodes": "".join(nib.aff2axcodes(h.affine))}
 
 
-def foreground_values(case: dict, spatial_dims: int, n_channels: int, cap: int, seed: int) -> list[np.ndarray]:
+def foreground_values(case: dict, spatial_dims: int, n_channels: int, n_classes: int, cap: int,
+                      seed: int) -> list[np.ndarray]:
     """Per channel the image intensities at the case's foreground voxels (label > 0), read as in
-    training (MONAI loaders); at most ``cap`` per channel (a seeded random subset beyond)."""
+    training (MONAI loaders, the same checks: channels, grid, label values in ``0..n_classes-1``); at
+    most ``cap`` per channel (a seeded random subset beyond)."""
     from monai.transforms import Compose, EnsureChannelFirstd
 
-    from uaseg.data.checks import CheckChannelsd, CheckSameGeometryd, LoadImageNamedd
+    from uaseg.data.checks import CheckChannelsd, CheckLabelValuesd, CheckSameGeometryd, LoadImageNamedd
 
     reader = {"reader": "PILReader"} if spatial_dims == 2 else {}
     load = Compose([
@@ -89,8 +91,15 @@ def foreground_values(case: dict, spatial_dims: int, n_channels: int, cap: int, 
         EnsureChannelFirstd(keys=["image", "label"]),
         CheckChannelsd(keys="image", n=n_channels, what="image"),
         CheckSameGeometryd("image", "label", check_affine=spatial_dims == 3),
+        CheckLabelValuesd(keys="label", allowed=range(n_classes)),
     ])
-    d = load({"image": case["image"], "label": case["label"]})
+    try:
+        d = load({"image": case["image"], "label": case["label"]})
+    except Exception as e:  # MONAI wraps our errors in RuntimeError('applying transform ...')
+        cause = first_cause(e, DatasetError)
+        if cause is None:
+            raise DatasetError(f"case {case['case_id']}: cannot read its files ({root_cause(e)})") from e
+        raise DatasetError(f"case {case['case_id']}: {cause}") from e
     image = np.asarray(d["image"], dtype=np.float64)
     fg = np.asarray(d["label"])[0] > 0
     values = [image[c][fg] for c in range(n_channels)]
@@ -109,7 +118,7 @@ def intensity_stats(values: np.ndarray) -> dict[str, float | int]:
             "percentile_99_5": float(np.percentile(v, 99.5))}
 
 
-def compute_fingerprint(cases: list[dict], spatial_dims: int, channel_names: Sequence[str],
+def compute_fingerprint(cases: list[dict], spatial_dims: int, channel_names: Sequence[str], n_classes: int,
                         stamps: dict[str, list[int]]) -> dict[str, Any]:
     """Read every case (see the module docstring)."""
     cap = max(1, FOREGROUND_SAMPLES // max(1, len(cases)))
@@ -118,7 +127,7 @@ def compute_fingerprint(cases: list[dict], spatial_dims: int, channel_names: Seq
     for i, case in enumerate(cases):
         first = case["image"][0] if isinstance(case["image"], list) else case["image"]
         geom = case_geometry(first, spatial_dims)
-        values = foreground_values(case, spatial_dims, len(channel_names), cap, seed=1234 + i)
+        values = foreground_values(case, spatial_dims, len(channel_names), n_classes, cap, seed=1234 + i)
         geom["foreground_voxels"] = int(values[0].size)
         per_case[case["case_id"]] = geom
         for c, v in enumerate(values):
@@ -134,7 +143,7 @@ def compute_fingerprint(cases: list[dict], spatial_dims: int, channel_names: Seq
 
 
 def load_or_compute_fingerprint(path: Path, root: Path, cases: list[dict], files: Sequence[str | Path],
-                                spatial_dims: int, channel_names: Sequence[str],
+                                spatial_dims: int, channel_names: Sequence[str], n_classes: int,
                                 check: Callable[[dict], None]) -> dict[str, Any]:
     """The fingerprint stored at ``path`` if it was computed from exactly these files, else (no file
     yet) compute it -- ``check`` runs on every case first -- and store it."""
@@ -150,7 +159,7 @@ def load_or_compute_fingerprint(path: Path, root: Path, cases: list[dict], files
         return fp
     for case in cases:
         check(case)
-    fp = compute_fingerprint(cases, spatial_dims, channel_names, stamps)
+    fp = compute_fingerprint(cases, spatial_dims, channel_names, n_classes, stamps)
     if not path.exists():  # written once: a parallel job may have written the same numbers meanwhile
         write_json(path, fp)
     return fp
@@ -188,9 +197,11 @@ def normalization_for(channel: dict[str, Any], source: str) -> dict[str, Any]:
             "mean": channel["mean"], "std": max(channel["std"], 1e-8)}
 
 
-def make_plan(fp: dict[str, Any], meta: dict[str, Any], settings: dict[str, Any], source: str) -> dict[str, Any]:
-    """The preprocessing plan (module docstring) from a fingerprint, the dataset's ``meta`` and the
-    planning ``settings`` (``spacing``, ``orientation``, ``max_patch_size_2d``, ``max_patch_size_3d``)."""
+def make_plan(fp: dict[str, Any], meta: dict[str, Any], settings: dict[str, Any], source: str,
+              where: str) -> dict[str, Any]:
+    """The preprocessing plan (module docstring) from a fingerprint (stored at ``where``), the
+    dataset's ``meta`` (``dataset.json`` at ``source``) and the planning ``settings`` (``spacing``,
+    ``orientation``, ``max_patch_size_2d``, ``max_patch_size_3d``)."""
     dims = int(meta["spatial_dims"])
     cases = list(fp["cases"].values())
     orientation = settings["orientation"] if dims == 3 else None
@@ -210,7 +221,7 @@ def make_plan(fp: dict[str, Any], meta: dict[str, Any], settings: dict[str, Any]
         "orientation": orientation,
         "patch_size": patch,
         "normalization": [normalization_for(ch, source) for ch in fp["channels"]],
-        "fingerprint": {"cases": len(cases), "median_spacing": [float(s) for s in median_spacing],
+        "fingerprint": {"file": where, "cases": len(cases), "median_spacing": [float(s) for s in median_spacing],
                         "median_shape_resampled": [float(s) for s in resampled]},
         "settings": dict(settings),
     }
@@ -223,11 +234,11 @@ def _as_list(v: Any, n: int) -> list[float]:
     return vals
 
 
-def describe_plan(plan: dict[str, Any], where: str) -> str:
-    """The plan in a few lines (printed once per process when a run uses it)."""
+def describe_plan(plan: dict[str, Any]) -> str:
+    """The plan in a few lines (logged once by the datamodule of a run)."""
     fp, m = plan["fingerprint"], plan["meta"]
     fmt = lambda xs: " x ".join(f"{x:.4g}" for x in xs)  # noqa: E731
-    lines = [f"dataset fingerprint ({where}): {fp['cases']} cases, {m['spatial_dims']}-D, "
+    lines = [f"dataset fingerprint ({fp['file']}): {fp['cases']} cases, {m['spatial_dims']}-D, "
              f"classes {', '.join(m['class_names'])}",
              f"  median spacing {fmt(fp['median_spacing'])}; median shape after resampling {fmt(fp['median_shape_resampled'])}",
              f"  target spacing {fmt(plan['target_spacing']) if plan['target_spacing'] else 'none (2-D)'}; "

@@ -8,14 +8,15 @@ the labelled cases (:meth:`~StandardLayoutDataModule.discover`) and how to check
 
 * :meth:`~StandardLayoutDataModule.make_plan` -- behind the ``${uaseg.dataset_plan:...}`` resolver of
   the YAML: reads ``dataset.json``, finds the cases, loads (or computes once) the fingerprint and
-  returns the plan; the model config reads channels and classes from ``plan.meta``. The plan is
-  logged once per process.
+  returns the plan (memoised per process while no file changes); the model config reads channels
+  and classes from ``plan.meta`` (through ``${uaseg.get:...}``).
 * the datamodule preprocesses only from its ``plan`` argument (never from ``dataset.root``), so a
-  checkpoint's dataset config alone preprocesses new images at prediction.
+  checkpoint's dataset config alone preprocesses new images at prediction; it logs the plan once,
+  when a run first sets it up.
 * transforms: load (one file per channel, or a 4-D file whose last axis holds the channels) -> checks
-  (channels, image/label grid, label values in ``0..K-1``) -> 3-D: reorient to ``orientation``,
-  resample to the target spacing (image linear, label nearest) -> per-channel normalisation -> pad to
-  the patch; training adds ``RandCropByPosNegLabeld`` and augmentation (``augment``, as MM-WHS).
+  (channels, image/label grid, label values in ``0..K-1``) -> per-channel normalisation (before
+  resampling, as nnU-Net) -> 3-D: reorient to ``orientation``, resample to the target spacing (image
+  linear, label nearest) -> pad to the patch; training adds ``RandCropByPosNegLabeld`` and augmentation (``augment``, as MM-WHS).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 IMAGE_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
 _PLANS: dict[tuple, dict] = {}
-_SHOWN: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -182,14 +182,10 @@ class StandardLayoutDataModule(FileSegDataModule):
                tuple((f, tuple(v)) for f, v in file_stamps(root_path, [*files, *([path] if path.exists() else [])]).items()))
         if key not in _PLANS:
             fp = load_or_compute_fingerprint(
-                path, root_path, cases, files, info.spatial_dims, info.channel_names,
+                path, root_path, cases, files, info.spatial_dims, info.channel_names, len(info.class_names) + 1,
                 check=lambda c: cls.check_headers(c, info.spatial_dims, len(info.channel_names)))
-            _PLANS[key] = make_plan(fp, info.meta(), settings, str(info.json_path))
-        plan = _PLANS[key]
-        if str(path) not in _SHOWN:
-            _SHOWN.add(str(path))
-            log.info("%s", describe_plan(plan, str(path)))
-        return plan
+            _PLANS[key] = make_plan(fp, info.meta(), settings, str(info.json_path), str(path))
+        return _PLANS[key]
 
     # ------------------------------------------------------------------ the datamodule
     def __init__(self, plan: Mapping[str, Any], spacing: Any, orientation: str, max_patch_size_2d: Sequence[int],
@@ -206,6 +202,11 @@ class StandardLayoutDataModule(FileSegDataModule):
         self.class_names = tuple(meta["class_names"])
         self.channel_names = tuple(meta["channel_names"])
         super().__init__(patch_size=self.plan["patch_size"] if patch_size is None else patch_size, **kwargs)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:  # once per datamodule, i.e. once per run
+            log.info("%s", describe_plan(self.plan))
+        super().setup(stage)
 
     def find_cases(self) -> list[dict]:
         assert self.root is not None
