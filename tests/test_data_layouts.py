@@ -123,7 +123,7 @@ def test_a_changed_dataset_never_reuses_its_fingerprint(tmp_path, make_cfg):
     assert "fingerprint.json" in msg and "labelsTr/case_001.nii.gz" in msg and "Delete" in msg
     assert (root / "fingerprint.json").read_text() == before  # never overwritten
     (root / "fingerprint.json").unlink()
-    dm, _ = dm_of(make_cfg, "nnunet", root)  # recomputed from the new files
+    dm_of(make_cfg, "nnunet", root)  # recomputed from the new files
     assert json.loads((root / "fingerprint.json").read_text()) != json.loads(before)
 
 

@@ -238,11 +238,11 @@ def describe_plan(plan: dict[str, Any]) -> str:
     """The plan in a few lines (logged once by the datamodule of a run)."""
     fp, m = plan["fingerprint"], plan["meta"]
     fmt = lambda xs: " x ".join(f"{x:.4g}" for x in xs)  # noqa: E731
-    lines = [f"dataset fingerprint ({fp['file']}): {fp['cases']} cases, {m['spatial_dims']}-D, "
-             f"classes {', '.join(m['class_names'])}",
+    lines = [(f"dataset fingerprint ({fp['file']}): {fp['cases']} cases, {m['spatial_dims']}-D, "
+              f"classes {', '.join(m['class_names'])}"),
              f"  median spacing {fmt(fp['median_spacing'])}; median shape after resampling {fmt(fp['median_shape_resampled'])}",
-             f"  target spacing {fmt(plan['target_spacing']) if plan['target_spacing'] else 'none (2-D)'}; "
-             f"patch size {fmt(plan['patch_size'])}"]
+             (f"  target spacing {fmt(plan['target_spacing']) if plan['target_spacing'] else 'none (2-D)'}; "
+              f"patch size {fmt(plan['patch_size'])}")]
     for n in plan["normalization"]:
         extra = f": clip to [{n['clip'][0]:.6g}, {n['clip'][1]:.6g}], z-score with mean {n['mean']:.6g}, std {n['std']:.6g}" \
             if n["scheme"] == "ct" else ""
