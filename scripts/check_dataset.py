@@ -1,11 +1,16 @@
 #!/usr/bin/env python
-"""Validate a downloaded MM-WHS or GlaS folder before training.
+"""Validate a downloaded MM-WHS or GlaS folder, or your own dataset in the nnU-Net or Decathlon
+layout, before training.
 
     python scripts/check_dataset.py --dataset mmwhs --root /data/MM-WHS
     python scripts/check_dataset.py --dataset glas  --root /data/Warwick_QU_Dataset
+    python scripts/check_dataset.py --dataset nnunet --root /data/nnUNet_raw/Dataset004_Hippocampus
+    python scripts/check_dataset.py --dataset decathlon --root /data/Task02_Heart
 
 Reads every file completely (not only headers) and prints one row per case: shape, spacing /
-orientation (MM-WHS) or size / mode (GlaS), label values and per-class voxel counts. All problems
+orientation (3-D) or size / mode (GlaS), label values and per-class voxel counts. For nnU-Net and
+Decathlon folders it also checks ``dataset.json`` against the files (numTraining, a channel file
+for every channel, labels) and that every channel and the label share one grid. All problems
 are collected (not only the first) and listed at the end, each naming its file. Exit code 0 when the
 folder is usable, 1 when some case has a problem, 2 when the folder itself is wrong.
 """
@@ -97,7 +102,70 @@ def scan_glas(root: Path) -> tuple[list[Row], list[str]]:
     return rows, problems
 
 
-SCANNERS: dict[str, Callable[[Path], tuple[list[Row], list[str]]]] = {"mmwhs": scan_mmwhs, "glas": scan_glas}
+def _voxels(path: str, spatial_dims: int) -> np.ndarray:
+    try:
+        if spatial_dims == 2:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return np.asarray(im)
+        import nibabel as nib
+
+        return np.asarray(nib.load(path).dataobj)
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read the voxels ({type(e).__name__}: {e})") from e
+
+
+def scan_layout(cls) -> Callable[[Path], tuple[list[Row], list[str]]]:
+    """Scanner of a standard layout (nnU-Net, Decathlon): ``dataset.json``, then every case's files."""
+    from uaseg.data.fingerprint import case_geometry
+
+    def scan(root: Path) -> tuple[list[Row], list[str]]:
+        info = cls.read_info(root)
+        cases = cls.discover(root, info)
+        dims, n_classes = info.spatial_dims, len(info.class_names) + 1
+        print(f"{info.json_path}: {dims}-D, channels {', '.join(info.channel_names)}; "
+              f"classes {', '.join(info.class_names)} (label values 1..{n_classes - 1})\n")
+        rows, problems = [], []
+        for c in cases:
+            row: Row = {"case": c["case_id"]}
+            try:
+                cls.check_headers(c, dims, len(info.channel_names))
+                images = c["image"] if isinstance(c["image"], list) else [c["image"]]
+                geom = case_geometry(images[0], dims)
+                row["shape"] = "x".join(map(str, geom["shape"]))
+                if dims == 3:
+                    row["spacing"] = "x".join(f"{z:.3g}" for z in geom["spacing"])
+                    row["orient"] = geom["axcodes"]
+                img = _voxels(images[0], dims)
+                row["ch0 min/max"] = f"{img.min():.4g}/{img.max():.4g}"
+                for f in images[1:]:
+                    _voxels(f, dims)
+                values, counts = np.unique(_voxels(c["label"], dims), return_counts=True)
+                row["label values"] = describe_values(values.tolist())
+                by_value = dict(zip(values.tolist(), counts.tolist()))
+                for k, name in enumerate(info.class_names, start=1):
+                    row[name] = str(by_value.get(k, 0))
+                bad = [v for v in values.tolist() if v not in range(n_classes)]
+                if bad:
+                    problems.append(f"{c['label']}: unexpected label values {describe_values(bad)}; "
+                                    f"allowed are {describe_values(range(n_classes))} (labels of {info.json_path})")
+            except DatasetError as e:
+                problems.append(str(e))
+            rows.append(row)
+        return rows, problems
+
+    return scan
+
+
+def _layouts() -> dict[str, Callable[[Path], tuple[list[Row], list[str]]]]:
+    from uaseg.data.decathlon import DecathlonDataModule
+    from uaseg.data.nnunet import NnUNetDataModule
+
+    return {"nnunet": scan_layout(NnUNetDataModule), "decathlon": scan_layout(DecathlonDataModule)}
+
+
+SCANNERS: dict[str, Callable[[Path], tuple[list[Row], list[str]]]] = {"mmwhs": scan_mmwhs, "glas": scan_glas, **_layouts()}
 
 
 def print_table(rows: list[Row]) -> None:

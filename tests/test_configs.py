@@ -77,6 +77,7 @@ def test_append_override_reaches_the_trainer(make_cfg):
 @pytest.mark.parametrize("overrides,message", [
     (["dataset=mmwhs"], "dataset.root=..."),
     (["dataset=glas", "dataset.root=/does/not/exist"], "the expected layout"),
+    (["dataset=decathlon", "dataset.root=/does/not/exist"], "the expected layout"),  # raised in a resolver
 ])
 def test_user_errors_are_one_clear_line(tmp_path, overrides, message):
     proc = subprocess.run(

@@ -1,7 +1,8 @@
 """OmegaConf resolvers the configs use (``${uaseg.<name>:...}``); registered on import.
 
 They answer questions a YAML file cannot: is there a W&B account (else log offline, never prompt),
-which multirun does this job belong to, and where does a resumed run keep its new Hydra files.
+which multirun does this job belong to, where does a resumed run keep its new Hydra files, and
+what is the preprocessing plan of a dataset in the nnU-Net or Decathlon layout (``dataset_plan``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,25 @@ def hydra_subdir(resume: str | None) -> str:
     return f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}" if resume else ".hydra"
 
 
+def dataset_plan(target: str, root: str, cache_dir, spacing, orientation: str, max_patch_size_2d,
+                 max_patch_size_3d) -> dict:
+    """The preprocessing plan of a dataset in a standard layout (nnU-Net, Decathlon): the datamodule
+    class ``target`` reads its ``dataset.json`` and fingerprint (see ``uaseg/data/fingerprint.py``)."""
+    from hydra.utils import get_class
+
+    plain = lambda v: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v  # noqa: E731
+    return get_class(target).make_plan(str(root), cache_dir, plain(spacing), orientation, plain(max_patch_size_2d),
+                                       plain(max_patch_size_3d))
+
+
+def get(node, *keys: str):
+    """``${uaseg.get:${dataset.plan},meta,in_channels}``: a value inside a resolver's result
+    (OmegaConf cannot select into an interpolation that a resolver produced)."""
+    for key in keys:
+        node = node[key]
+    return OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+
+
 for _name, _fn in {
     "wandb_offline": wandb_offline,
     "job_name": job_name,
@@ -75,5 +95,7 @@ for _name, _fn in {
     "run_dir": run_dir,
     "job_subdir": job_subdir,
     "hydra_subdir": hydra_subdir,
+    "dataset_plan": dataset_plan,
+    "get": get,
 }.items():
     OmegaConf.register_new_resolver(f"uaseg.{_name}", _fn, replace=True)

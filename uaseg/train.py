@@ -110,6 +110,25 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def unresolved_missing_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """The ``???`` keys of ``cfg``, found without resolving interpolations (``OmegaConf.missing_keys``
+    resolves them, and a resolver such as the dataset plan cannot run before ``dataset.root`` is set)."""
+    from omegaconf import DictConfig, ListConfig
+
+    out: list[str] = []
+    keys = cfg.keys() if isinstance(cfg, DictConfig) else range(len(cfg)) if isinstance(cfg, ListConfig) else []
+    for key in keys:
+        node = cfg._get_node(key)
+        name = f"{prefix}{key}" if isinstance(cfg, DictConfig) else f"{prefix.rstrip('.')}[{key}]"
+        if node is None or node._is_interpolation():
+            continue
+        if node._is_missing():
+            out.append(name)
+        elif isinstance(node, (DictConfig, ListConfig)):
+            out += unresolved_missing_keys(node, f"{name}.")
+    return out
+
+
 #: errors that are the user's to fix: a one-line message is more useful than a traceback
 USER_ERRORS = (UserError, FileExistsError, FileNotFoundError)
 
@@ -119,7 +138,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     (so a multirun goes on with its other jobs and reports this one as failed)."""
     out = Path(cfg.paths.output_dir)
     try:
-        missing = sorted(OmegaConf.missing_keys(cfg))
+        missing = sorted(unresolved_missing_keys(cfg))
         if missing:
             raise ConfigError(
                 "missing mandatory config values: "

@@ -115,7 +115,10 @@ class SelectiveReportWriter(Callback):
         if result is None or not trainer.is_global_zero:
             return
         out = self._out(trainer)
-        extra = {}
+        # the foreground classes, in the order of every ``class_dice`` list
+        names = getattr(trainer.datamodule, "class_names", None) or (
+            (pl_module.dataset_cfg or {}).get("meta") or {}).get("class_names")
+        extra = {"class_names": list(names or [])}
         if pl_module.temperature is not None:
             extra["temperature"] = pl_module.temperature
         if getattr(trainer, "ckpt_path", None):

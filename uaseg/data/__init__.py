@@ -11,6 +11,14 @@ def build_datamodule(dataset_cfg: Any):
     from hydra.utils import instantiate
     from omegaconf import DictConfig, OmegaConf
 
-    cfg = dict(OmegaConf.to_container(dataset_cfg, resolve=True) if isinstance(dataset_cfg, DictConfig) else dataset_cfg)
+    from uaseg.errors import UserError, first_cause
+
+    try:
+        cfg = dict(OmegaConf.to_container(dataset_cfg, resolve=True) if isinstance(dataset_cfg, DictConfig) else dataset_cfg)
+    except Exception as e:  # a resolver (the dataset plan) failed: show the user's problem, not OmegaConf's wrapper
+        cause = first_cause(e, UserError)
+        if cause is None:
+            raise
+        raise type(cause)(str(cause)) from e
     cfg.pop("meta", None)
     return instantiate(cfg, _convert_="all")

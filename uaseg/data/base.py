@@ -108,6 +108,12 @@ class SegDataModule(L.LightningDataModule):
         ``uaseg.predict``). 2-D files are read with MONAI's PIL reader: spatial axes ``(width, height)``."""
         raise NotImplementedError(f"{type(self).__name__} does not support prediction on new files")
 
+    def prediction_cases(self, files: list[Path]) -> list[tuple[str | None, list[Path]]]:
+        """Prediction inputs grouped into cases: ``(name, files of its channels)``, ``name`` None for
+        the file's own name. One file per case, unless a layout keeps each channel in its own file
+        (nnU-Net)."""
+        return [(None, [f]) for f in files]
+
     # ------------------------------------------------------------------ shared machinery
     def kfold_split(self, case_ids: Sequence[str], path: Path, seed: int) -> dict[str, list[str]]:
         """Case ids of this fold: ``test`` from the ``num_folds``-fold split persisted at ``path``

@@ -216,3 +216,70 @@ def expected_layout_error(dataset: str, root: Path | None, layout: str, problem:
 
 def describe_values(values: Sequence[float]) -> str:
     return _fmt(values)
+
+
+# ------------------------------------------------------------------ nnU-Net / Decathlon layouts
+#: Pillow modes of a single-channel 2-D file (an nnU-Net channel file or a label map)
+GRAY_MODES = ("1", "L", "P", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _same_grid(ref: str, f: str, shape0, shape, affine0=None, affine=None) -> None:
+    if tuple(shape0) != tuple(shape):
+        raise DatasetError(
+            f"{f} has shape {tuple(shape)} but {ref} (channel 0 of the same case) has shape {tuple(shape0)}; "
+            "every channel must be on one grid"
+        )
+    if affine0 is not None and not np.allclose(affine0, affine, atol=1e-3, rtol=1e-4):
+        raise DatasetError(
+            f"{f} and {ref} (channel 0 of the same case) have different affines (voxel-to-world matrices):\n"
+            f"{np.round(affine, 4)}\nvs\n{np.round(affine0, 4)}"
+        )
+
+
+def check_channel_files(images: Sequence[str], label: str | None, spatial_dims: int) -> None:
+    """Header-only check of an nnU-Net case (one file per channel): every file readable, a
+    single-channel ``spatial_dims``-D image, all channels on the grid of channel 0 (shape, and affine
+    for NIfTI), and the label (if given) on that grid too."""
+    if spatial_dims == 3:
+        heads = {f: read_nifti_header(f) for f in [*images, *([label] if label else [])]}
+        for f, h in heads.items():
+            if len(h.shape) != 3 or h.voxel_channels != 1:
+                raise DatasetError(f"{f}: expected a single-channel 3-D volume, got shape {h.shape}")
+        h0 = heads[images[0]]
+        for f in images[1:]:
+            _same_grid(images[0], f, h0.shape, heads[f].shape, h0.affine, heads[f].affine)
+        if label:
+            check_same_geometry(images[0], label, h0.shape, heads[label].shape, h0.affine, heads[label].affine)
+        return
+    sizes = {}
+    for f in [*images, *([label] if label else [])]:
+        sizes[f], mode = read_image_header(f)
+        if mode not in GRAY_MODES:
+            what = "label" if f == label else "channel file"
+            raise DatasetError(
+                f"{f}: a {what} must be single-channel (grayscale), this is mode {mode!r}; nnU-Net keeps each "
+                "channel in its own file (<case>_0000, <case>_0001, ... as listed in channel_names)"
+            )
+    for f in images[1:]:
+        _same_grid(images[0], f, sizes[images[0]], sizes[f])
+    if label:
+        check_same_geometry(images[0], label, sizes[images[0]], sizes[label])
+
+
+def check_multimodal_pair(image: str, label: str, n_channels: int) -> None:
+    """Header-only check of a Decathlon case: the image a 3-D volume (1 modality) or a 4-D one with the
+    ``n_channels`` modalities in its last axis, the label a 3-D volume on the same grid."""
+    hi, hl = read_nifti_header(image), read_nifti_header(label)
+    shape = hi.shape
+    if len(shape) == 4 and shape[3] == n_channels:
+        spatial = shape[:3]
+    elif len(shape) == 3 and n_channels == 1:
+        spatial = shape
+    else:
+        want = "a 3-D volume" if n_channels == 1 else f"a 4-D volume with {n_channels} modalities in the last axis"
+        raise DatasetError(
+            f"{image}: expected {want} (dataset.json 'modality' lists {n_channels}), got shape {shape}"
+        )
+    if len(hl.shape) != 3:
+        raise DatasetError(f"{label}: expected a 3-D label volume, got shape {hl.shape}")
+    check_same_geometry(image, label, spatial, hl.shape, hi.affine, hl.affine)

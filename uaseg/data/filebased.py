@@ -52,13 +52,16 @@ CACHE_VERSION = 1
 
 
 def _file_stamped_hash(item: Mapping[str, Any]) -> bytes:
-    """Cache key of a case dict: its content plus size and mtime of every file it names."""
+    """Cache key of a case dict: its content plus size and mtime of every file it names (also in
+    lists: one channel per file)."""
     stamped = {}
     for k, v in item.items():
         stamped[k] = v
         if isinstance(v, (str, Path)) and os.path.isfile(v):
             st = os.stat(v)
             stamped[f"{k}__stat"] = (st.st_size, st.st_mtime_ns)
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(f, (str, Path)) and os.path.isfile(f) for f in v):
+            stamped[f"{k}__stat"] = [(os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in v]
     return pickle_hashing(stamped)
 
 
@@ -75,7 +78,8 @@ class _NamedErrors:
             cause = first_cause(e)
             if cause is not None:
                 raise DatasetError(f"case {cid}: {cause}") from e
-            files = [str(v) for v in item.values() if isinstance(v, (str, Path)) and os.path.isfile(v)]
+            named = [f for v in item.values() for f in (v if isinstance(v, (list, tuple)) else [v])]
+            files = [str(v) for v in named if isinstance(v, (str, Path)) and os.path.isfile(v)]
             deepest = root_cause(e)
             raise DatasetError(
                 f"case {cid} ({', '.join(files)}): preprocessing failed ({type(deepest).__name__}: {deepest})"
@@ -167,16 +171,11 @@ class FileSegDataModule(SegDataModule):
     # ------------------------------------------------------------------ locations
     def _root_writable(self) -> bool:
         assert self.root is not None
-        return self.root.is_dir() and os.access(self.root, os.W_OK)
+        return root_writable(self.root)
 
     def cache_base(self) -> Path:
-        if self.cache_dir is not None:
-            return self.cache_dir
         assert self.root is not None
-        if self._root_writable():
-            return self.root / ".uaseg_cache"
-        tag = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:8]
-        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "uaseg" / f"{self.name}-{tag}"
+        return cache_base_for(self.name, self.root, self.cache_dir, self._root_writable())
 
     def preprocessing_hash(self) -> str:
         cfg = {"version": CACHE_VERSION, "dataset": self.name, **self.preprocessing_config()}
@@ -189,10 +188,7 @@ class FileSegDataModule(SegDataModule):
 
     def splits_path(self) -> Path:
         assert self.root is not None
-        in_root = self.root / "splits_final.json"
-        if in_root.exists() or self._root_writable():
-            return in_root
-        return self.cache_base() / "splits_final.json"
+        return persisted_path(self.root, "splits_final.json", self.cache_base(), self._root_writable())
 
     # ------------------------------------------------------------------ datasets
     def dataset(self, split: str, transforms: Compose | None = None) -> Dataset:
@@ -251,6 +247,29 @@ class FileSegDataModule(SegDataModule):
         info = super().describe()
         info.update(root=str(self.root), preprocessing=self.preprocessing_config())
         return info
+
+
+def root_writable(root: Path) -> bool:
+    return root.is_dir() and os.access(root, os.W_OK)
+
+
+def cache_base_for(name: str, root: Path, cache_dir: Path | None, writable: bool) -> Path:
+    """``<cache base>`` of the module docstring, for a dataset ``name`` read from ``root``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if writable:
+        return root / ".uaseg_cache"
+    tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "uaseg" / f"{name}-{tag}"
+
+
+def persisted_path(root: Path, filename: str, cache_base: Path, writable: bool) -> Path:
+    """Where a file written once and reused (``splits_final.json``, ``fingerprint.json``) lives:
+    ``<root>/<filename>`` if it exists or ``root`` is writable, else ``<cache base>/<filename>``."""
+    in_root = root / filename
+    if in_root.exists() or writable:
+        return in_root
+    return cache_base / filename
 
 
 def find_pairs(

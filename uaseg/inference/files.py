@@ -1,6 +1,8 @@
 """Files of prediction: which inputs to segment, what kind they are, and where their outputs go.
 
-Outputs per case ``<name>`` (the file name without its extension), on the grid of the source file:
+Outputs per case ``<name>`` (the file name without its extension; for a model whose channels are
+separate files, nnU-Net's ``<case>``: see ``SegDataModule.prediction_cases``), on the grid of the
+source file (the case's first channel file):
 
 * NIfTI in -> NIfTI out with the source's header geometry: ``<name>_seg.nii.gz`` (uint8 classes),
   ``<name>_uncertainty.nii.gz`` (float32), ``<name>_refer.nii.gz`` (uint8, 1 = refer);

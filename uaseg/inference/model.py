@@ -7,7 +7,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -34,9 +34,16 @@ class LoadedModel:
         ds = self.dataset_cfg.get("_target_", "?").rsplit(".", 1)[-1]
         return f"this model ({ds}) segments {what} with {ch}"
 
-    def check_compatible(self, path: Path, kind: str) -> None:
-        """A clear error, from the file's header, when ``path`` is not what this model segments."""
-        dims, channels, desc = inspect_input(path, kind)
+    def check_compatible(self, path: Path | Sequence[Path], kind: str) -> None:
+        """A clear error, from the headers, when ``path`` (a file, or a case's channel files) is not
+        what this model segments."""
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        found = [inspect_input(Path(p), kind) for p in paths]
+        dims, desc = found[0][0], found[0][2]
+        channels = sum(f[1] for f in found)
+        if len(paths) > 1:
+            desc = f"case of {len(paths)} files, the first a {desc}"
+        path = paths[0]
         wanted_kind = "nifti" if self.spatial_dims == 3 else "image"
         if kind != wanted_kind or dims != self.spatial_dims:
             raise PredictError(f"{path}: a {desc}, but {self.describe()}")

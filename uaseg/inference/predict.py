@@ -98,10 +98,16 @@ def predict_files(
 
     model = load_model(ckpt_path, "cpu", trust_checkpoint=trust_checkpoint)
     chosen = choose_threshold(model, ckpt_path, coverage, threshold)
-    for f in files:
-        model.check_compatible(f, kind)
+    cases = model.datamodule.prediction_cases(files)  # one file per case, or nnU-Net's channel files
+    names: dict[str, list[Path]] = {}
+    for name, channel_files in cases:
+        name = name or case_name(channel_files[0])
+        if name in names:
+            raise PredictError(f"two inputs would write the same outputs '{name}_*': {names[name][0]} and {channel_files[0]}")
+        names[name] = channel_files
+        model.check_compatible(channel_files, kind)
 
-    targets = {f: output_paths(output, case_name(f), kind) for f in files}
+    targets = {name: output_paths(output, name, kind) for name in names}
     if not overwrite:
         existing = [p for t in targets.values() for p in t.values() if p.exists()]
         if existing:
@@ -113,15 +119,16 @@ def predict_files(
             )
     model.module.to(dev)
     records = []
-    for f in files:
-        log.info("segmenting %s", f)
-        records.append(_predict_one(model, f, targets[f], dev, ckpt_path, chosen))
+    for name, channel_files in names.items():
+        log.info("segmenting %s", ", ".join(map(str, channel_files)))
+        records.append(_predict_one(model, channel_files, targets[name], dev, ckpt_path, chosen))
     return records
 
 
-def _predict_one(model: LoadedModel, path: Path, out: dict[str, Path], device: torch.device, ckpt_path: Path,
+def _predict_one(model: LoadedModel, files: list[Path], out: dict[str, Path], device: torch.device, ckpt_path: Path,
                  chosen: dict) -> dict:
-    seg, u = segment_file(model, path, device)
+    seg, u = segment_file(model, files, device)
+    path = files[0]
     threshold = chosen["threshold"]
     refer = u > threshold  # -inf: refer everything
     write_segmentation(out, path, seg, u, refer, refer_note=f"u>{threshold:.6g}")
@@ -132,6 +139,7 @@ def _predict_one(model: LoadedModel, path: Path, out: dict[str, Path], device: t
     shape = seg.shape if seg.ndim == 3 else seg.T.shape  # 2-D: (height, width) as written
     record = {
         "input": str(path.resolve()),
+        **({"channel_files": [str(f.resolve()) for f in files]} if len(files) > 1 else {}),
         "checkpoint": str(ckpt_path),
         "dataset": model.dataset_cfg.get("_target_"),
         **chosen,
