@@ -1,5 +1,6 @@
 """Every file uaseg writes or whose header it reads goes through here (nnU-Net keeps its image I/O in
-one package too): atomic writes, JSON without NaN, NIfTI on a reference header, 8/16-bit PNG, NPY/NPZ.
+one package too): atomic writes, JSON without NaN, NIfTI on a reference header, 8/16-bit PNG, NPY/NPZ,
+torch checkpoints.
 
 Atomic: each writer writes ``.tmp-<pid>-<token>-<name>`` beside the target and renames it over the
 target, so a reader (``resume=``, the report) never sees a cut-off file and a failed write leaves the
@@ -87,6 +88,15 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
 def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
+    return Path(path)
+
+
+def save_torch(path: str | Path, obj: Any) -> Path:
+    """``torch.save`` (e.g. a checkpoint rewritten with added entries): never a half-written file."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return Path(path)
 
 

@@ -23,9 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from uaseg.errors import ConfigError
 from uaseg.selective import SelectiveResult, SelectiveSegmentationMetric, ThresholdGrid
+from uaseg.selective.risk_control import evaluate_all
 
 #: keys of the ``eval`` config the module itself uses (the report writer reads the others)
 EVAL_KEYS = ("coverages", "quantize_bits", "case_aggregation", "bootstrap")
+#: checkpoint key of the calibrated referral thresholds (plain dicts: ``uaseg.inference.calibrate``)
+RISK_CONTROL_KEY = "uaseg_risk_control"
 
 
 def plain_config(cfg: Any) -> Any:
@@ -88,6 +91,8 @@ class SelectiveSegModule(L.LightningModule):
         self.val_curve: ThresholdGrid | None = None
         #: the last test's result, read by the report writer
         self.test_result: SelectiveResult | None = None
+        #: calibrated referral thresholds loaded from the checkpoint (evaluated at test)
+        self.risk_calibration: dict | None = None
 
     @property
     def dataset_cfg(self) -> dict | None:
@@ -164,10 +169,13 @@ class SelectiveSegModule(L.LightningModule):
         # plain Python types only, so prediction loads checkpoints with torch.load(weights_only=True)
         if self.val_curve is not None:
             checkpoint["uaseg_val_curve"] = self.val_curve.to_dict()
+        if self.risk_calibration:
+            checkpoint[RISK_CONTROL_KEY] = self.risk_calibration
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         curve = checkpoint.get("uaseg_val_curve")
         self.val_curve = ThresholdGrid.from_dict(curve) if curve else None
+        self.risk_calibration = checkpoint.get(RISK_CONTROL_KEY)
 
     # ------------------------------------------------------------------ test
     def test_step(self, batch: dict, batch_idx: int) -> list[CaseOutput]:
@@ -175,6 +183,7 @@ class SelectiveSegModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         result = self.test_metric.compute()
+        result.risk_control = self._test_risk_control()
         self.test_metric.reset()
         scalars = {
             "test/aurc_dice": result.aurc_dice,
@@ -187,5 +196,15 @@ class SelectiveSegModule(L.LightningModule):
         for cov, point in result.at_coverage.items():
             scalars[f"test/dice@{cov}"] = point.dice_mean
             scalars[f"test/dice_p5@{cov}"] = point.dice_p5
+        for method, by_alpha in (result.risk_control or {}).items():
+            for alpha, r in by_alpha.items():
+                scalars[f"test/risk@{method}_{alpha}"] = r["test_risk"]
+                scalars[f"test/coverage@{method}_{alpha}"] = r["test_coverage"]
         self.log_dict({k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(v)})
         self.test_result = result
+
+    def _test_risk_control(self) -> dict | None:
+        """The checkpoint's calibrated thresholds on the test cases (before the metric's reset)."""
+        if not self.risk_calibration:
+            return None
+        return evaluate_all(self.risk_calibration, self.test_metric.gathered_case_stats())

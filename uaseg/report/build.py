@@ -16,6 +16,7 @@ from . import figures as figs
 from . import table
 from .collect import collect
 from .grouping import compare, describe_context, describe_loss
+from .risk import risk_section
 from .sweep import expand, find_multirun_files
 
 CAPTION = (
@@ -115,6 +116,7 @@ def build_report(root, out_dir=None, force: bool = False, make_figures: bool = T
         md += _comparison_list(comparisons)
         md += ["## Table 1: baseline vs ours", "", CAPTION, "", table.render_table1(rows), "",
                "## Changes and paired tests", "", TESTS_NOTE, "", table.render_tests(rows), ""]
+        md += risk_section(comparisons)
     md += _status_sections(root, runs, problems) if root.is_dir() else []
     report = Report(len(runs), "", rows=rows)
     if not runs:  # nothing to compare: print what we found, write nothing
