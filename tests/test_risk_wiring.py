@@ -188,7 +188,8 @@ def test_report_rows_are_means_over_folds(tmp_path):
         s["risk_control"] = {"crc": {"0.05": {"n_calibration": 30, "delta": None, "test_risk": risk,
                                               "test_coverage": 0.8 + risk, "oracle_coverage": 0.9,
                                               "coverage_lost": 0.1 - risk, "test_fraction_above_alpha": 0.25}}}
-        ov = [f"dataset.fold={fold}", f"loss.lambda={lam}", "eval.risk_control.alpha=0.05"]
+        ov = [f"dataset.fold={fold}", f"loss.lambda={lam}", "eval.risk_control.alpha=0.05"] + \
+            (["eval.risk_control.method=crc"] if lam else [])
         write_run(tmp_path / f"{num}_{lam}_{fold}", s, ov)
     md = build_report(tmp_path, make_figures=False).markdown
     rows = [line for line in md.split("## Referral with a guarantee")[1].splitlines() if line.startswith("| #1 ")]
