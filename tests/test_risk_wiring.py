@@ -169,7 +169,9 @@ def test_risk_control_refusals_before_training(tmp_path):
                          (["eval.risk_control.alpha=0.3", "eval.quantize_bits=16"], "quantize_bits=null"),
                          (["eval.risk_control.alpha=0.3", "train=false"], "uaseg calibrate"),
                          (["eval.risk_control.alpha=1.5"], r"alpha=\[1.5\]"),
-                         (["eval.risk_control.alpha=0.3", "eval.risk_control.method=ctt"], "choose from")]:
+                         (["eval.risk_control.alpha=0.3", "eval.risk_control.method=ctt"], "choose from"),
+                         (["eval.risk_control.alpha=0.3", "callbacks.model_checkpoint=null", "+trainer.enable_checkpointing=false"],
+                          "no checkpoint is saved")]:
         cfg = _cfg(tmp_path / str(len(match)), *extra)
         with pytest.raises(ConfigError, match=match):
             train(cfg)

@@ -150,6 +150,9 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     callbacks = build_callbacks(cfg)
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if risk_control is not None and trainer.checkpoint_callback is None:
+        raise ConfigError("eval.risk_control calibrates the selected checkpoint, but no checkpoint is saved "
+                          "(callbacks.model_checkpoint is off, or trainer.enable_checkpointing=false)")
     for lg in loggers:
         lg.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
 

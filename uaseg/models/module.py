@@ -11,6 +11,7 @@ the whole model from the checkpoint alone.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ from uaseg.selective.risk_control import evaluate_all
 
 #: keys of the ``eval`` config the module itself uses (the report writer reads the others)
 EVAL_KEYS = ("coverages", "quantize_bits", "case_aggregation", "bootstrap")
+log = logging.getLogger(__name__)
+
 #: checkpoint key of the calibrated referral thresholds (plain dicts: ``uaseg.inference.calibrate``)
 RISK_CONTROL_KEY = "uaseg_risk_control"
 
@@ -206,5 +209,8 @@ class SelectiveSegModule(L.LightningModule):
     def _test_risk_control(self) -> dict | None:
         """The checkpoint's calibrated thresholds on the test cases (before the metric's reset)."""
         if not self.risk_calibration:
+            return None
+        if self.hparams.evaluation.get("quantize_bits") is not None:
+            log.warning("the checkpoint's risk-control calibrations are not evaluated: eval.quantize_bits is set")
             return None
         return evaluate_all(self.risk_calibration, self.test_metric.gathered_case_stats())
