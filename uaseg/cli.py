@@ -71,6 +71,7 @@ def run_calibrate(args) -> int:
         print(f"  {c}")
     for m, a in settings.pairs():
         print(f"  {Calibration.from_dict(record['calibrations'][m][alpha_key(a)]).statement}")
+    print("  (the run's summary.json is unchanged: its test report was written before this calibration)")
     return 0
 
 

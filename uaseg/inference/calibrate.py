@@ -171,7 +171,8 @@ def risk_threshold(record: dict | None, ckpt: Path, risk: float, method: str | N
     key = alpha_key(risk)
     found = {m: by[key] for m, by in cals.items() if key in by}
     have = ", ".join(f"{m} alpha={k}" for m, by in cals.items() for k in by) or "none"
-    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
+    # a run folder calibrates its best checkpoint; any other checkpoint is named as the file itself
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" and ckpt.name.startswith("best-") else ckpt
     how = f"uaseg calibrate {run} alpha={risk:g}" + (f" method={method}" if method else "")
     if method is not None and method not in METHODS:
         raise PredictError(f"risk_method={method}: choose from {list(METHODS)}")
