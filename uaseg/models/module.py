@@ -26,10 +26,10 @@ from uaseg.errors import ConfigError
 from uaseg.selective import SelectiveResult, SelectiveSegmentationMetric, ThresholdGrid
 from uaseg.selective.risk_control import evaluate_all
 
-#: keys of the ``eval`` config the module itself uses (the report writer reads the others)
-EVAL_KEYS = ("coverages", "quantize_bits", "case_aggregation", "bootstrap")
 log = logging.getLogger(__name__)
 
+#: keys of the ``eval`` config the module itself uses (the report writer reads the others)
+EVAL_KEYS = ("coverages", "quantize_bits", "case_aggregation", "bootstrap")
 #: checkpoint key of the calibrated referral thresholds (plain dicts: ``uaseg.inference.calibrate``)
 RISK_CONTROL_KEY = "uaseg_risk_control"
 
