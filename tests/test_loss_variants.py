@@ -3,7 +3,6 @@ second-view consistency term, each against a brute-force reference; every option
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

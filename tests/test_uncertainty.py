@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from test_report import make_summary, write_run
 from uaseg.errors import ConfigError
 from uaseg.losses.scores import get_score
 from uaseg.train import build_module, train
-from uaseg.uncertainty import MeanOfPasses, check_scores, deterministic_scores, entropy
+from uaseg.uncertainty import MeanOfPasses, check_scores, deterministic_scores
 from uaseg.uncertainty.temperature import fit_temperature
 from uaseg.uncertainty.tta import flip_sets
 

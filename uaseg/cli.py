@@ -73,9 +73,53 @@ def run_ensemble(args) -> int:
     return 0
 
 
+CALIBRATE_KEYS = ("alpha", "method", "delta", "overwrite", "device")
+
+
+def add_calibrate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run folder (its checkpoints/best-*.ckpt is calibrated) or a checkpoint file")
+    p.add_argument("options", nargs="*", metavar="key=value",
+                   help="alpha=0.05 or alpha=[0.02,0.05] (required), method=crc|ltt|[crc,ltt] (crc), "
+                        "delta=0.1 (ltt), overwrite=true (replace an existing calibration), device=cpu|cuda")
+
+
+def run_calibrate(args) -> int:
+    """Exit 0 when the checkpoint was calibrated, 2 on a user error (one line, no traceback)."""
+    from omegaconf import OmegaConf
+
+    from .errors import UserError
+    from .inference.calibrate import RiskControlSettings, calibrate_checkpoint, find_best_checkpoint
+    from .selective.risk_control import Calibration, alpha_key
+
+    try:
+        bad = [o for o in args.options if "=" not in o or o.split("=", 1)[0] not in CALIBRATE_KEYS]
+        if bad:
+            raise UserError(f"unknown option(s) {bad}; use key=value with keys {list(CALIBRATE_KEYS)}")
+        opts = OmegaConf.to_container(OmegaConf.from_dotlist(args.options))
+        settings = RiskControlSettings.from_config(
+            {"alpha": opts.get("alpha"), "method": opts.get("method", "crc"), "delta": opts.get("delta", 0.1)},
+            where="uaseg calibrate")
+        if settings is None:
+            raise UserError("uaseg calibrate needs alpha=<Dice risk in (0, 1)> (or a list, alpha=[0.02,0.05])")
+        ckpt = find_best_checkpoint(args.run)
+        record, changes = calibrate_checkpoint(ckpt, settings, device=opts.get("device", "cpu"),
+                                               overwrite=bool(opts.get("overwrite", False)))
+    except (UserError, FileNotFoundError) as e:
+        print(f"uaseg calibrate: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{ckpt}: calibrated on {record['n_calibration']} validation cases; everything else in the file kept")
+    for c in changes:
+        print(f"  {c}")
+    for m, a in settings.pairs():
+        print(f"  {Calibration.from_dict(record['calibrations'][m][alpha_key(a)]).statement}")
+    print("  (the run's summary.json is unchanged: its test report was written before this calibration)")
+    return 0
+
+
 COMMANDS = {
     "report": (add_report, run_report, "Table 1, paired tests and figures from a (partial) multirun"),
     "ensemble": (add_ensemble, run_ensemble, "deep ensembles of the runs of a multirun that differ only in seed"),
+    "calibrate": (add_calibrate, run_calibrate, "calibrate a run's selected checkpoint for a Dice risk alpha, with a guarantee"),
 }
 
 

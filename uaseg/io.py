@@ -1,5 +1,6 @@
 """Every file uaseg writes or whose header it reads goes through here (nnU-Net keeps its image I/O in
-one package too): atomic writes, JSON without NaN, NIfTI on a reference header, 8/16-bit PNG, NPY/NPZ.
+one package too): atomic writes, JSON without NaN, NIfTI on a reference header, 8/16-bit PNG, NPY/NPZ,
+torch checkpoints.
 
 Atomic: each writer writes ``.tmp-<pid>-<token>-<name>`` beside the target and renames it over the
 target, so a reader (``resume=``, the report) never sees a cut-off file and a failed write leaves the
@@ -90,6 +91,15 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     return Path(path)
 
 
+def save_torch(path: str | Path, obj: Any) -> Path:
+    """``torch.save`` (e.g. a checkpoint rewritten with added entries): never a half-written file."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
 def save_figure(path: str | Path, fig, dpi: float | None = None) -> Path:
     """A matplotlib figure as PNG (format from the suffix)."""
     with atomic_path(path) as tmp:
@@ -104,9 +114,7 @@ def update_checkpoint(path: str | Path, entries: dict[str, Any]) -> Path:
 
     ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     ckpt.update(entries)
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
-    return Path(path)
+    return save_torch(path, ckpt)
 
 
 # ---------------------------------------------------------------------------------------- images

@@ -12,7 +12,7 @@ from uaseg.errors import PredictError
 from uaseg.inference import predict_files
 
 USAGE = ("python predict.py ckpt=<checkpoint> input=<file or folder> output=<folder> coverage=<0..1> "
-         "(or threshold=<u>)")
+         "(or threshold=<u>, or risk=<alpha> with a calibrated checkpoint)")
 
 
 def main(cfg: Any) -> list[dict]:
@@ -30,4 +30,6 @@ def main(cfg: Any) -> list[dict]:
         overwrite=bool(cfg.get("overwrite", False)),
         device=cfg.get("device", "cpu"),
         trust_checkpoint=bool(cfg.get("trust_checkpoint", False)),
+        risk=cfg.get("risk"),
+        risk_method=cfg.get("risk_method"),
     )

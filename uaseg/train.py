@@ -18,6 +18,7 @@ from uaseg.callbacks import SelectiveReportWriter
 from uaseg.data import build_datamodule
 from uaseg.errors import ConfigError, UserError
 from uaseg.identity import run_identity
+from uaseg.inference.calibrate import RiskControlSettings, calibrate_checkpoint
 from uaseg.io import update_checkpoint, write_json
 from uaseg.models import SelectiveSegModule
 
@@ -164,10 +165,14 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on tensor cores
 
     datamodule = build_datamodule(cfg.dataset)
+    risk_control = _risk_control_settings(cfg, datamodule)
     model = build_module(cfg)
     callbacks = build_callbacks(cfg)
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if risk_control is not None and trainer.checkpoint_callback is None:
+        raise ConfigError("eval.risk_control calibrates the selected checkpoint, but no checkpoint is saved "
+                          "(callbacks.model_checkpoint is off, or trainer.enable_checkpointing=false)")
     for lg in loggers:
         lg.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
 
@@ -180,6 +185,11 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
         best = checkpoint.best_model_path if checkpoint else ""
         if checkpoint is not None and checkpoint.best_model_score is not None:
             metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
+    if risk_control is not None and best:
+        # every rank computes (same weights, same cases), rank 0 writes, all load it in trainer.test
+        calibrate_checkpoint(best, risk_control, datamodule, trainer.strategy.root_device,
+                             write=trainer.is_global_zero)
+        trainer.strategy.barrier()
     if cfg.get("test", True):
         if not best:
             log.warning("no checkpoint to test; testing the current weights")
@@ -207,6 +217,22 @@ def _fit_temperature(model: SelectiveSegModule, ckpt: str, datamodule, cfg: Dict
     log.info("temperature T = %.4f fitted on %d validation voxels", model.temperature, labels.numel())
     if ckpt and own_checkpoint and trainer.is_global_zero:
         update_checkpoint(ckpt, {"uaseg_temperature": model.temperature})
+
+
+def _risk_control_settings(cfg: DictConfig, datamodule) -> RiskControlSettings | None:
+    """``eval.risk_control``, checked before training: the selected checkpoint is calibrated on the
+    validation cases after fit, so they must suffice for every requested alpha (and delta)."""
+    settings = RiskControlSettings.from_config(cfg.eval.get("risk_control"))
+    if settings is None:
+        return None
+    if not cfg.get("train", True):
+        raise ConfigError("eval.risk_control calibrates the checkpoint a training run selects; for an "
+                          "existing checkpoint use: uaseg calibrate <run folder> alpha=...")
+    if cfg.eval.get("quantize_bits") is not None:
+        raise ConfigError("eval.risk_control evaluates the calibrated thresholds exactly: set eval.quantize_bits=null")
+    datamodule.setup()
+    settings.check_size(len(datamodule.splits["val"]))
+    return settings
 
 
 def _record_failure(out: Path, error: BaseException) -> None:

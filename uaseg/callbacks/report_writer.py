@@ -24,6 +24,7 @@ from uaseg.inference.files import file_kind, output_paths, write_segmentation
 from uaseg.loggers import log_test_report
 from uaseg.uncertainty import SCORES
 from uaseg.selective import (
+    format_risk_control,
     format_table,
     plot_case_panel,
     plot_dice_coverage,
@@ -139,5 +140,7 @@ class SelectiveReportWriter(Callback):
                 )
         log_test_report(trainer.loggers, result, figures, step=pl_module.global_step)
         print(format_table(result))
+        if result.risk_control:
+            print(format_risk_control(result.risk_control))
         log.info("selective test report written to %s", out)
         self._panels = {}

@@ -27,6 +27,8 @@ class LoadedModel:
     in_channels: int
     num_classes: int
     class_names: list[str] = field(default_factory=list)
+    #: calibrated referral thresholds stored in the checkpoint (``uaseg.inference.calibrate``)
+    risk_control: dict | None = None
 
     def describe(self) -> str:
         what = "3-D volumes (NIfTI .nii/.nii.gz)" if self.spatial_dims == 3 else "2-D images (BMP/PNG/JPG/TIF)"
@@ -98,4 +100,5 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_check
         in_channels=int(net.get("in_channels", datamodule.in_channels)),
         num_classes=int(net["out_channels"]),
         class_names=["background", *(meta.get("class_names") or getattr(datamodule, "class_names", ()))],
+        risk_control=module.risk_calibration,
     )

@@ -4,7 +4,8 @@ For each input, :func:`predict_files` writes the segmentation, the uncertainty `
 and the referral mask ``u > t`` on the input's own grid (see :mod:`uaseg.inference.files`) and a JSON
 record: the threshold and how it was chosen, the case's own coverage, voxel counts per class.
 
-Threshold: ``threshold=t`` is used as given. ``coverage=c`` takes the threshold of the checkpoint's
+Threshold: ``threshold=t`` is used as given; ``risk=alpha`` takes the threshold calibrated for that
+Dice risk with a guarantee (:mod:`uaseg.inference.calibrate`) and records the guarantee. ``coverage=c`` takes the threshold of the checkpoint's
 validation curve by :meth:`uaseg.selective.ThresholdGrid.threshold_at` (the point with coverage
 nearest ``c``; the grid has a point for every 0.1 % of coverage), so ``c`` is honoured on the
 validation images to within 0.05 % plus their tie groups; a new image's own coverage at that threshold
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from uaseg.errors import PredictError
+from uaseg.inference.calibrate import risk_threshold
 from uaseg.inference.files import case_name, list_inputs, output_paths, write_segmentation
 from uaseg.inference.model import LoadedModel, load_model
 from uaseg.inference.segment import segment_file
@@ -40,19 +42,29 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def check_threshold_options(coverage: float | None, threshold: float | None) -> None:
-    """Exactly one of ``coverage`` in (0, 1] and a numeric ``threshold`` (checked before any work)."""
-    if (coverage is None) == (threshold is None):
-        raise PredictError("give exactly one of coverage=<fraction in (0, 1]> and threshold=<uncertainty>")
+def check_threshold_options(coverage: float | None, threshold: float | None, risk: float | None = None,
+                            risk_method: str | None = None) -> None:
+    """Exactly one of ``coverage`` in (0, 1], a numeric ``threshold`` and ``risk`` in (0, 1) (checked
+    before any work)."""
+    if sum(x is not None for x in (coverage, threshold, risk)) != 1:
+        raise PredictError("give exactly one of coverage=<fraction in (0, 1]>, threshold=<uncertainty> and "
+                           "risk=<Dice risk alpha in (0, 1), from a calibrated checkpoint>")
     if coverage is not None and not 0.0 < float(coverage) <= 1.0:
         raise PredictError(f"coverage={coverage} must be in (0, 1]")
     if threshold is not None and math.isnan(float(threshold)):
         raise PredictError("threshold must be a number")
+    if risk is not None and not 0.0 < float(risk) < 1.0:
+        raise PredictError(f"risk={risk} must be in (0, 1)")
+    if risk_method is not None and risk is None:
+        raise PredictError("risk_method= goes with risk=<alpha>")
 
 
-def choose_threshold(model: LoadedModel, ckpt: Path, coverage: float | None, threshold: float | None) -> dict:
+def choose_threshold(model: LoadedModel, ckpt: Path, coverage: float | None, threshold: float | None,
+                     risk: float | None = None, risk_method: str | None = None) -> dict:
     """The threshold and the record of how it was chosen."""
-    check_threshold_options(coverage, threshold)
+    check_threshold_options(coverage, threshold, risk, risk_method)
+    if risk is not None:
+        return risk_threshold(model.risk_control, ckpt, float(risk), risk_method)
     if threshold is not None:
         threshold = float(threshold)
         return {"threshold": threshold, "threshold_source": "explicit",
@@ -84,20 +96,23 @@ def predict_files(
     overwrite: bool = False,
     device: str | torch.device = "cpu",
     trust_checkpoint: bool = False,
+    risk: float | None = None,
+    risk_method: str | None = None,
 ) -> list[dict]:
     """Segment every input file with ``ckpt`` and write segmentation, uncertainty, referral mask and a
     JSON per file into ``output``. Exactly one of ``coverage`` (in (0, 1]; threshold from the
-    checkpoint's validation curve) and ``threshold`` (refer ``u > threshold``). Refuses to overwrite
+    checkpoint's validation curve), ``threshold`` (refer ``u > threshold``) and ``risk`` (the threshold
+    calibrated for that Dice risk alpha, method ``risk_method`` if several). Refuses to overwrite
     existing outputs unless ``overwrite``; every check runs before any computation. Returns the
     per-file JSON records."""
-    check_threshold_options(coverage, threshold)
+    check_threshold_options(coverage, threshold, risk, risk_method)
     dev = _device(device)
     ckpt_path = Path(ckpt).expanduser().resolve() if Path(ckpt).expanduser().exists() else Path(ckpt)
     output = Path(output).expanduser().absolute()
     files, kind = list_inputs(inputs, skip_outputs_in=output)
 
     model = load_model(ckpt_path, "cpu", trust_checkpoint=trust_checkpoint)
-    chosen = choose_threshold(model, ckpt_path, coverage, threshold)
+    chosen = choose_threshold(model, ckpt_path, coverage, threshold, risk, risk_method)
     cases = model.datamodule.prediction_cases(files)  # one file per case, or nnU-Net's channel files
     names: dict[str, list[Path]] = {}
     for name, channel_files in cases:

@@ -11,6 +11,7 @@ the whole model from the checkpoint alone.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from contextlib import contextmanager
@@ -27,12 +28,17 @@ from torch import nn
 from uaseg.errors import ConfigError
 from uaseg.losses.variants import second_view_logits
 from uaseg.selective import SelectiveResult, SelectiveSegmentationMetric, ThresholdGrid
+from uaseg.selective.risk_control import evaluate_all
 from uaseg.uncertainty import SCORES, MeanOfPasses, check_scores, deterministic_scores
 from uaseg.uncertainty.mc_dropout import dropout_active
 from uaseg.uncertainty.tta import flip_sets, flipped_probabilities
 
+log = logging.getLogger(__name__)
+
 #: keys of the ``eval`` config the module itself uses (the report writer reads the others)
 EVAL_KEYS = ("coverages", "quantize_bits", "case_aggregation", "bootstrap", "scores", "tta_flips", "mc_samples")
+#: checkpoint key of the calibrated referral thresholds (plain dicts: ``uaseg.inference.calibrate``)
+RISK_CONTROL_KEY = "uaseg_risk_control"
 
 
 def plain_config(cfg: Any) -> Any:
@@ -118,6 +124,8 @@ class SelectiveSegModule(L.LightningModule):
         self.test_costs: dict[str, dict[str, float]] = {}
         self._family_time: dict[str, float] = {}
         self._test_cases = 0
+        #: calibrated referral thresholds loaded from the checkpoint (evaluated at test)
+        self.risk_calibration: dict | None = None
 
     @property
     def dataset_cfg(self) -> dict | None:
@@ -193,12 +201,15 @@ class SelectiveSegModule(L.LightningModule):
             checkpoint["uaseg_val_curve"] = self.val_curve.to_dict()
         if self.temperature is not None:
             checkpoint["uaseg_temperature"] = float(self.temperature)
+        if self.risk_calibration:
+            checkpoint[RISK_CONTROL_KEY] = self.risk_calibration
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         curve = checkpoint.get("uaseg_val_curve")
         self.val_curve = ThresholdGrid.from_dict(curve) if curve else None
         if "uaseg_temperature" in checkpoint:  # else keep one fitted in memory (a test-only run)
             self.temperature = float(checkpoint["uaseg_temperature"])
+        self.risk_calibration = checkpoint.get(RISK_CONTROL_KEY)
 
     # ------------------------------------------------------------------ test
     def _families(self) -> set[str]:
@@ -265,6 +276,8 @@ class SelectiveSegModule(L.LightningModule):
         self.test_results = {}
         for i, (name, metric) in enumerate(self.test_metrics.items()):
             result = metric.compute()
+            if i == 0:  # the referral thresholds are calibrated on the main score
+                result.risk_control = self._test_risk_control(metric)
             metric.reset()
             self.test_results[name] = result
             self._log_test_scalars(result, "test/" if i == 0 else f"test/{name}/")
@@ -288,4 +301,17 @@ class SelectiveSegModule(L.LightningModule):
         for cov, point in result.at_coverage.items():
             scalars[f"dice@{cov}"] = point.dice_mean
             scalars[f"dice_p5@{cov}"] = point.dice_p5
+        for method, by_alpha in (result.risk_control or {}).items():
+            for alpha, r in by_alpha.items():
+                scalars[f"risk@{method}_{alpha}"] = r["test_risk"]
+                scalars[f"coverage@{method}_{alpha}"] = r["test_coverage"]
         self.log_dict({prefix + k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(v)})
+
+    def _test_risk_control(self, metric: SelectiveSegmentationMetric) -> dict | None:
+        """The checkpoint's calibrated thresholds on the test cases (before the metric's reset)."""
+        if not self.risk_calibration:
+            return None
+        if self.hparams.evaluation.get("quantize_bits") is not None:
+            log.warning("the checkpoint's risk-control calibrations are not evaluated: eval.quantize_bits is set")
+            return None
+        return evaluate_all(self.risk_calibration, metric.gathered_case_stats())

@@ -17,6 +17,7 @@ from . import table
 from .collect import collect
 from .grouping import compare, describe_context, describe_loss
 from .methods import method_rows, methods_figure, render_methods
+from .risk import risk_section
 from .sweep import expand, find_multirun_files
 from .table import write_csv_rows
 
@@ -129,6 +130,7 @@ def build_report(root, out_dir=None, force: bool = False, make_figures: bool = T
                "## Changes and paired tests", "", TESTS_NOTE, "", table.render_tests(rows), ""]
         methods_md, method_tidy = render_methods(method_groups)
         md += ["## Methods: training settings × uncertainty scores", "", METHODS_NOTE, "", methods_md]
+        md += risk_section(comparisons)
     md += _status_sections(root, runs, problems) if root.is_dir() else []
     report = Report(len(runs), "", rows=rows)
     if not runs:  # nothing to compare: print what we found, write nothing

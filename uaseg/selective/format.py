@@ -41,3 +41,16 @@ def format_table(result: SelectiveResult, title: str = "Selective segmentation")
     console.print(table)
     console.print(vox)
     return buf.getvalue()
+
+
+def format_risk_control(risk_control: dict) -> str:
+    """One line per calibrated (method, alpha) evaluated on the test cases (``result.risk_control``)."""
+    lines = ["Referral with a guarantee (calibrated on the validation cases, measured on the test cases):"]
+    for method, by_alpha in risk_control.items():
+        for alpha, r in by_alpha.items():
+            t = r.get("threshold")
+            where = "refers everything" if t is None or t == float("-inf") else f"threshold {t:.6g}"
+            lines.append(f"  {method} alpha={alpha}: {where}; test risk {r['test_risk']:.4f}, coverage "
+                         f"{r['test_coverage']:.4f} (oracle {r['oracle_coverage']:.4f}), "
+                         f"{100 * r['test_fraction_above_alpha']:.1f}% of cases above alpha")
+    return "\n".join(lines)

@@ -116,15 +116,29 @@ class SelectiveSegmentationMetric(Metric):
                                  aggregates={self._acc.case_aggregation: float(aggs[i])}))
         return out
 
-    def compute(self) -> SelectiveResult:
-        self._acc.reset()
+    @staticmethod
+    def _drop_padding(stats: list[CaseStats]) -> list[CaseStats]:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
         seen: dict[str, int] = {}
-        for s in self._case_stats():
+        out = []
+        for s in stats:
             if distributed and seen.get(s.case_id) == s.n:
                 continue  # DistributedSampler padding: the same case evaluated on two ranks
             seen[s.case_id] = s.n
+            out.append(s)
+        return out
+
+    def gathered_case_stats(self) -> list[CaseStats]:
+        """Every case's stats once, gathered across processes (call before ``reset``): for evaluations
+        beyond :meth:`compute`, e.g. calibrated referral thresholds."""
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync,
+                               should_unsync=self._should_unsync):
+            return self._drop_padding(self._case_stats())
+
+    def compute(self) -> SelectiveResult:
+        self._acc.reset()
+        for s in self._drop_padding(self._case_stats()):
             self._acc.add_stats(s)   # raises on a genuine duplicate id
         try:
             return self._acc.compute()

@@ -186,6 +186,9 @@ class SelectiveResult:
     cases: list[CaseResult] | None = None
     groups: dict[str, "SelectiveResult"] = field(default_factory=dict)
     group_average: GroupAverage | None = None
+    #: calibrated referral thresholds evaluated on these cases: ``{method: {alpha: {...}}}``, plain
+    #: JSON-able dicts (:func:`uaseg.selective.risk_control.evaluate`); None when none was stored
+    risk_control: dict[str, dict[str, dict[str, Any]]] | None = None
 
     def threshold_at(self, coverage: float) -> float:
         """Global threshold whose coverage on these cases is nearest ``coverage`` (0.1 % grid)."""
@@ -223,6 +226,8 @@ class SelectiveResult:
             out["groups"] = {g: r.to_summary() for g, r in self.groups.items()}
         if self.group_average is not None:
             out["group_average"] = self.group_average.to_summary()
+        if self.risk_control:
+            out["risk_control"] = self.risk_control
         return out
 
     @classmethod
@@ -255,4 +260,5 @@ class SelectiveResult:
             cases=cases,
             groups={g: cls.from_summary(r) for g, r in (d.get("groups") or {}).items()},
             group_average=GroupAverage.from_summary(d["group_average"]) if d.get("group_average") else None,
+            risk_control=d.get("risk_control") or None,
         )

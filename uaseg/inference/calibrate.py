@@ -1,0 +1,197 @@
+"""Calibrate a checkpoint's referral threshold on its run's validation cases, with a guarantee on the
+Dice risk (:mod:`uaseg.selective.risk_control`), and store it in the checkpoint.
+
+Used by the runner between fit and test (``eval.risk_control``) and by ``uaseg calibrate``. The
+score is the module's ``u = 1 - max softmax`` computed as prediction computes it (``module.segment``,
+float32), on the *whole* validation split (trainer batch limits do not apply). The calibrations are
+stored as plain dicts under ``uaseg_risk_control`` (``weights_only`` loading keeps working), the
+checkpoint rewritten atomically with everything else in it unchanged. Caveat: the run's validation
+split also selected the checkpoint, which makes the calibration slightly optimistic in principle.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uaseg.errors import ConfigError, PredictError, UserError
+from uaseg.io import save_torch
+from uaseg.selective.case_losses import case_losses
+from uaseg.selective.case_stats import CaseStats, make_case_stats
+from uaseg.selective.risk_control import METHODS, Calibration, alpha_key, calibrate, min_calibration_cases
+
+log = logging.getLogger(__name__)
+
+
+def _as_tuple(x: Any) -> tuple:
+    if x is None:
+        return ()
+    if isinstance(x, (list, tuple)) or type(x).__name__ == "ListConfig":
+        return tuple(x)
+    return (x,)
+
+
+@dataclass(frozen=True)
+class RiskControlSettings:
+    """The ``eval.risk_control`` group: ``alpha`` (one or a list), ``method`` (``crc``, ``ltt`` or
+    both), ``delta`` (``ltt``)."""
+
+    alphas: tuple[float, ...]
+    methods: tuple[str, ...]
+    delta: float
+
+    @classmethod
+    def from_config(cls, cfg: Any, where: str = "eval.risk_control") -> "RiskControlSettings | None":
+        """None when ``alpha`` is null (risk control off); a :class:`ConfigError` for bad values."""
+        if not cfg or cfg.get("alpha") is None:
+            return None
+        try:
+            alphas = tuple(float(a) for a in _as_tuple(cfg.get("alpha")))
+            methods = tuple(str(m) for m in _as_tuple(cfg.get("method", "crc")))
+            delta = float(cfg.get("delta", 0.1))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: alpha and delta must be numbers ({e})") from e
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise ConfigError(f"{where}.method={list(methods)}: choose from {list(METHODS)}")
+        if not alphas or any(not 0 < a < 1 for a in alphas):
+            raise ConfigError(f"{where}.alpha={list(alphas)}: each alpha must be in (0, 1)")
+        if not 0 < delta < 1:
+            raise ConfigError(f"{where}.delta={delta}: must be in (0, 1)")
+        return cls(alphas, methods, delta)
+
+    def pairs(self) -> list[tuple[str, float]]:
+        return [(m, a) for m in self.methods for a in self.alphas]
+
+    def check_size(self, n: int) -> None:
+        """A clear error when ``n`` validation cases cannot certify every requested (method, alpha)."""
+        if n == 0:
+            raise ConfigError("eval.risk_control: the validation split is empty; risk control calibrates on it")
+        short = [(m, a, k) for m, a in self.pairs() if n < (k := min_calibration_cases(a, m, self.delta))]
+        if short:
+            need = "; ".join(f"{m} alpha={a:g}" + (f" delta={self.delta:g}" if m == "ltt" else "") + f" needs >= {k}"
+                             for m, a, k in short)
+            raise ConfigError(
+                f"eval.risk_control: {n} validation cases are too few ({need}); use more validation cases "
+                "(dataset.val_fraction, more data) or a larger alpha (and delta)")
+
+
+def validation_stats(module, datamodule, device: str | torch.device = "cpu") -> list[CaseStats]:
+    """Every validation case, segmented as prediction segments it, reduced to its exact stats."""
+    from uaseg.models.module import as_tensor
+
+    datamodule.setup()
+    module.eval().to(device)
+    stats = []
+    for batch in datamodule.val_dataloader():
+        u, pred, _ = module.segment(as_tensor(batch["image"]).to(device))
+        label = as_tensor(batch["label"])[:, 0].long()
+        for i, cid in enumerate(batch["case_id"]):
+            stats.append(make_case_stats(u[i], pred[i], label[i], num_classes=module.num_classes,
+                                         case_id=cid, group="val", aggregations=()))
+    return stats
+
+
+def _describe(m: str, key: str, d: dict) -> str:
+    return (f"{m} alpha={key}" + (f" delta={d['delta']:g}" if d.get("delta") is not None else "")
+            + f": threshold {d['threshold']:.6g}, validation coverage {d['coverage']:.4f}, risk {d['risk']:.4f}")
+
+
+def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamodule=None,
+                         device: str | torch.device = "cpu", overwrite: bool = False,
+                         write: bool = True) -> tuple[dict, list[str]]:
+    """Calibrate ``ckpt`` on its validation cases and add the result to it.
+
+    ``datamodule``: the run's (default: rebuilt from the dataset config in the checkpoint). An
+    existing calibration of the same (method, alpha) is replaced only with ``overwrite``. Returns the
+    stored record and one line per change; ``write=False`` computes without writing (DDP ranks > 0).
+    """
+    from uaseg.data import build_datamodule
+    from uaseg.models.module import RISK_CONTROL_KEY, SelectiveSegModule
+
+    path = Path(ckpt).expanduser()
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    old = checkpoint.get(RISK_CONTROL_KEY) or {}
+    old_cals = old.get("calibrations") or {}
+    clash = [f"{m} alpha={alpha_key(a)}" for m, a in settings.pairs() if alpha_key(a) in old_cals.get(m, {})]
+    if clash and not overwrite:
+        raise UserError(f"{path} is already calibrated for {', '.join(clash)}; pass overwrite=true to replace it")
+    if datamodule is None:
+        dataset_cfg = (checkpoint.get("hyper_parameters") or {}).get("dataset")
+        if not dataset_cfg:
+            raise UserError(f"{path} holds no dataset config (hyper-parameter 'dataset'); train it with a current train.py")
+        datamodule = build_datamodule(dataset_cfg)
+    datamodule.setup()
+    settings.check_size(len(datamodule.splits["val"]))   # before any segmentation
+    module = SelectiveSegModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=True)
+    stats = validation_stats(module, datamodule, device)
+    losses = case_losses(stats)
+    cals = {m: dict(by) for m, by in old_cals.items()}
+    changes = []
+    for m, a in settings.pairs():
+        new = calibrate(losses, a, m, settings.delta).to_dict()
+        key = alpha_key(a)
+        prev = cals.setdefault(m, {}).get(key)
+        changes.append(("replaced " if prev else "added ") + _describe(m, key, new)
+                       + (f" (was threshold {prev['threshold']:.6g})" if prev else ""))
+        if not new["feasible"] or new["threshold"] == float("-inf"):
+            log.warning("%s", Calibration.from_dict(new).statement)
+        cals[m][key] = new
+    record = {"score": "u = 1 - max softmax", "split": "val", "n_calibration": len(stats),
+              "case_ids": [s.case_id for s in stats], "calibrations": cals}
+    if write:
+        checkpoint[RISK_CONTROL_KEY] = record
+        save_torch(path, checkpoint)
+        for c in changes:
+            log.info("%s: %s", path.name, c)
+    return record, changes
+
+
+def find_best_checkpoint(run: str | Path) -> Path:
+    """A run folder's selected checkpoint (``checkpoints/best-*.ckpt``), or ``run`` if it is a file."""
+    run = Path(run).expanduser()
+    if run.is_file():
+        return run
+    found = sorted((run / "checkpoints").glob("best-*.ckpt"))
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)}"
+        raise UserError(f"{run}: {what} checkpoints/best-*.ckpt; pass the checkpoint file itself instead")
+    return found[0]
+
+
+def risk_threshold(record: dict | None, ckpt: Path, risk: float, method: str | None = None) -> dict:
+    """Prediction's record for ``risk=alpha``: the calibrated threshold and its guarantee."""
+    cals = (record or {}).get("calibrations") or {}
+    key = alpha_key(risk)
+    found = {m: by[key] for m, by in cals.items() if key in by}
+    have = ", ".join(f"{m} alpha={k}" for m, by in cals.items() for k in by) or "none"
+    # a run folder calibrates its best checkpoint; any other checkpoint is named as the file itself
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" and ckpt.name.startswith("best-") else ckpt
+    how = f"uaseg calibrate {run} alpha={risk:g}" + (f" method={method}" if method else "")
+    if method is not None and method not in METHODS:
+        raise PredictError(f"risk_method={method}: choose from {list(METHODS)}")
+    if (method not in found) if method is not None else not found:
+        raise PredictError(f"{ckpt} has no {method or 'risk'} calibration for risk={risk:g} (calibrated: {have}); "
+                           f"calibrate it on its run's validation cases with: {how}")
+    if method is None and len(found) > 1:
+        raise PredictError(f"{ckpt} is calibrated for risk={risk:g} with {' and '.join(found)}: choose one with "
+                           f"risk_method={'|'.join(found)}")
+    cal = Calibration.from_dict(found[method if method is not None else next(iter(found))])
+    out = {"threshold": cal.threshold, "threshold_source": "risk",
+           "threshold_rule": f"calibrated on the validation cases for Dice risk {cal.alpha:g} ({cal.method}); "
+                             "refer voxels with u > threshold",
+           "requested_coverage": None, "validation_coverage": cal.coverage,
+           "risk_control": {"method": cal.method, "alpha": cal.alpha, "delta": cal.delta,
+                            "n_calibration": cal.n_calibration, "feasible": cal.feasible,
+                            "calibration_risk": cal.risk, "threshold": cal.threshold,
+                            "guarantee": cal.statement}}
+    if cal.threshold == float("-inf"):
+        out["note"] = "threshold -inf: every voxel is referred (" + cal.statement + ")"
+    log.info("risk %.4g (%s) -> threshold %.6g: %s", risk, cal.method, cal.threshold, cal.statement)
+    return out
