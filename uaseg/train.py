@@ -230,6 +230,8 @@ def _risk_control_settings(cfg: DictConfig, datamodule) -> RiskControlSettings |
                           "existing checkpoint use: uaseg calibrate <run folder> alpha=...")
     if cfg.eval.get("quantize_bits") is not None:
         raise ConfigError("eval.risk_control evaluates the calibrated thresholds exactly: set eval.quantize_bits=null")
+    if "max_softmax" not in cfg.eval.scores:
+        raise ConfigError("eval.risk_control calibrates u = 1 - max softmax: list max_softmax in eval.scores")
     datamodule.setup()
     settings.check_size(len(datamodule.splits["val"]))
     return settings

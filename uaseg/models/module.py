@@ -276,7 +276,7 @@ class SelectiveSegModule(L.LightningModule):
         self.test_results = {}
         for i, (name, metric) in enumerate(self.test_metrics.items()):
             result = metric.compute()
-            if i == 0:  # the referral thresholds are calibrated on the main score
+            if name == "max_softmax":  # the score referral thresholds are calibrated on
                 result.risk_control = self._test_risk_control(metric)
             metric.reset()
             self.test_results[name] = result
