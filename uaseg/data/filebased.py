@@ -41,7 +41,7 @@ from monai.data.utils import json_hashing, pickle_hashing
 from monai.transforms import Compose
 from monai.transforms.utils import reset_ops_id
 
-from uaseg.data.base import SegDataModule
+from uaseg.data.base import SegDataModule, check_dataset_options
 from uaseg.data.checks import natural_key
 from uaseg.data.invert import invert_to_file_grid
 from uaseg.errors import DatasetError, first_cause, root_cause
@@ -113,13 +113,11 @@ class FileSegDataModule(SegDataModule):
         super().__init__(*args, **kwargs)
         if self.root is None:
             raise DatasetError(f"{self.name}: dataset.root is not set; point it at the downloaded folder")
-        self.sw_overlap = float(sw_overlap)
-        if not 0.0 <= self.sw_overlap < 1.0:
-            raise ValueError(f"dataset.sw_overlap={sw_overlap} must be in [0, 1)")
-        self.fg_fraction = float(fg_fraction)
-        if not 0.0 <= self.fg_fraction <= 1.0:
-            raise ValueError(f"dataset.fg_fraction={fg_fraction} must be in [0, 1]")
         self.augment = self._augment_settings(augment)
+        check_dataset_options(sw_overlap=sw_overlap, fg_fraction=fg_fraction, augment=self.augment,
+                              check_files=check_files, cache=cache)
+        self.sw_overlap = float(sw_overlap)
+        self.fg_fraction = float(fg_fraction)
         self.check_files = bool(check_files)
         self.cache = bool(cache)
 

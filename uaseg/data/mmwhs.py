@@ -65,6 +65,7 @@ from uaseg.data.checks import (
     expected_layout_error,
     natural_key,
 )
+from uaseg.data.base import check_dataset_options
 from uaseg.data.filebased import FileSegDataModule, as_tuple, find_pairs, require_pairs
 from uaseg.errors import DatasetError
 
@@ -126,11 +127,14 @@ class MMWHSDataModule(FileSegDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(patch_size=patch_size, **kwargs)
+        check_dataset_options(
+            spacing=list(spacing) if isinstance(spacing, (list, tuple)) else spacing,
+            intensity_window=list(intensity_window) if isinstance(intensity_window, (list, tuple)) else intensity_window,
+            paper_crop=paper_crop, paper_crop_margin=paper_crop_margin,
+        )
         self.spacing = as_tuple(spacing, 3, "dataset.spacing")
         self.orientation = str(orientation)
         self.intensity_window = as_tuple(intensity_window, 2, "dataset.intensity_window")
-        if self.intensity_window[0] >= self.intensity_window[1]:
-            raise ValueError(f"dataset.intensity_window {list(self.intensity_window)} must be [low, high]")
         self.paper_crop = bool(paper_crop)
         self.paper_crop_margin = int(paper_crop_margin)
 
