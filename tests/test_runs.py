@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from uaseg.errors import RunFolderError
 from uaseg.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,11 +82,15 @@ def test_resume_after_sigkill(tmp_path):
 def test_fresh_run_refuses_a_used_folder_and_resume_needs_a_checkpoint(make_cfg, tmp_path):
     cfg = make_cfg("demo2d", "trainer.fast_dev_run=true", "eval.figures=false")
     (Path(cfg.paths.output_dir) / "checkpoints").mkdir(parents=True)
-    with pytest.raises(FileExistsError, match="resume="):
+    with pytest.raises(RunFolderError, match="resume="):
         train(cfg)
-    cfg.resume = str(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="config.yaml"):
+    cfg.resume = cfg.paths.output_dir
+    with pytest.raises(RunFolderError, match="config.yaml not found"):
         train(cfg)
+    cfg.resume = cfg.paths.output_dir = str(tmp_path / "nowhere")
+    with pytest.raises(RunFolderError, match="no such folder"):
+        train(cfg)
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "run" / "failed.json").exists()
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(make_cfg, monkeypatch):
