@@ -305,7 +305,7 @@ def test_error_messages(models, demo2d_ckpt, tmp_path):
         predict_files(ct, vol, out, coverage=0.9, threshold=0.5)
     with pytest.raises(PredictError, match="exactly one of coverage"):
         predict_files(ct, vol, out)
-    with pytest.raises(PredictError, match=r"coverage=1.5 must be in \(0, 1\]"):
+    with pytest.raises(PredictError, match=r"coverage=1.5: expected .*in \(0, 1\]"):
         predict_files(ct, vol, out, coverage=1.5)
     no_curve = _save(models["demo3d"][0], tmp_path / "nocurve.ckpt", None)
     with pytest.raises(PredictError, match="no validation risk-coverage curve.*threshold="):

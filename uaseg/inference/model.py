@@ -12,8 +12,10 @@ from typing import Any
 import torch
 
 from uaseg.data import build_datamodule
-from uaseg.errors import PredictError, root_cause
+from uaseg.data.checks import check_image_mode
+from uaseg.errors import DatasetError, PredictError, root_cause
 from uaseg.inference.files import inspect_input
+from uaseg.io import read_image_header
 from uaseg.selective import ThresholdGrid
 
 
@@ -44,6 +46,12 @@ class LoadedModel:
             raise PredictError(
                 f"{path}: a {desc} with {channels} channel{'s' if channels != 1 else ''}, but {self.describe()}"
             )
+        modes = getattr(self.datamodule, "image_modes", None)
+        if kind == "image" and modes:  # the modes training accepts (uaseg.data.checks.COLOUR_MODES)
+            try:
+                check_image_mode(path, read_image_header(path)[1], modes)
+            except DatasetError as e:
+                raise PredictError(f"{e}, as in training") from e
 
 
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_checkpoint: bool = False) -> LoadedModel:

@@ -22,7 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from uaseg.errors import PredictError
+from uaseg.config_check import check_config
+from uaseg.errors import ConfigError, PredictError
 from uaseg.inference.files import case_name, list_inputs, output_paths, write_segmentation
 from uaseg.inference.model import LoadedModel, load_model
 from uaseg.inference.segment import segment_file
@@ -34,20 +35,24 @@ log = logging.getLogger(__name__)
 def _device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PredictError(f"device={device}: expected cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PredictError(f"device={device} requested but CUDA is not available; use device=cpu")
     return dev
 
 
 def check_threshold_options(coverage: float | None, threshold: float | None) -> None:
-    """Exactly one of ``coverage`` in (0, 1] and a numeric ``threshold`` (checked before any work)."""
+    """Each option in its domain (:mod:`uaseg.config_check`) and exactly one of them given (checked
+    before any work)."""
+    try:
+        check_config({"coverage": coverage, "threshold": threshold})
+    except ConfigError as e:
+        raise PredictError(str(e)) from None
     if (coverage is None) == (threshold is None):
         raise PredictError("give exactly one of coverage=<fraction in (0, 1]> and threshold=<uncertainty>")
-    if coverage is not None and not 0.0 < float(coverage) <= 1.0:
-        raise PredictError(f"coverage={coverage} must be in (0, 1]")
-    if threshold is not None and math.isnan(float(threshold)):
-        raise PredictError("threshold must be a number")
 
 
 def choose_threshold(model: LoadedModel, ckpt: Path, coverage: float | None, threshold: float | None) -> dict:
