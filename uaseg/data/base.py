@@ -42,6 +42,8 @@ class SegDataModule(L.LightningDataModule):
     in_channels: int = 1
     #: foreground class names, in label order 1..K-1
     class_names: tuple[str, ...] = ()
+    #: 2-D datasets read from image files: the Pillow modes accepted, in training and in prediction
+    image_modes: tuple[str, ...] | None = None
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from monai.transforms import (
 )
 
 from uaseg.data.base import check_dataset_options
-from uaseg.data.checks import LoadImageNamedd
+from uaseg.data.checks import CheckFinited, LoadImageNamedd
 from uaseg.data.demo import DemoDataModule
 from uaseg.data.synth import HEART_CLASSES, heart_volume
 
@@ -62,5 +62,6 @@ class Demo3DDataModule(DemoDataModule):
     def predict_transforms(self) -> Compose:
         """A CT volume file (HU, e.g. NIfTI) on its own grid, normalised as ``eval_transforms``."""
         return Compose(
-            [LoadImageNamedd("image", image_only=True), EnsureChannelFirstd("image")] + self._normalise(label=False)
+            [LoadImageNamedd("image", image_only=True), EnsureChannelFirstd("image"), CheckFinited("image")]
+            + self._normalise(label=False)
         )
