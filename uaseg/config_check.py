@@ -75,8 +75,7 @@ class Numbers:
     note: str = ""
 
     def describe(self) -> str:
-        n = f"{self.length} " if self.length else ""
-        what = f"a list of {n}entries, each {self.each.describe()}"
+        what = (f"a list of {self.length} entries, each" if self.length else "a list, each entry") + " " + self.each.describe()
         if self.scalar:
             what = f"{self.each.describe()} or {what}"
         return ("null or " if self.null else "") + what + (f" ({self.note})" if self.note else "")
@@ -208,6 +207,8 @@ DOMAINS: dict[str, Any] = {
     "model.optimizer.lr": Number(0, low_open=True),
     "model.optimizer.weight_decay": Number(0),
     "model.inferer.sw_batch_size": POSITIVE_INT,
+    "model.inferer.roi_size": Numbers(POSITIVE_INT),
+    "model.inferer.overlap": Number(0, 1, high_open=True),
     "model.net.filters": Numbers(POSITIVE_INT),
     # trainer (Lightning checks its other arguments)
     "trainer.max_epochs": Number(1, integer=True, note="at least one epoch is trained"),
@@ -219,6 +220,9 @@ DOMAINS: dict[str, Any] = {
     "trainer.check_val_every_n_epoch": Number(1, integer=True, null=True),
     "trainer.accumulate_grad_batches": POSITIVE_INT,
     "trainer.gradient_clip_val": Number(0, null=True),
+    "trainer.num_sanity_val_steps": Number(-1, integer=True, note="-1 = all"),
+    # callbacks
+    "callbacks.model_checkpoint.save_top_k": Number(-1, integer=True, note="-1 = all"),
     # eval
     "eval.coverages": Numbers(COVERAGE),
     "eval.quantize_bits": Number(1, 24, integer=True, null=True),

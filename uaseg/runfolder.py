@@ -65,9 +65,10 @@ def check_resumable(folder: str | Path) -> Path:
 def _refuse_used(folder: Path, ignore: tuple[str, ...]) -> None:
     used = run_markers(folder, ignore)
     if used:
+        how = (f"continue that run with: python train.py resume={folder}"
+               if (folder / "checkpoints" / "last.ckpt").is_file() else "delete the folder (it holds no checkpoint to resume)")
         raise RunFolderError(
-            f"{folder} already holds a run ({', '.join(used)}); nothing was written. Choose another "
-            f"hydra.run.dir, or continue that run with: python train.py resume={folder}"
+            f"{folder} already holds a run ({', '.join(used)}); nothing was written. Choose another hydra.run.dir, or {how}"
         )
 
 
@@ -139,3 +140,21 @@ def claim_sweep_folder(folder: str | Path) -> bool:
         )
     _lock(folder)
     return True
+
+
+def retire_failure(folder: str | Path) -> Path | None:
+    """A resumed run starts again: the failed attempt's ``failed.json`` is kept, renamed to
+    ``failed-<its time>.json``, so the folder does not claim a failure the resumed run may fix."""
+    from datetime import datetime
+
+    failed = Path(folder) / "failed.json"
+    if not failed.is_file():
+        return None
+    stamp = datetime.fromtimestamp(failed.stat().st_mtime).strftime("%Y-%m-%d_%H-%M-%S")
+    target = failed.with_name(f"failed-{stamp}.json")
+    n = 1
+    while target.exists():
+        n += 1
+        target = failed.with_name(f"failed-{stamp}-{n}.json")
+    failed.rename(target)
+    return target

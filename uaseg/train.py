@@ -20,7 +20,7 @@ from uaseg.errors import ConfigError, NonFiniteLossError, RunFolderError, UserEr
 from uaseg.identity import run_identity
 from uaseg.io import WriteError, check_checkpoint_file, write_json
 from uaseg.models import SelectiveSegModule
-from uaseg.runfolder import claim_run_folder, release_run_folder
+from uaseg.runfolder import claim_run_folder, release_run_folder, retire_failure
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
         if cfg.get("resume"):
             cfg = resumed_config(cfg)
+            retire_failure(out)
         check_config(cfg)
         return _train(cfg, out)
     except RunFolderError:
