@@ -97,15 +97,18 @@ def test_readme_resume_continues_a_crashed_run_and_refusals_change_nothing(make_
                  [f"hydra.run.dir={run}", "ckpt_path=last"], [f"hydra.run.dir={run}"]):
         proc = cli(*args)
         assert proc.returncode == 1
-        assert f"{run} already holds a run" in one_error_line(proc) and f"resume={run}" in proc.stderr
+        line = one_error_line(proc)
+        assert f"{run} already holds a run" in line and f"python train.py resume={run}" in line
         assert hashes(run) == finished
 
     last = run / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a copy cut off by a full disk
+    cut = hashes(run)
     proc = cli(f"resume={run}")
     assert proc.returncode == 1
     line = one_error_line(proc)
     assert f"{last}" in line and "truncated or corrupted" in line and "PytorchStreamReader" not in line
+    assert hashes(run) == cut  # refused before Hydra's resume record or log
 
 
 def test_two_runs_into_one_folder_one_proceeds_and_a_killed_run_leaves_no_lock(tmp_path):
