@@ -13,9 +13,9 @@ import torch
 
 from uaseg.data import build_datamodule
 from uaseg.data.checks import check_image_mode
-from uaseg.errors import DatasetError, PredictError, root_cause
+from uaseg.errors import CheckpointError, DatasetError, PredictError, root_cause
 from uaseg.inference.files import inspect_input
-from uaseg.io import read_image_header
+from uaseg.io import check_checkpoint_file, read_image_header
 from uaseg.selective import ThresholdGrid
 
 
@@ -62,6 +62,10 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_check
     path = Path(ckpt).expanduser()
     if not path.is_file():
         raise PredictError(f"checkpoint not found: {path}")
+    try:
+        check_checkpoint_file(path)  # a truncated copy: one line naming it, as in training
+    except CheckpointError as e:
+        raise PredictError(str(e)) from None
     try:
         module = SelectiveSegModule.load_from_checkpoint(
             str(path), map_location="cpu", weights_only=not trust_checkpoint
