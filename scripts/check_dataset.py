@@ -31,7 +31,7 @@ from uaseg.data.checks import (
 )
 from uaseg.data.glas import IMAGE_MODES, LABEL_MODES, find_glas_cases
 from uaseg.data.mmwhs import MMWHS_CLASSES, MMWHS_FIXUPS, MMWHS_VALUES, find_mmwhs_cases
-from uaseg.errors import DatasetError
+from uaseg.errors import DatasetError, describe
 from uaseg.io import read_nifti_header
 
 Row = dict[str, str]
@@ -53,7 +53,7 @@ def scan_mmwhs(root: Path) -> tuple[list[Row], list[str]]:
                 try:
                     arr = np.asarray(nib.load(c[key]).dataobj)
                 except Exception as e:
-                    raise DatasetError(f"{c[key]}: cannot read the voxels ({type(e).__name__}: {e})") from e
+                    raise DatasetError(f"{c[key]}: cannot read the voxels ({describe(e)})") from e
                 if key == "image":
                     finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
                     row["HU min/max"] = f"{finite.min():.0f}/{finite.max():.0f}" if finite.size else "-"
@@ -95,7 +95,7 @@ def scan_glas(root: Path) -> tuple[list[Row], list[str]]:
                         row[f"{key} mode"] = im.mode
                         arrs[key] = np.asarray(im)
                 except Exception as e:
-                    raise DatasetError(f"{c[key]}: cannot read ({type(e).__name__}: {e})") from e
+                    raise DatasetError(f"{c[key]}: cannot read ({describe(e)})") from e
             h, w = arrs["image"].shape[:2]
             check_same_geometry(c["image"], c["label"], arrs["image"].shape[:2], arrs["label"].shape[:2])
             row["size WxH"] = f"{w}x{h}"

@@ -38,6 +38,12 @@ class NonFiniteLossError(FloatingPointError):
     checkpoint is the last good one. Not the user's input, but theirs to act on: shown as one line."""
 
 
+def describe(exc: BaseException) -> str:
+    """``"<type>: <message>"`` on one line: library messages (nibabel's "... - could the file be
+    damaged?") may span several, and a user error is one line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
 def root_cause(exc: BaseException) -> BaseException:
     """The innermost exception of an explicit ``raise ... from`` chain: the one that says what broke."""
     while exc.__cause__ is not None:

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from uaseg.errors import CheckpointError, DatasetError
+from uaseg.errors import CheckpointError, DatasetError, describe
 
 
 # ---------------------------------------------------------------------------------------- atomic writes
@@ -183,7 +183,7 @@ def load_nifti(path: str | Path):
     try:
         return nib.load(str(path))
     except Exception as e:  # nibabel raises several types for a bad/truncated header
-        raise DatasetError(f"{path}: cannot read the NIfTI header ({type(e).__name__}: {e})") from e
+        raise DatasetError(f"{path}: cannot read the NIfTI header ({describe(e)})") from e
 
 
 def read_nifti_header(path: str | Path) -> NiftiHeader:
@@ -195,7 +195,7 @@ def read_nifti_header(path: str | Path) -> NiftiHeader:
         names = img.get_data_dtype().names
         return NiftiHeader(shape, np.asarray(img.affine, dtype=np.float64), zooms, len(names) if names else 1)
     except Exception as e:
-        raise DatasetError(f"{path}: cannot read the NIfTI header ({type(e).__name__}: {e})") from e
+        raise DatasetError(f"{path}: cannot read the NIfTI header ({describe(e)})") from e
 
 
 def read_image_header(path: str | Path) -> tuple[tuple[int, int], str]:
@@ -206,4 +206,4 @@ def read_image_header(path: str | Path) -> tuple[tuple[int, int], str]:
         with Image.open(path) as im:
             return im.size, im.mode
     except Exception as e:
-        raise DatasetError(f"{path}: cannot read this image ({type(e).__name__}: {e})") from e
+        raise DatasetError(f"{path}: cannot read this image ({describe(e)})") from e

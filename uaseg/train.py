@@ -16,7 +16,7 @@ import uaseg.resolvers  # noqa: F401  (registers ${uaseg.*} config resolvers)
 from uaseg.callbacks import SelectiveReportWriter
 from uaseg.data import build_datamodule
 from uaseg.config_check import check_config
-from uaseg.errors import ConfigError, NonFiniteLossError, RunFolderError, UserError, root_cause
+from uaseg.errors import ConfigError, NonFiniteLossError, RunFolderError, UserError, describe, root_cause
 from uaseg.identity import run_identity
 from uaseg.io import WriteError, check_checkpoint_file, write_json
 from uaseg.models import SelectiveSegModule
@@ -85,7 +85,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     except FileNotFoundError:
         raise RunFolderError(f"resume={folder}: {saved} not found (is this a uaseg run folder?)") from None
     except Exception as e:  # a damaged YAML file
-        raise ConfigError(f"resume={folder}: cannot read {saved} ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"resume={folder}: cannot read {saved} ({describe(e)})") from None
     extra = []
     try:
         from hydra.core.hydra_config import HydraConfig

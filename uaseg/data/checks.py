@@ -31,7 +31,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import LoadImaged, MapTransform
 
-from uaseg.errors import DatasetError
+from uaseg.errors import DatasetError, describe
 from uaseg.io import read_image_header, read_nifti_header
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class LoadImageNamedd(MapTransform):
             try:
                 d = self.loaders[key](d)
             except Exception as e:
-                raise DatasetError(f"{d[key]}: cannot read this file ({type(e).__name__}: {e})") from e
+                raise DatasetError(f"{d[key]}: cannot read this file ({describe(e)})") from e
         return d
 
 

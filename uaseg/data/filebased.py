@@ -44,7 +44,7 @@ from monai.transforms.utils import reset_ops_id
 from uaseg.data.base import SegDataModule, check_dataset_options
 from uaseg.data.checks import natural_key
 from uaseg.data.invert import invert_to_file_grid
-from uaseg.errors import DatasetError, first_cause, root_cause
+from uaseg.errors import DatasetError, describe, first_cause, root_cause
 from uaseg.io import write_json
 
 #: bump when the preprocessing code changes meaningfully, so old caches are not reused
@@ -92,7 +92,7 @@ class _NamedErrors:
             return DatasetError(f"case {cid}: {cause}")
         files = [str(v) for v in item.values() if isinstance(v, (str, Path)) and os.path.isfile(v)]
         deepest = root_cause(e)
-        return DatasetError(f"case {cid} ({', '.join(files)}): preprocessing failed ({type(deepest).__name__}: {deepest})")
+        return DatasetError(f"case {cid} ({', '.join(files)}): preprocessing failed ({describe(deepest)})")
 
 
 class NamedErrorsDataset(_NamedErrors, Dataset):

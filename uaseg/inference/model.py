@@ -13,7 +13,7 @@ import torch
 
 from uaseg.data import build_datamodule
 from uaseg.data.checks import check_image_mode
-from uaseg.errors import CheckpointError, DatasetError, PredictError, root_cause
+from uaseg.errors import CheckpointError, DatasetError, PredictError, describe, root_cause
 from uaseg.inference.files import inspect_input
 from uaseg.io import check_checkpoint_file, read_image_header
 from uaseg.selective import ThresholdGrid
@@ -76,7 +76,7 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_check
             f"({str(e).splitlines()[0] if str(e) else e}). If you trust this file, pass trust_checkpoint=true."
         ) from e
     except Exception as e:
-        raise PredictError(f"{path}: cannot load this checkpoint ({type(e).__name__}: {e})") from e
+        raise PredictError(f"{path}: cannot load this checkpoint ({describe(e)})") from e
     dataset_cfg = module.dataset_cfg
     if not dataset_cfg:
         raise PredictError(
