@@ -140,6 +140,10 @@ def test_two_runs_into_one_folder_one_proceeds_and_a_killed_run_leaves_no_lock(t
 
 
 def test_checkpoint_and_summary_writes_are_atomic_and_name_the_file(tmp_path, monkeypatch):
+    """A write the kernel refuses (here: a file-size limit, as a full disk would) leaves the previous
+    file intact and no temporary behind, and the error names the file and the reason."""
+    import resource
+
     from uaseg.checkpoint_io import AtomicCheckpointIO
     from uaseg.io import write_json
 
@@ -147,16 +151,16 @@ def test_checkpoint_and_summary_writes_are_atomic_and_name_the_file(tmp_path, mo
     path = tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
     good = path.read_bytes()
-
-    def disk_full(obj, f, *a, **k):
-        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(WriteError, match=f"cannot write {path}: No space left on device"):
-        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        with pytest.raises(WriteError, match=f"cannot write {path}: File too large"):
+            io.save_checkpoint({"state_dict": {"w": torch.zeros(1 << 20)}}, path)  # 4 MB
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
     assert path.read_bytes() == good and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
-    monkeypatch.undo()
     assert io.load_checkpoint(path)["state_dict"]["w"].sum() == 3
 
     summary = tmp_path / "summary.json"

@@ -10,6 +10,7 @@ failed write names the file and the reason. Loading names the file of an unreada
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -26,8 +27,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        buffer = io.BytesIO()  # serialised first: torch.save's own write errors lose errno (no space left...)
+        torch.save(checkpoint, buffer)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
 
     def load_checkpoint(self, path, map_location: Optional[Callable] = lambda storage, loc: storage,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
