@@ -9,19 +9,26 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from uaseg.overrides import quote_hint
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     from uaseg.errors import UserError
+    from uaseg.io import WriteError
     from uaseg.predict import main as predict
 
     try:
         records = predict(cfg)
-    except (UserError, FileExistsError, FileNotFoundError) as e:
+    except (UserError, FileExistsError, FileNotFoundError, WriteError) as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"{len(records)} case(s) written to {cfg.output}")
 
 
 if __name__ == "__main__":
+    hint = quote_hint(sys.argv[1:])
+    if hint:
+        print(f"predict.py: error: {hint}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -8,11 +8,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from uaseg.train import USER_ERRORS, train
+import uaseg.resolvers  # noqa: F401  (${uaseg.*} resolvers of the run folder; torch is imported later)
+from uaseg.overrides import quote_hint
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from uaseg.train import USER_ERRORS, train  # after the run folder was checked: a refusal is quick
+
     try:
         metrics = train(cfg)
     except USER_ERRORS as e:
@@ -25,4 +28,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    hint = quote_hint(sys.argv[1:])
+    if hint:
+        print(f"ConfigError: {hint}", file=sys.stderr)
+        sys.exit(1)
     main()

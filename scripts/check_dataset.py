@@ -8,9 +8,11 @@ layout, before training.
     python scripts/check_dataset.py --dataset decathlon --root /data/Task02_Heart
 
 Reads every file completely (not only headers) and prints one row per case: shape, spacing /
-orientation (3-D) or size / mode (GlaS), label values and per-class voxel counts. For nnU-Net and
-Decathlon folders it also checks ``dataset.json`` against the files (numTraining, a channel file
-for every channel, labels) and that every channel and the label share one grid. All problems
+orientation (3-D) or size / mode (GlaS), label values and per-class voxel counts. The checks are
+those of training (:mod:`uaseg.data.checks`): NaN / infinite voxels, label values that are not exact
+integers of the dataset's code list; all-background labels are noted. For nnU-Net and Decathlon
+folders it also checks ``dataset.json`` against the files (numTraining, a channel file for every
+channel, labels) and that every channel and the label share one grid. All problems
 are collected (not only the first) and listed at the end, each naming its file. Exit code 0 when the
 folder is usable, 1 when some case has a problem, 2 when the folder itself is wrong.
 """
@@ -24,10 +26,17 @@ from typing import Callable
 
 import numpy as np
 
-from uaseg.data.checks import check_image_pair, check_nifti_pair, check_same_geometry, describe_values
+from uaseg.data.checks import (
+    check_image_pair,
+    check_label_values,
+    check_nifti_pair,
+    check_same_geometry,
+    describe_values,
+    nonfinite_problem,
+)
 from uaseg.data.glas import IMAGE_MODES, LABEL_MODES, find_glas_cases
 from uaseg.data.mmwhs import MMWHS_CLASSES, MMWHS_FIXUPS, MMWHS_VALUES, find_mmwhs_cases
-from uaseg.errors import DatasetError
+from uaseg.errors import DatasetError, describe
 from uaseg.io import read_nifti_header
 
 Row = dict[str, str]
@@ -49,23 +58,27 @@ def scan_mmwhs(root: Path) -> tuple[list[Row], list[str]]:
                 try:
                     arr = np.asarray(nib.load(c[key]).dataobj)
                 except Exception as e:
-                    raise DatasetError(f"{c[key]}: cannot read the voxels ({type(e).__name__}: {e})") from e
+                    raise DatasetError(f"{c[key]}: cannot read the voxels ({describe(e)})") from e
                 if key == "image":
-                    row["HU min/max"] = f"{arr.min():.0f}/{arr.max():.0f}"
+                    finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+                    row["HU min/max"] = f"{finite.min():.0f}/{finite.max():.0f}" if finite.size else "-"
+                    problem = nonfinite_problem(c["image"], arr)
+                    if problem:
+                        problems.append(problem)
                 else:
                     lab = arr
             values, counts = np.unique(lab, return_counts=True)
             row["label values"] = describe_values(values.tolist())
-            fixed = [v for v in values if int(v) in MMWHS_FIXUPS and v == int(v)]
-            bad = [v for v in values if v not in (0, *MMWHS_VALUES) and int(v) not in MMWHS_FIXUPS]
             by_value = dict(zip(values.tolist(), counts.tolist()))
             for name, v in zip(MMWHS_CLASSES, MMWHS_VALUES):
                 n = by_value.get(v, 0) + sum(by_value.get(b, 0) for b, g in MMWHS_FIXUPS.items() if g == v)
                 row[name] = str(n)
+            fixed = [v for v in values.tolist() if v in MMWHS_FIXUPS]  # exact: 421.5 is not 421
             if fixed:
                 row["note"] = f"{describe_values(fixed)} -> {describe_values([MMWHS_FIXUPS[int(v)] for v in fixed])}"
-            if bad:
-                problems.append(f"{c['label']}: unexpected label values {describe_values(bad)}")
+            if values.tolist() == [0]:
+                row["note"] = "all background"
+            check_label_values(c["label"], values.tolist(), (0, *MMWHS_VALUES), MMWHS_FIXUPS)
         except DatasetError as e:
             problems.append(str(e))
         rows.append(row)
@@ -87,7 +100,7 @@ def scan_glas(root: Path) -> tuple[list[Row], list[str]]:
                         row[f"{key} mode"] = im.mode
                         arrs[key] = np.asarray(im)
                 except Exception as e:
-                    raise DatasetError(f"{c[key]}: cannot read ({type(e).__name__}: {e})") from e
+                    raise DatasetError(f"{c[key]}: cannot read ({describe(e)})") from e
             h, w = arrs["image"].shape[:2]
             check_same_geometry(c["image"], c["label"], arrs["image"].shape[:2], arrs["label"].shape[:2])
             row["size WxH"] = f"{w}x{h}"
@@ -96,6 +109,8 @@ def scan_glas(root: Path) -> tuple[list[Row], list[str]]:
             row["instances"] = str(int((ids > 0).sum()))
             row["gland px"] = str(int((inst > 0).sum()))
             row["gland %"] = f"{100.0 * (inst > 0).mean():.1f}"
+            if not (inst > 0).any():
+                row["note"] = "all background"
         except DatasetError as e:
             problems.append(str(e))
         rows.append(row)

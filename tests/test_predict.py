@@ -276,6 +276,10 @@ def test_error_messages(models, demo2d_ckpt, tmp_path):
 
     with pytest.raises(PredictError, match="checkpoint not found"):
         predict_files(tmp_path / "nope.ckpt", vol, out, threshold=0.5)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(Path(ct).read_bytes()[:5000])
+    with pytest.raises(PredictError, match=f"{cut}: not a readable checkpoint: the file is truncated or corrupted"):
+        predict_files(cut, vol, out, threshold=0.5)
     with pytest.raises(PredictError, match="input not found: .*missing.nii.gz"):
         predict_files(ct, tmp_path / "missing.nii.gz", out, threshold=0.5)
     bad = tmp_path / "broken.nii.gz"
@@ -305,7 +309,7 @@ def test_error_messages(models, demo2d_ckpt, tmp_path):
         predict_files(ct, vol, out, coverage=0.9, threshold=0.5)
     with pytest.raises(PredictError, match="exactly one of coverage"):
         predict_files(ct, vol, out)
-    with pytest.raises(PredictError, match=r"coverage=1.5 must be in \(0, 1\]"):
+    with pytest.raises(PredictError, match=r"coverage=1.5: expected .*in \(0, 1\]"):
         predict_files(ct, vol, out, coverage=1.5)
     no_curve = _save(models["demo3d"][0], tmp_path / "nocurve.ckpt", None)
     with pytest.raises(PredictError, match="no validation risk-coverage curve.*threshold="):

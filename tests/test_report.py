@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -396,3 +397,21 @@ def test_end_to_end_tiny_multirun(tmp_path):
     assert "4 jobs, 4 with a summary, 0 without" in md
     assert (sweep_dir / "figures" / "fig2_01.png").exists()
     assert (sweep_dir / "figures" / "fig3_01.png").exists()
+
+
+def test_multiline_error_of_a_failed_job_stays_in_one_table_row(tmp_path, capsys):
+    """`uaseg report` on a multirun whose failed job's error spans several lines (and holds a '|')."""
+    rng = np.random.default_rng(0)
+    write_run(tmp_path / "0_lambda=0", make_summary(rng, fold=0, lam=0.0))
+    write_run(tmp_path / "1_lambda=2", make_summary(rng, fold=0, lam=2.0))
+    failed = tmp_path / "2_lambda=4"
+    (failed / ".hydra").mkdir(parents=True)
+    error = "DatasetError: image a.nii and its label b.nii have different affines:\n[[1 0]\n [0 1]]\nvs\n[[2 0] | x"
+    (failed / "failed.json").write_text(json.dumps({"error": error, "traceback": "Traceback ...\n  line\n"}))
+    assert cli_main(["report", str(tmp_path), "--no-figures"]) == 0
+    md = (tmp_path / "report.md").read_text().splitlines()
+    rows = [ln for ln in md if "2_lambda=4" in ln]
+    assert rows == ["| `2_lambda=4` | failed | DatasetError: image a.nii and its label b.nii have different affines: ⏎ "
+                    "[[1 0] ⏎ [0 1]] ⏎ vs ⏎ [[2 0] \\| x |"]
+    table = md[md.index("## Jobs without a summary") + 2:]
+    assert all(len(re.findall(r"(?<!\\)\|", ln)) == 4 for ln in table[:table.index("")])  # 3 columns each

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from uaseg.errors import NonFiniteLossError, RunFolderError
 from uaseg.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,11 +83,15 @@ def test_resume_after_sigkill(tmp_path):
 def test_fresh_run_refuses_a_used_folder_and_resume_needs_a_checkpoint(make_cfg, tmp_path):
     cfg = make_cfg("demo2d", "trainer.fast_dev_run=true", "eval.figures=false")
     (Path(cfg.paths.output_dir) / "checkpoints").mkdir(parents=True)
-    with pytest.raises(FileExistsError, match="resume="):
+    with pytest.raises(RunFolderError, match="already holds a run .*no checkpoint to resume"):
         train(cfg)
-    cfg.resume = str(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="config.yaml"):
+    cfg.resume = cfg.paths.output_dir
+    with pytest.raises(RunFolderError, match="config.yaml not found"):
         train(cfg)
+    cfg.resume = cfg.paths.output_dir = str(tmp_path / "nowhere")
+    with pytest.raises(RunFolderError, match="no such folder"):
+        train(cfg)
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "run" / "failed.json").exists()
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(make_cfg, monkeypatch):
@@ -101,12 +107,20 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(make_
         return (total * float("nan") if calls["n"] > 2 else total), logs  # epoch 0 is clean
 
     monkeypatch.setattr(UncertaintyAwareLoss, "forward", poisoned)
-    with pytest.raises(FloatingPointError, match="global step 2"):
-        train(cfg)
     out = Path(cfg.paths.output_dir)
-    assert "non-finite" in json.loads((out / "failed.json").read_text())["error"]
+    with pytest.raises(NonFiniteLossError) as err:
+        train(cfg)
+    message = str(err.value)  # where, on which cases, and what to go back to -- in one line
+    assert "global step 2" in message and re.search(r"batch of cases case_\d{3}, case_\d{3};", message)
+    assert message.endswith(f"last good checkpoint: {out}/checkpoints/last.ckpt (epoch 0); continue with resume={out}")
+    assert "\n" not in message and json.loads((out / "failed.json").read_text())["error"].endswith(message)
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+    calls["n"] = 10  # poisoned from the first step: there is nothing to go back to
+    cfg.paths.output_dir = str(out.parent / "run2")
+    with pytest.raises(NonFiniteLossError, match="global step 0 .*; no checkpoint was saved before this step"):
+        train(cfg)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from uaseg.errors import RunFolderError
 from uaseg.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def test_two_steps_with_the_ranking_term(make_cfg, dataset, sampling):
 def test_a_run_folder_is_never_reused(make_cfg):
     cfg = make_cfg("demo2d", "trainer.fast_dev_run=true", "eval.figures=false")
     train(cfg)
-    with pytest.raises(FileExistsError, match="already holds a run"):
+    with pytest.raises(RunFolderError, match="already holds a run"):
         train(cfg)
 
 

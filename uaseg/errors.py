@@ -24,6 +24,26 @@ class PredictError(UserError):
     """A problem with the checkpoint, the inputs or the options of prediction."""
 
 
+class RunFolderError(UserError):
+    """A run folder that cannot be used: it already holds a run, another run is using it, or it is
+    no run to resume. Raised before anything is written into it."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be read (truncated, corrupted, not a checkpoint)."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped at a non-finite loss; the message says where, on which cases, and which
+    checkpoint is the last good one. Not the user's input, but theirs to act on: shown as one line."""
+
+
+def describe(exc: BaseException) -> str:
+    """``"<type>: <message>"`` on one line: library messages (nibabel's "... - could the file be
+    damaged?") may span several, and a user error is one line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
 def root_cause(exc: BaseException) -> BaseException:
     """The innermost exception of an explicit ``raise ... from`` chain: the one that says what broke."""
     while exc.__cause__ is not None:

@@ -22,22 +22,28 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from uaseg.errors import DatasetError
+from uaseg.errors import CheckpointError, DatasetError, describe
 
 
 # ---------------------------------------------------------------------------------------- atomic writes
+class WriteError(OSError):
+    """A file could not be written; the message names it and the reason (e.g. no space left)."""
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path``, on failure it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(3)}-{path.name}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
         _unlink(tmp)
-        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+        if isinstance(e, WriteError):
+            raise
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
     except BaseException:
         _unlink(tmp)
         raise
@@ -153,6 +159,33 @@ def save_nifti_like(path: str | Path, array: np.ndarray, reference, dtype, descr
     return Path(path)
 
 
+# ---------------------------------------------------------------------------------------- checkpoints
+def check_checkpoint_file(path: str | Path, what: str | None = None) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` unless it is a complete ``torch.save`` archive.
+
+    ``torch.save`` writes a zip archive; a truncated or overwritten file loses its central directory
+    or fails a member's CRC. Checking that reads the file once, without unpickling anything, so a bad
+    ``ckpt_path`` / ``resume`` fails in a second, not after the data is loaded."""
+    import zipfile
+
+    path = Path(path)
+    label = f"{what}: {path}" if what else str(path)
+    hint = "the file is truncated or corrupted (e.g. a copy or a write that did not finish); use another checkpoint"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head[:1] == b"\x80":  # torch's legacy (pre-1.6) pickle format: no archive to verify
+            return
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise CheckpointError(f"{label}: not a readable checkpoint: {hint} ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{label}: cannot read this checkpoint ({e.strerror or e})") from None
+    if broken is not None:
+        raise CheckpointError(f"{label}: not a readable checkpoint: {hint} (entry {broken} fails its checksum)")
+
+
 # ---------------------------------------------------------------------------------------- headers
 @dataclass(frozen=True)
 class NiftiHeader:
@@ -170,7 +203,7 @@ def load_nifti(path: str | Path):
     try:
         return nib.load(str(path))
     except Exception as e:  # nibabel raises several types for a bad/truncated header
-        raise DatasetError(f"{path}: cannot read the NIfTI header ({type(e).__name__}: {e})") from e
+        raise DatasetError(f"{path}: cannot read the NIfTI header ({describe(e)})") from e
 
 
 def read_nifti_header(path: str | Path) -> NiftiHeader:
@@ -182,7 +215,7 @@ def read_nifti_header(path: str | Path) -> NiftiHeader:
         names = img.get_data_dtype().names
         return NiftiHeader(shape, np.asarray(img.affine, dtype=np.float64), zooms, len(names) if names else 1)
     except Exception as e:
-        raise DatasetError(f"{path}: cannot read the NIfTI header ({type(e).__name__}: {e})") from e
+        raise DatasetError(f"{path}: cannot read the NIfTI header ({describe(e)})") from e
 
 
 def read_image_header(path: str | Path) -> tuple[tuple[int, int], str]:
@@ -193,4 +226,4 @@ def read_image_header(path: str | Path) -> tuple[tuple[int, int], str]:
         with Image.open(path) as im:
             return im.size, im.mode
     except Exception as e:
-        raise DatasetError(f"{path}: cannot read this image ({type(e).__name__}: {e})") from e
+        raise DatasetError(f"{path}: cannot read this image ({describe(e)})") from e

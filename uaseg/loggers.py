@@ -1,7 +1,13 @@
-"""Send the test report's figures and risk-coverage curve to whichever loggers are active.
+"""Send the test report's figures and risk-coverage curve to whichever loggers are active, and a CSV
+logger that a resumed run appends to.
 
 Scalars go through ``LightningModule.log``; this covers what Lightning has no common API for:
 images (W&B, TensorBoard) and the curve as a W&B table with a line plot.
+
+:class:`CSVLogger` (``logger=csv``): Lightning's own deletes an existing ``metrics.csv`` when it
+starts, so ``resume=`` lost every row logged before the kill. Ours keeps them and appends; when new
+columns appear, the file is rewritten with the wider header through :mod:`uaseg.io` (atomically).
+TensorBoard and W&B write new event files / runs beside the old ones, so they keep theirs.
 """
 
 from __future__ import annotations
@@ -9,9 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+import csv
+import io
+import os
 
+import numpy as np
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from uaseg.io import write_text
 from uaseg.selective import SelectiveResult
 
 #: points of the curve sent to W&B (the exact curve can have millions; AURC is computed on all)
@@ -44,3 +58,37 @@ def log_test_report(loggers: Sequence[Logger], result: SelectiveResult, figures:
             for name, path in figures.items():
                 image = matplotlib.image.imread(str(path))[..., :3]
                 logger.experiment.add_image(f"test/{name}", image, step, dataformats="HWC")
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, continuing an existing ``metrics.csv`` instead of deleting it."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = list(next(csv.reader(f), []))
+
+    def _check_log_dir_exists(self) -> None:  # Lightning deletes metrics.csv here
+        pass
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.metrics_file_path, text.getvalue())
+
+
+class CSVLogger(LightningCSVLogger):
+    """``lightning.pytorch.loggers.CSVLogger`` whose ``metrics.csv`` survives ``resume=``."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment

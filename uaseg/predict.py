@@ -8,7 +8,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from uaseg.errors import PredictError
+from uaseg.config_check import check_config
+from uaseg.errors import ConfigError, PredictError
 from uaseg.inference import predict_files
 
 USAGE = ("python predict.py ckpt=<checkpoint> input=<file or folder> output=<folder> coverage=<0..1> "
@@ -20,6 +21,10 @@ def main(cfg: Any) -> list[dict]:
     missing = [k for k in ("ckpt", "input", "output") if OmegaConf.is_missing(cfg, k)]
     if missing:
         raise PredictError(f"missing {', '.join(f'{k}=' for k in missing)}; usage: {USAGE}")
+    try:
+        check_config(cfg)  # every option in its domain (coverage, threshold, overwrite, ...) before any work
+    except ConfigError as e:
+        raise PredictError(str(e)) from None
     inputs = OmegaConf.to_container(cfg.input) if OmegaConf.is_config(cfg.input) else cfg.input
     return predict_files(
         cfg.ckpt,
@@ -27,9 +32,9 @@ def main(cfg: Any) -> list[dict]:
         cfg.output,
         coverage=cfg.get("coverage"),
         threshold=cfg.get("threshold"),
-        overwrite=bool(cfg.get("overwrite", False)),
+        overwrite=cfg.get("overwrite", False),
         device=cfg.get("device", "cpu"),
-        trust_checkpoint=bool(cfg.get("trust_checkpoint", False)),
+        trust_checkpoint=cfg.get("trust_checkpoint", False),
         risk=cfg.get("risk"),
         risk_method=cfg.get("risk_method"),
     )

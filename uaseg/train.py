@@ -4,7 +4,6 @@ checkpoint, and leave an honest run folder behind (config, checkpoints, logs, su
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 import uaseg.resolvers  # noqa: F401  (registers ${uaseg.*} config resolvers)
 from uaseg.callbacks import SelectiveReportWriter
 from uaseg.data import build_datamodule
-from uaseg.errors import ConfigError, UserError
+from uaseg.config_check import check_config
+from uaseg.errors import ConfigError, NonFiniteLossError, RunFolderError, UserError, describe, root_cause
 from uaseg.identity import run_identity
 from uaseg.inference.calibrate import RiskControlSettings, calibrate_checkpoint
-from uaseg.io import update_checkpoint, write_json
+from uaseg.io import WriteError, check_checkpoint_file, update_checkpoint, write_json
 from uaseg.models import SelectiveSegModule
+from uaseg.runfolder import claim_run_folder, release_run_folder, retire_failure
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +54,27 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
+#: Lightning's ``ckpt_path`` aliases look for checkpoints in *this* run's folder, which is a new one
+_LIGHTNING_ALIASES = ("last", "best", "hpc", "registry")
+
+
 def _resolve_ckpt(cfg: DictConfig, out: Path) -> str | None:
-    """An explicit ``ckpt_path``, or ``resume``'s last checkpoint; a fresh run refuses a folder
-    that already holds a run (nothing a user has produced is overwritten)."""
+    """``resume``'s last checkpoint, or an explicit ``ckpt_path`` (checked readable before any work).
+    Whether this run may use its folder was decided by :func:`uaseg.runfolder.claim_run_folder`."""
     if cfg.get("resume"):
-        last = out / "checkpoints" / "last.ckpt"
-        if not last.exists():
-            raise FileNotFoundError(f"resume={cfg.resume}: no {last} to resume from")
-        return str(last)
-    if cfg.get("ckpt_path"):
-        if not Path(cfg.ckpt_path).exists():
-            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: file not found")
-        return str(cfg.ckpt_path)
-    # a DDP worker started by rank 0 shares rank 0's new folder: only rank 0 checks it
-    relaunched = int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
-    used = (out / "summary.json").exists() or (out / "checkpoints").exists()
-    if cfg.get("train", True) and used and not relaunched:
-        raise FileExistsError(
-            f"{out} already holds a run; choose another hydra.run.dir, or continue it with resume={out}"
+        return str(out / "checkpoints" / "last.ckpt")
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt:
+        return None
+    if str(ckpt) in _LIGHTNING_ALIASES:
+        raise ConfigError(
+            f"ckpt_path={ckpt}: a new run folder holds no checkpoint; continue a run in its own folder with "
+            "resume=<run folder>, or give a checkpoint file to start from its weights"
         )
-    return None
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path={ckpt}: file not found")
+    check_checkpoint_file(ckpt, what="ckpt_path")
+    return str(ckpt)
 
 
 def resumed_config(cfg: DictConfig) -> DictConfig:
@@ -80,9 +82,12 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     (e.g. ``trainer.max_epochs=20`` to train longer)."""
     folder = Path(cfg.resume)
     saved = folder / ".hydra" / "config.yaml"
-    if not saved.exists():
-        raise FileNotFoundError(f"resume={folder}: {saved} not found (is this a uaseg run folder?)")
-    resumed = OmegaConf.load(saved)
+    try:
+        resumed = OmegaConf.load(saved)
+    except FileNotFoundError:
+        raise RunFolderError(f"resume={folder}: {saved} not found (is this a uaseg run folder?)") from None
+    except Exception as e:  # a damaged YAML file
+        raise ConfigError(f"resume={folder}: cannot read {saved} ({describe(e)})") from None
     extra = []
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -130,15 +135,18 @@ def unresolved_missing_keys(cfg: Any, prefix: str = "") -> list[str]:
     return out
 
 
-#: errors that are the user's to fix: a one-line message is more useful than a traceback
-USER_ERRORS = (UserError, FileExistsError, FileNotFoundError)
+#: errors that are the user's to fix or act on: a one-line message is more useful than a traceback
+USER_ERRORS = (UserError, FileExistsError, FileNotFoundError, NonFiniteLossError, WriteError)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; a failure is recorded in the run folder, then re-raised
-    (so a multirun goes on with its other jobs and reports this one as failed)."""
+    (so a multirun goes on with its other jobs and reports this one as failed). The run folder is
+    claimed first (:mod:`uaseg.runfolder`), then every config value is checked, before any work."""
     out = Path(cfg.paths.output_dir)
+    claimed = False
     try:
+        claimed = claim_run_folder(out, resume=cfg.get("resume"), hydra_files=_hydra_running())
         missing = sorted(unresolved_missing_keys(cfg))
         if missing:
             raise ConfigError(
@@ -148,13 +156,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
         if cfg.get("resume"):
             cfg = resumed_config(cfg)
+            retire_failure(out)
+        check_config(cfg)
         return _train(cfg, out)
+    except RunFolderError:
+        raise  # never write into a folder this run may not use
+    except FloatingPointError as e:
+        error = NonFiniteLossError(f"{e}; {_checkpoint_status(out)}")
+        _record_failure(out, error)
+        raise error from e
     except BaseException as e:
-        if not isinstance(e, FileExistsError):  # never write into another run's folder
-            _record_failure(out, e)
+        _record_failure(out, e)
         raise
     finally:
         _close_wandb()
+        if claimed:
+            release_run_folder(out)
+
+
+def _hydra_running() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized()
 
 
 def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -169,7 +192,7 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     model = build_module(cfg)
     callbacks = build_callbacks(cfg)
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = _build_trainer(cfg, callbacks, loggers)
     if risk_control is not None and trainer.checkpoint_callback is None:
         raise ConfigError("eval.risk_control calibrates the selected checkpoint, but no checkpoint is saved "
                           "(callbacks.model_checkpoint is off, or trainer.enable_checkpointing=false)")
@@ -180,6 +203,11 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     best = ckpt_path or ""
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.global_step == 0:
+            raise ConfigError(
+                "training ran 0 optimiser steps (see trainer.max_steps, trainer.limit_train_batches and the size "
+                "of the training split); no summary is written for an untrained network"
+            )
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint else ""
@@ -237,6 +265,32 @@ def _risk_control_settings(cfg: DictConfig, datamodule) -> RiskControlSettings |
     return settings
 
 
+def _build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    """The ``trainer`` group; Lightning's refusal of an argument becomes one line."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    except (MisconfigurationException, ValueError, TypeError) as e:
+        cause = str(root_cause(e)).strip()
+        raise ConfigError(f"trainer: {cause.splitlines()[0] if cause else type(root_cause(e)).__name__}") from e
+
+
+def _checkpoint_status(out: Path) -> str:
+    """Which checkpoint a user can go back to after training failed, in one clause."""
+    last = out / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return "no checkpoint was saved before this step (nothing to resume from)"
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        finite = all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    except Exception as e:  # a damaged file is reported, not raised over the real error
+        return f"{last} exists but cannot be read ({type(e).__name__})"
+    if not finite:
+        return f"{last} (epoch {state.get('epoch')}) holds non-finite weights: start from an earlier checkpoint"
+    return f"last good checkpoint: {last} (epoch {state.get('epoch')}); continue with resume={out}"
+
+
 def _record_failure(out: Path, error: BaseException) -> None:
     """``failed.json`` tells the report (and the user) why this job has no summary."""
     import traceback
@@ -244,8 +298,8 @@ def _record_failure(out: Path, error: BaseException) -> None:
     try:
         write_json(out / "failed.json", {"error": f"{type(error).__name__}: {error}",
                                          "traceback": "".join(traceback.format_exception(error))})
-    except OSError:
-        log.exception("could not write %s/failed.json", out)
+    except OSError as e:  # e.g. the disk is full: one line; the original error follows
+        log.error("could not record the failure: %s", e)
 
 
 def _close_wandb() -> None:

@@ -22,7 +22,15 @@ import lightning as L
 from monai.data import DataLoader, Dataset
 from monai.transforms import Compose
 
+from uaseg.config_check import check_config
 from uaseg.data.splits import carve_validation, load_or_make_folds
+from uaseg.errors import DatasetError
+
+
+def check_dataset_options(**options: Any) -> None:
+    """A datamodule's constructor arguments, by the config rules of :mod:`uaseg.config_check` (the
+    same checks as ``train.py``'s, for datamodules built in scripts or from checkpoints)."""
+    check_config({"dataset": options})
 
 
 class SegDataModule(L.LightningDataModule):
@@ -34,6 +42,8 @@ class SegDataModule(L.LightningDataModule):
     in_channels: int = 1
     #: foreground class names, in label order 1..K-1
     class_names: tuple[str, ...] = ()
+    #: 2-D datasets read from image files: the Pillow modes accepted, in training and in prediction
+    image_modes: tuple[str, ...] | None = None
 
     def __init__(
         self,
@@ -53,29 +63,22 @@ class SegDataModule(L.LightningDataModule):
         super().__init__()
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unknown dataset options {sorted(kwargs)}")
+        check_dataset_options(
+            patch_size=list(patch_size) if isinstance(patch_size, (list, tuple)) else patch_size, batch_size=batch_size, num_workers=num_workers, fold=fold,
+            num_folds=num_folds, val_fraction=val_fraction, seed=seed, samples_per_image=samples_per_image,
+            sw_overlap=sw_overlap, meta={"spatial_dims": self.spatial_dims},
+        )
         self.root = Path(root).expanduser() if root else None
         self.patch_size = tuple(int(p) for p in patch_size)
-        if len(self.patch_size) != self.spatial_dims:
-            raise ValueError(
-                f"{type(self).__name__}: patch_size {list(self.patch_size)} must have "
-                f"{self.spatial_dims} entries"
-            )
         #: patches per optimiser step (the paper's batch of 8), drawn as
         #: ``batch_size / samples_per_image`` images x ``samples_per_image`` patches each
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.fold = int(fold)
         self.num_folds = int(num_folds)
-        if not 0 <= self.fold < self.num_folds:
-            raise ValueError(f"dataset.fold={fold} must be in 0..{self.num_folds - 1}")
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
         self.samples_per_image = int(samples_per_image)
-        if self.samples_per_image < 1 or self.batch_size % self.samples_per_image:
-            raise ValueError(
-                f"dataset.batch_size={batch_size} (patches per step) must be a multiple of "
-                f"dataset.samples_per_image={samples_per_image}"
-            )
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         #: sliding-window overlap the module's inferer uses on this dataset's whole images
         self.sw_overlap = float(sw_overlap)
@@ -170,9 +173,9 @@ def check_disjoint(splits: dict[str, list[dict]]) -> None:
     seen: dict[str, str] = {}
     for split, cases in splits.items():
         if not cases:
-            raise ValueError(f"split '{split}' is empty; check the dataset size and fold settings")
+            raise DatasetError(f"split '{split}' is empty; check the dataset size and dataset.num_folds")
         for case in cases:
             cid = case["case_id"]
             if cid in seen and seen[cid] != split:
-                raise ValueError(f"case {cid!r} is in both '{seen[cid]}' and '{split}' splits")
+                raise DatasetError(f"case {cid!r} is in both '{seen[cid]}' and '{split}' splits")
             seen[cid] = split

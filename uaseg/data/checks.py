@@ -10,8 +10,13 @@ skip and never wrong numbers. Everything here raises :class:`~uaseg.errors.Datas
 * :class:`LoadImageNamedd` -- MONAI ``LoadImaged`` that names the unreadable file.
 * :class:`CheckSameGeometryd` -- image and label must share spatial shape (and affine, for 3-D).
 * :class:`CheckChannelsd` -- an image must have the expected number of channels.
-* :class:`CheckLabelValuesd` -- label values must be in an allowed set (optionally fixing known
-  typos like MM-WHS ``421`` -> ``420`` with a warning).
+* :class:`CheckLabelValuesd` / :func:`check_label_values` -- label values must be exact integers from
+  an allowed set (optionally fixing known typos like MM-WHS ``421`` -> ``420`` with a warning).
+* :class:`CheckFinited` / :func:`nonfinite_problem` -- no NaN or infinite voxel in an image.
+* :func:`check_foreground` -- a warning naming each all-background label; an error when no training
+  case has foreground.
+* :data:`COLOUR_MODES` / :func:`check_image_mode` -- the Pillow modes a 2-D RGB dataset reads, the
+  same for training and prediction.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import LoadImaged, MapTransform
 
-from uaseg.errors import DatasetError
+from uaseg.errors import DatasetError, describe
 from uaseg.io import read_image_header, read_nifti_header
 
 log = logging.getLogger(__name__)
@@ -77,8 +82,7 @@ def check_image_pair(image_file: str, label_file: str, image_modes: Sequence[str
     """Header-only (Pillow): both files readable, in an accepted mode, and of the same size."""
     si, mi = read_image_header(image_file)
     sl, ml = read_image_header(label_file)
-    if mi not in image_modes:
-        raise DatasetError(f"{image_file}: unsupported image mode {mi!r} (accepted: {', '.join(image_modes)})")
+    check_image_mode(image_file, mi, image_modes)
     if ml not in label_modes:
         raise DatasetError(f"{label_file}: label mode {ml!r} is not a single-channel label map")
     if si != sl:
@@ -87,11 +91,16 @@ def check_image_pair(image_file: str, label_file: str, image_modes: Sequence[str
 
 class LoadImageNamedd(MapTransform):
     """``monai.transforms.LoadImaged`` key by key, turning any reader error into a
-    :class:`DatasetError` that names the file (corrupt, truncated, wrong format...)."""
+    :class:`DatasetError` that names the file (corrupt, truncated, wrong format...). ``dtypes``
+    overrides the data type per key (``{"label": None}``: the file's own, so a label value check
+    sees ``421.5`` as it is stored)."""
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **load_kwargs: Any) -> None:
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False,
+                 dtypes: Mapping[str, Any] | None = None, **load_kwargs: Any) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loaders = {k: LoadImaged(keys=k, **load_kwargs) for k in self.keys}
+        dtypes = dtypes or {}
+        self.loaders = {k: LoadImaged(keys=k, **{**load_kwargs, **({"dtype": dtypes[k]} if k in dtypes else {})})
+                        for k in self.keys}
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
@@ -99,7 +108,7 @@ class LoadImageNamedd(MapTransform):
             try:
                 d = self.loaders[key](d)
             except Exception as e:
-                raise DatasetError(f"{d[key]}: cannot read this file ({type(e).__name__}: {e})") from e
+                raise DatasetError(f"{d[key]}: cannot read this file ({describe(e)})") from e
         return d
 
 
@@ -140,6 +149,84 @@ class CheckChannelsd(MapTransform):
         return d
 
 
+#: Pillow modes of 2-D colour images, read as RGB (the GlaS/demo loaders convert with ``to_rgb``);
+#: greyscale modes are refused, in training and in prediction alike
+COLOUR_MODES = ("RGB", "RGBA", "P")
+
+
+def check_image_mode(path: str | Path, mode: str, modes: Sequence[str], what: str = "image") -> None:
+    if mode not in modes:
+        raise DatasetError(f"{path}: unsupported {what} mode {mode!r} (accepted: {', '.join(modes)})")
+
+
+def count_nonfinite(x: Any) -> int:
+    """NaN and +-inf entries of an array or tensor (0 for integer types)."""
+    if isinstance(x, torch.Tensor):
+        return int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+    a = np.asarray(x)
+    return int(a.size - np.count_nonzero(np.isfinite(a))) if a.dtype.kind in "fc" else 0
+
+
+def nonfinite_problem(name: str, x: Any) -> str | None:
+    """``"<file>: N of M voxels are NaN or infinite"``, or None when every voxel is finite."""
+    n = count_nonfinite(x)
+    if not n:
+        return None
+    return (f"{name}: {n} of {np.prod(x.shape)} voxels are NaN or infinite; "
+            "fix or remove this file (a network cannot learn from them)")
+
+
+class CheckFinited(MapTransform):
+    """Fail naming the file and the count when an image holds NaN or infinite voxels."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            problem = nonfinite_problem(source_name(d[key]), d[key])
+            if problem:
+                raise DatasetError(problem)
+        return d
+
+
+def check_label_values(name: str, values: Iterable[float], allowed: Iterable[float],
+                       fixups: Mapping[float, float] | None = None, what: str = "label") -> list[float]:
+    """``values`` (the distinct values of a label file, read in its own data type) must be exact
+    integers in ``allowed``, after ``fixups`` (known defects, e.g. ``{421: 420}``; applied to exact
+    matches only, so ``421.5`` is not ``421``). Returns the values after the fix-ups."""
+    allowed = sorted(float(v) for v in allowed)
+    fixups = {float(k): float(v) for k, v in (fixups or {}).items()}
+    values = [float(v) for v in values]
+    fractional = sorted(v for v in values if not v.is_integer())
+    if fractional:
+        raise DatasetError(
+            f"{name}: {what} values must be integers from {_fmt(allowed)}; found {_fmt(fractional)} "
+            "(a label map resampled with interpolation, or not a label map?)"
+        )
+    fixed = [fixups.get(v, v) for v in values]
+    unexpected = sorted({v for v in fixed if v not in allowed})
+    if unexpected:
+        raise DatasetError(
+            f"{name}: unexpected {what} values {_fmt(unexpected)}; allowed are {_fmt(allowed)}"
+            + (f" (plus {_fmt(fixups)} fixed automatically)" if fixups else "")
+        )
+    return fixed
+
+
+def check_foreground(labels: Mapping[str, Mapping[str, tuple[str, bool]]]) -> None:
+    """``labels``: split -> case id -> (label file, has foreground). Warns naming every case whose label
+    is all background; raises when the training split has no foreground at all."""
+    for split, cases in labels.items():
+        for cid, (name, has_fg) in cases.items():
+            if not has_fg:
+                log.warning("case %s (%s split): the label %s is all background", cid, split, name or "?")
+    train = labels.get("train", {})
+    if train and not any(fg for _, fg in train.values()):
+        raise DatasetError(
+            f"none of the {len(train)} training labels has any foreground (e.g. {next(iter(train.values()))[0]}); "
+            "check that the label files belong to the images and hold the dataset's label values"
+        )
+
+
 _warned_fixups: set[tuple[str, float]] = set()
 
 
@@ -168,20 +255,13 @@ class CheckLabelValuesd(MapTransform):
             lab = d[key]
             name = source_name(lab)
             values = torch.unique(torch.as_tensor(lab)).tolist()
+            check_label_values(name, values, self.allowed, self.fixups, self.what)
             for bad, good in self.fixups.items():
                 if bad in values:
                     if (name, bad) not in _warned_fixups:
                         _warned_fixups.add((name, bad))
                         log.warning("%s: %s value %g mapped to %g (known defect of the release)", name, self.what, bad, good)
                     lab = torch.where(lab == bad, torch.as_tensor(good, dtype=lab.dtype), lab)
-                    values = [good if v == bad else v for v in values]
-            unexpected = sorted({v for v in values if v not in self.allowed})
-            if unexpected:
-                raise DatasetError(
-                    f"{name}: unexpected {self.what} values {_fmt(unexpected)}; "
-                    f"allowed are {_fmt(self.allowed)}"
-                    + (f" (plus {_fmt(self.fixups)} fixed automatically)" if self.fixups else "")
-                )
             d[key] = lab
         return d
 

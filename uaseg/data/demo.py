@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from uaseg.data.base import SegDataModule
+from uaseg.data.base import SegDataModule, check_dataset_options
 from uaseg.io import save_npz
 
 #: bump when a generator changes so old caches are not reused
@@ -29,6 +29,7 @@ class DemoDataModule(SegDataModule):
 
     def __init__(self, num_cases: int = 40, image_size: int = 256, data_seed: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_dataset_options(num_cases=num_cases, image_size=image_size, data_seed=data_seed)
         self.num_cases = int(num_cases)
         self.image_size = int(image_size)
         self.data_seed = int(data_seed)

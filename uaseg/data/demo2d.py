@@ -15,7 +15,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from uaseg.data.checks import LoadImageNamedd
+from uaseg.data.checks import COLOUR_MODES, LoadImageNamedd
 from uaseg.data.demo import DemoDataModule
 from uaseg.data.synth import gland_image
 
@@ -26,6 +26,7 @@ class Demo2DDataModule(DemoDataModule):
     spatial_dims = 2
     in_channels = 3
     class_names = ("gland",)
+    image_modes = COLOUR_MODES  # prediction reads image files like GlaS
 
     def train_transforms(self) -> Compose:
         keys = ["image", "label"]

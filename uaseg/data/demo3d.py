@@ -16,7 +16,8 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from uaseg.data.checks import LoadImageNamedd
+from uaseg.data.base import check_dataset_options
+from uaseg.data.checks import CheckFinited, LoadImageNamedd
 from uaseg.data.demo import DemoDataModule
 from uaseg.data.synth import HEART_CLASSES, heart_volume
 
@@ -30,6 +31,7 @@ class Demo3DDataModule(DemoDataModule):
 
     def __init__(self, hu_window: Sequence[float] = (-1000.0, 1000.0), **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_dataset_options(hu_window=list(hu_window) if isinstance(hu_window, (list, tuple)) else hu_window)
         self.hu_window = tuple(float(v) for v in hu_window)
 
     def _normalise(self, label: bool = True) -> list:
@@ -60,5 +62,6 @@ class Demo3DDataModule(DemoDataModule):
     def predict_transforms(self) -> Compose:
         """A CT volume file (HU, e.g. NIfTI) on its own grid, normalised as ``eval_transforms``."""
         return Compose(
-            [LoadImageNamedd("image", image_only=True), EnsureChannelFirstd("image")] + self._normalise(label=False)
+            [LoadImageNamedd("image", image_only=True), EnsureChannelFirstd("image"), CheckFinited("image")]
+            + self._normalise(label=False)
         )

@@ -38,13 +38,13 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from monai.data import Dataset, PersistentDataset, decollate_batch
 from monai.data.utils import json_hashing, pickle_hashing
-from monai.transforms import Compose
+from monai.transforms import Compose, RandomizableTrait, Transform
 from monai.transforms.utils import reset_ops_id
 
-from uaseg.data.base import SegDataModule
+from uaseg.data.base import SegDataModule, check_dataset_options
 from uaseg.data.checks import natural_key
 from uaseg.data.invert import invert_to_file_grid
-from uaseg.errors import DatasetError, first_cause, root_cause
+from uaseg.errors import DatasetError, describe, first_cause, root_cause
 from uaseg.io import write_json
 
 #: bump when the preprocessing code changes meaningfully, so old caches are not reused
@@ -73,17 +73,30 @@ class _NamedErrors:
         try:
             return super()._transform(index)  # type: ignore[misc]
         except Exception as e:
-            item = self.data[index]  # type: ignore[attr-defined]
-            cid = item.get("case_id", index) if isinstance(item, Mapping) else index
-            cause = first_cause(e)
-            if cause is not None:
-                raise DatasetError(f"case {cid}: {cause}") from e
-            named = [f for v in item.values() for f in (v if isinstance(v, (list, tuple)) else [v])]
-            files = [str(v) for v in named if isinstance(v, (str, Path)) and os.path.isfile(v)]
-            deepest = root_cause(e)
-            raise DatasetError(
-                f"case {cid} ({', '.join(files)}): preprocessing failed ({type(deepest).__name__}: {deepest})"
-            ) from e
+            raise self._named(index, e) from e
+
+    def deterministic(self, index: int) -> Any:
+        """Case ``index`` after the transforms before the first random one -- what the cache holds
+        (read from it, or computed and written to it) -- with the same named errors."""
+        try:
+            if isinstance(self, PersistentDataset):
+                return self._cachecheck(self.data[index])
+            first = self.transform.get_index_of_first(  # type: ignore[attr-defined]
+                lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
+            return self.transform(dict(self.data[index]), end=first)  # type: ignore[attr-defined]
+        except Exception as e:
+            raise self._named(index, e) from e
+
+    def _named(self, index: int, e: Exception) -> DatasetError:
+        item = self.data[index]  # type: ignore[attr-defined]
+        cid = item.get("case_id", index) if isinstance(item, Mapping) else index
+        cause = first_cause(e)
+        if cause is not None:
+            return DatasetError(f"case {cid}: {cause}")
+        named = [f for v in item.values() for f in (v if isinstance(v, (list, tuple)) else [v])]
+        files = [str(v) for v in named if isinstance(v, (str, Path)) and os.path.isfile(v)]
+        deepest = root_cause(e)
+        return DatasetError(f"case {cid} ({', '.join(files)}): preprocessing failed ({describe(deepest)})")
 
 
 class NamedErrorsDataset(_NamedErrors, Dataset):
@@ -117,15 +130,14 @@ class FileSegDataModule(SegDataModule):
         super().__init__(*args, **kwargs)
         if self.root is None:
             raise DatasetError(f"{self.name}: dataset.root is not set; point it at the downloaded folder")
-        self.sw_overlap = float(sw_overlap)
-        if not 0.0 <= self.sw_overlap < 1.0:
-            raise ValueError(f"dataset.sw_overlap={sw_overlap} must be in [0, 1)")
-        self.fg_fraction = float(fg_fraction)
-        if not 0.0 <= self.fg_fraction <= 1.0:
-            raise ValueError(f"dataset.fg_fraction={fg_fraction} must be in [0, 1]")
         self.augment = self._augment_settings(augment)
+        check_dataset_options(sw_overlap=sw_overlap, fg_fraction=fg_fraction, augment=self.augment,
+                              check_files=check_files, cache=cache)
+        self.sw_overlap = float(sw_overlap)
+        self.fg_fraction = float(fg_fraction)
         self.check_files = bool(check_files)
         self.cache = bool(cache)
+        self._read_all = False
 
     def _augment_settings(self, augment: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if augment is None:
@@ -167,6 +179,16 @@ class FileSegDataModule(SegDataModule):
             for case in cases:
                 self.check_case_headers(case)
         return self.split_cases(cases)
+
+    def prepare_data(self) -> None:
+        """Lightning calls this before the first training (or test) step, once per machine: with
+        ``check_files``, read and check every case of every split, the test fold included (see
+        :func:`uaseg.data.scan.read_every_case`), so a bad file fails in seconds, not after training."""
+        if self.check_files and not self._read_all:
+            from uaseg.data.scan import read_every_case
+
+            read_every_case(self)
+            self._read_all = True
 
     # ------------------------------------------------------------------ locations
     def _root_writable(self) -> bool:

@@ -57,6 +57,7 @@ from monai.transforms import (
 )
 
 from uaseg.data.checks import (
+    COLOUR_MODES,
     Binarized,
     CheckChannelsd,
     CheckSameGeometryd,
@@ -72,8 +73,8 @@ from uaseg.errors import DatasetError
 log = logging.getLogger(__name__)
 
 PARTS = ("train", "testA", "testB")
-#: accepted Pillow modes (checked from the headers before training); images are read as RGB
-IMAGE_MODES = ("RGB", "RGBA", "L", "P")
+#: accepted Pillow modes (checked from the headers before training, and by prediction); read as RGB
+IMAGE_MODES = COLOUR_MODES
 LABEL_MODES = ("L", "P", "I", "I;16", "1")
 LAYOUT = """\
   <root>/train_1.bmp  <root>/train_1_anno.bmp   ... train_85
@@ -186,6 +187,7 @@ class GlaSDataModule(FileSegDataModule):
     spatial_dims = 2
     in_channels = 3
     class_names = ("gland",)
+    image_modes = IMAGE_MODES
 
     AUGMENT_KEYS = ("flip_prob", "rot90_prob", "affine_prob", "rotate_deg", "scale", "contrast_prob", "gamma",
                     "hist_shift_prob", "color_prob", "color_scale", "color_shift")

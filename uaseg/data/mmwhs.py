@@ -12,8 +12,8 @@ Labels 500 LV, 600 RV, 420 LA, 550 RA, 205 Myo, 820 AO, 850 PA become classes 1.
 The release has ``421`` in place of ``420`` in some voxels: mapped to 420 (LA), with a
 ``logging.warning`` once per file per process. Any other value is an error naming the file.
 
-Preprocessing (deterministic, cached with ``PersistentDataset``): load -> image/label same shape and
-affine -> label check + map -> reorient to ``orientation`` (RAS) -> resample to ``spacing``
+Preprocessing (deterministic, cached with ``PersistentDataset``): load (the label in its own data
+type) -> no NaN/inf voxel -> image/label same shape and affine -> label check (exact integers) + map -> reorient to ``orientation`` (RAS) -> resample to ``spacing``
 (default 1.5 mm isotropic; image bilinear, label nearest) -> clip the HU ``intensity_window``
 (default [-1000, 1000]) and scale to [0, 1] -> pad to at least ``patch_size``.
 Training: ``samples_per_image`` random ``patch_size`` patches per volume, a fraction ``fg_fraction``
@@ -58,6 +58,7 @@ from monai.transforms import (
 )
 
 from uaseg.data.checks import (
+    CheckFinited,
     CheckLabelValuesd,
     CheckSameGeometryd,
     LoadImageNamedd,
@@ -65,6 +66,7 @@ from uaseg.data.checks import (
     expected_layout_error,
     natural_key,
 )
+from uaseg.data.base import check_dataset_options
 from uaseg.data.filebased import FileSegDataModule, as_tuple, find_pairs, require_pairs
 from uaseg.errors import DatasetError
 
@@ -126,11 +128,14 @@ class MMWHSDataModule(FileSegDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(patch_size=patch_size, **kwargs)
+        check_dataset_options(
+            spacing=list(spacing) if isinstance(spacing, (list, tuple)) else spacing,
+            intensity_window=list(intensity_window) if isinstance(intensity_window, (list, tuple)) else intensity_window,
+            paper_crop=paper_crop, paper_crop_margin=paper_crop_margin,
+        )
         self.spacing = as_tuple(spacing, 3, "dataset.spacing")
         self.orientation = str(orientation)
         self.intensity_window = as_tuple(intensity_window, 2, "dataset.intensity_window")
-        if self.intensity_window[0] >= self.intensity_window[1]:
-            raise ValueError(f"dataset.intensity_window {list(self.intensity_window)} must be [low, high]")
         self.paper_crop = bool(paper_crop)
         self.paper_crop_margin = int(paper_crop_margin)
 
@@ -161,7 +166,9 @@ class MMWHSDataModule(FileSegDataModule):
     def _deterministic(self, label: bool = True) -> list:
         keys = ["image", "label"] if label else ["image"]
         lo, hi = self.intensity_window
-        t: list = [LoadImageNamedd(keys=keys, image_only=True), EnsureChannelFirstd(keys=keys)]
+        # the label in the file's own data type, so the value check sees 421.5 or 500.0001 as stored
+        t: list = [LoadImageNamedd(keys=keys, image_only=True, dtypes={"label": None}),
+                   EnsureChannelFirstd(keys=keys), CheckFinited(keys="image")]
         if label:
             t += [
                 CheckSameGeometryd("image", "label", check_affine=True),

@@ -12,8 +12,10 @@ from typing import Any, Sequence
 import torch
 
 from uaseg.data import build_datamodule
-from uaseg.errors import PredictError, root_cause
+from uaseg.data.checks import check_image_mode
+from uaseg.errors import CheckpointError, DatasetError, PredictError, describe, root_cause
 from uaseg.inference.files import inspect_input
+from uaseg.io import check_checkpoint_file, read_image_header
 from uaseg.selective import ThresholdGrid
 
 
@@ -53,6 +55,12 @@ class LoadedModel:
             raise PredictError(
                 f"{path}: a {desc} with {channels} channel{'s' if channels != 1 else ''}, but {self.describe()}"
             )
+        modes = getattr(self.datamodule, "image_modes", None)
+        if kind == "image" and modes:  # the modes training accepts (uaseg.data.checks.COLOUR_MODES)
+            try:
+                check_image_mode(path, read_image_header(path)[1], modes)
+            except DatasetError as e:
+                raise PredictError(f"{e}, as in training") from e
 
 
 def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_checkpoint: bool = False) -> LoadedModel:
@@ -64,6 +72,10 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_check
     if not path.is_file():
         raise PredictError(f"checkpoint not found: {path}")
     try:
+        check_checkpoint_file(path)  # a truncated copy: one line naming it, as in training
+    except CheckpointError as e:
+        raise PredictError(str(e)) from None
+    try:
         module = SelectiveSegModule.load_from_checkpoint(
             str(path), map_location="cpu", weights_only=not trust_checkpoint
         )
@@ -73,7 +85,7 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_check
             f"({str(e).splitlines()[0] if str(e) else e}). If you trust this file, pass trust_checkpoint=true."
         ) from e
     except Exception as e:
-        raise PredictError(f"{path}: cannot load this checkpoint ({type(e).__name__}: {e})") from e
+        raise PredictError(f"{path}: cannot load this checkpoint ({describe(e)})") from e
     dataset_cfg = module.dataset_cfg
     if not dataset_cfg:
         raise PredictError(

@@ -23,7 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from uaseg.errors import PredictError
+from uaseg.config_check import check_config
+from uaseg.errors import ConfigError, PredictError
 from uaseg.inference.calibrate import risk_threshold
 from uaseg.inference.files import case_name, list_inputs, output_paths, write_segmentation
 from uaseg.inference.model import LoadedModel, load_model
@@ -36,7 +37,10 @@ log = logging.getLogger(__name__)
 def _device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PredictError(f"device={device}: expected cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PredictError(f"device={device} requested but CUDA is not available; use device=cpu")
     return dev
@@ -44,17 +48,15 @@ def _device(device: str | torch.device) -> torch.device:
 
 def check_threshold_options(coverage: float | None, threshold: float | None, risk: float | None = None,
                             risk_method: str | None = None) -> None:
-    """Exactly one of ``coverage`` in (0, 1], a numeric ``threshold`` and ``risk`` in (0, 1) (checked
-    before any work)."""
+    """Each option in its domain (:mod:`uaseg.config_check`) and exactly one of ``coverage``,
+    ``threshold`` and ``risk`` given (checked before any work)."""
+    try:
+        check_config({"coverage": coverage, "threshold": threshold, "risk": risk, "risk_method": risk_method})
+    except ConfigError as e:
+        raise PredictError(str(e)) from None
     if sum(x is not None for x in (coverage, threshold, risk)) != 1:
         raise PredictError("give exactly one of coverage=<fraction in (0, 1]>, threshold=<uncertainty> and "
                            "risk=<Dice risk alpha in (0, 1), from a calibrated checkpoint>")
-    if coverage is not None and not 0.0 < float(coverage) <= 1.0:
-        raise PredictError(f"coverage={coverage} must be in (0, 1]")
-    if threshold is not None and math.isnan(float(threshold)):
-        raise PredictError("threshold must be a number")
-    if risk is not None and not 0.0 < float(risk) < 1.0:
-        raise PredictError(f"risk={risk} must be in (0, 1)")
     if risk_method is not None and risk is None:
         raise PredictError("risk_method= goes with risk=<alpha>")
 

@@ -148,10 +148,11 @@ class SelectiveSegModule(L.LightningModule):
             view = second_view_logits(self.net, image, self.loss.consistency_view)
         total, parts = self.loss(logits, as_tensor(batch["label"]), epoch=self.current_epoch, view_logits=view)
         if not torch.isfinite(total):
+            cases = sorted({str(c) for c in batch.get("case_id") or ()})  # the runner adds the checkpoint
             raise FloatingPointError(
                 f"non-finite training loss ({total.item()}) at epoch {self.current_epoch}, "
-                f"global step {self.global_step} (parts: {({k: float(v) for k, v in parts.items()})}); "
-                "the last good checkpoint is kept in the run folder"
+                f"global step {self.global_step} (parts: {({k: float(v) for k, v in parts.items()})})"
+                + (f", batch of cases {', '.join(cases)}" if cases else "")
             )
         bs = batch["image"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)

@@ -80,7 +80,7 @@ def _status_sections(root, runs, problems) -> list[str]:
                 "| job folder | status | error |", "|---|---|---|"]
         for p in problems:
             err = (p.error or "no failed.json and no error in a log: still running or killed")
-            out.append(f"| `{_rel(p.path, root)}` | {p.status} | {err.replace('|', '/')[:300]} |")
+            out.append(table.md_row([f"`{_rel(p.path, root)}`", p.status, table.one_line(err, 300)]))
         out.append("")
     for mr in find_multirun_files(root):
         try:
@@ -95,8 +95,8 @@ def _status_sections(root, runs, problems) -> list[str]:
             out += ["| combination | status | folder / error |", "|---|---|---|"]
             for g in missing:
                 where = _rel(g.path, root) if g.path else "–"
-                err = f": {g.error}" if g.error else ""
-                out.append(f"| `{g.label()}` | {g.status} | `{where}`{err.replace('|', '/')[:300]} |")
+                err = f": {table.one_line(g.error, 300)}" if g.error else ""
+                out.append(table.md_row([f"`{g.label()}`", g.status, f"`{where}`{err}"]))
             out.append("")
     return out
 

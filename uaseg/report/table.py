@@ -121,6 +121,22 @@ def write_csv_rows(path, rows: list[dict], columns=None) -> None:
 
 
 # ---------------------------------------------------------------- markdown
+def one_line(text, limit: int | None = None) -> str:
+    """The lines of ``text`` joined with `` ⏎ `` (shortened to ``limit`` characters)."""
+    one = " ⏎ ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    return one[: limit - 1] + "…" if limit is not None and len(one) > limit else one
+
+
+def md_cell(text, limit: int | None = None) -> str:
+    """One Markdown table cell: :func:`one_line` with ``|`` escaped, so a multi-line message (a failed
+    job's error, a tag) stays in its row and its columns."""
+    return one_line(text, limit).replace("|", "\\|")
+
+
+def md_row(cells) -> str:
+    return "| " + " | ".join(md_cell(c) for c in cells) + " |"
+
+
 def _nan(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
@@ -164,13 +180,13 @@ def render_table1(rows) -> str:
             dm, ds, p5 = (idx[(comp, part, m, cov)] for m in ("dice_mean", "dice_std", "dice_p5"))
             first = j == 0
             rel = "–" if _nan(a["rel_change_pct"]) else f"{a['rel_change_pct']:+.1f} %"
-            lines.append("| " + " | ".join([
+            lines.append(md_row([
                 f"#{comp} {a['dataset']} / {a['model']}{_part_label(part)}" if first else "",
                 a["setting"] if first else "",
                 _cell(a, "base", 3) if first else "", _cell(a, "ours", 3) if first else "",
                 rel if first else "", cov,
                 _cell(dm, "base", within=ds), _cell(dm, "ours", within=ds),
-                _cell(p5, "base"), _cell(p5, "ours")]) + " |")
+                _cell(p5, "base"), _cell(p5, "ours")]))
     return "\n".join(lines)
 
 
@@ -182,10 +198,10 @@ def render_tests(rows) -> str:
         if r["metric"] not in ("aurc_dice", "dice_mean", "dice_p5") or r["base_n"] == 0 \
                 or r["ours_n"] == 0:
             continue
-        lines.append("| " + " | ".join([
+        lines.append(md_row([
             str(r["comparison"]), r["part"], r["metric"], r["coverage"] or "–",
             _num(r["delta"], 3), "–" if _nan(r["rel_change_pct"]) else f"{r['rel_change_pct']:+.1f} %",
             _p(r["p_value"]), f"{r['test']}, n={r['n_pairs']}" if r["test"] else "–",
             _p(r["p_value_cases"]),
-            f"{r['test_cases']}, n={r['n_case_pairs']}" if r["test_cases"] else "–"]) + " |")
+            f"{r['test_cases']}, n={r['n_case_pairs']}" if r["test_cases"] else "–"]))
     return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""Run folders never lose or mix data: refused runs leave a folder byte-for-byte as it was, one run
+at a time per folder, resume keeps the logs, checkpoints are written atomically with the usual
+permissions, and an unreadable checkpoint is one line naming the file."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from uaseg.errors import CheckpointError, RunFolderError
+from uaseg.io import WriteError
+from uaseg.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text, text[-3000:]
+    lines = [ln for ln in text.splitlines() if "Error:" in ln]
+    assert len(lines) == 1, text[-3000:]
+    return lines[0]
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_readme_resume_continues_a_crashed_run_and_refusals_change_nothing(make_cfg, monkeypatch, tmp_path):
+    """The README's `python train.py resume=<run folder>`, as written, after a crash in epoch 1; then
+    the README's old `hydra.run.dir=<run> ckpt_path=...` and a plain re-run into the folder are refused
+    and leave every file as it was; a truncated last.ckpt makes resume one line naming the file."""
+    from uaseg.losses import UncertaintyAwareLoss
+
+    cfg = make_cfg("demo2d", "trainer.max_epochs=2", "eval.figures=false")
+    run = Path(cfg.paths.output_dir)
+    original = UncertaintyAwareLoss.forward
+
+    def crash_in_epoch_1(self, logits, target, epoch=None):
+        if epoch == 1:
+            raise RuntimeError("simulated crash")
+        return original(self, logits, target, epoch)
+
+    monkeypatch.setattr(UncertaintyAwareLoss, "forward", crash_in_epoch_1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    monkeypatch.undo()
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # what Hydra records of the run
+    before = rows(run / "csv" / "metrics.csv")
+    assert before and (run / "checkpoints" / "last.ckpt").exists() and not (run / "summary.json").exists()
+    config_hash = hashes(run)[".hydra/config.yaml"]
+
+    readme = (ROOT / "README.md").read_text().splitlines()
+    (example,) = [ln.split("#")[0].split() for ln in readme if ln.startswith("python train.py resume=")]
+    assert example[:2] == ["python", "train.py"]
+    old_umask = os.umask(0o022)
+    try:  # the README's command as written, with this run's folder for outputs/train/runs/<date_time>
+        resumed = cli(*[a.replace("outputs/train/runs/<date_time>", str(run)) for a in example[2:]])
+    finally:
+        os.umask(old_umask)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run / "summary.json").exists() and not (run / "failed.json").exists()
+    assert list(run.glob("failed-*.json"))  # the crash's record, kept under another name
+    after = rows(run / "csv" / "metrics.csv")
+    old_columns = [{k: r[k] for k in before[0]} for r in after[: len(before)]]  # the test/ columns are new
+    assert old_columns == before and len(after) > len(before)  # every earlier row kept, new ones appended
+    assert {r["epoch"] for r in after[len(before):]} >= {"1"}
+    assert hashes(run)[".hydra/config.yaml"] == config_hash and list((run / ".hydra").glob("resume-*/config.yaml"))
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in run.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {"0o644"}, modes  # checkpoints included (Lightning's move gave 0600)
+
+    finished = hashes(run)
+    for args in ([f"hydra.run.dir={run}", f"ckpt_path={run}/checkpoints/last.ckpt"],  # the old README example
+                 [f"hydra.run.dir={run}", "ckpt_path=last"], [f"hydra.run.dir={run}"]):
+        proc = cli(*args)
+        assert proc.returncode == 1
+        line = one_error_line(proc)
+        assert f"{run} already holds a run" in line and f"python train.py resume={run}" in line
+        assert hashes(run) == finished
+
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a copy cut off by a full disk
+    cut = hashes(run)
+    proc = cli(f"resume={run}")
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert f"{last}" in line and "truncated or corrupted" in line and "PytorchStreamReader" not in line
+    assert hashes(run) == cut  # refused before Hydra's resume record or log
+
+
+def test_two_runs_into_one_folder_one_proceeds_and_a_killed_run_leaves_no_lock(tmp_path):
+    run = tmp_path / "run"
+    args = [f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path}/cache", "dataset.num_cases=10", "dataset.image_size=48",
+            "dataset.patch_size=[32,32]", "model=unet_small", "train=false", "test=false"]
+    procs = [subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(rc for rc, _, _ in results)
+    assert codes == [0, 1], results
+    loser = next(err for rc, _, err in results if rc == 1)
+    assert "RunFolderError" in loser and ("is in use by another run" in loser or "already holds a run" in loser), loser
+    assert (run / ".hydra" / "config.yaml").exists() and (run / "metrics.json").exists()
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from uaseg.runfolder import claim_run_folder; "
+                               "claim_run_folder(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(tmp_path / "r2")],
+                              cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    proc = cli(f"hydra.run.dir={tmp_path / 'r2'}")
+    assert proc.returncode == 1 and f"in use by another run (process {holder.pid})" in one_error_line(proc)
+    assert sorted(p.name for p in (tmp_path / "r2").iterdir()) == [".uaseg.lock"]  # nothing else was written
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    from uaseg.runfolder import claim_run_folder, release_run_folder
+
+    assert claim_run_folder(tmp_path / "r2")  # the kernel dropped the killed holder's lock
+    release_run_folder(tmp_path / "r2")
+
+
+def test_checkpoint_and_summary_writes_are_atomic_and_name_the_file(tmp_path, monkeypatch):
+    """A write the kernel refuses (here: a file-size limit, as a full disk would) leaves the previous
+    file intact and no temporary behind, and the error names the file and the reason."""
+    import resource
+
+    from uaseg.checkpoint_io import AtomicCheckpointIO
+    from uaseg.io import write_json
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    good = path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        with pytest.raises(WriteError, match=f"cannot write {path}: File too large"):
+            io.save_checkpoint({"state_dict": {"w": torch.zeros(1 << 20)}}, path)  # 4 MB
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert path.read_bytes() == good and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    assert io.load_checkpoint(path)["state_dict"]["w"].sum() == 3
+
+    summary = tmp_path / "summary.json"
+    write_json(summary, {"aurc": 1.0})
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(WriteError, match="summary.json: No space left on device"):
+        write_json(summary, {"aurc": 2.0})
+    assert summary.read_text() == '{\n "aurc": 1.0\n}' and len(list(tmp_path.iterdir())) == 2
+
+
+def test_unreadable_ckpt_path_is_one_clear_error_before_any_work(make_cfg, tmp_path):
+    bad = tmp_path / "copy.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1000)}}, bad)
+    bad.write_bytes(bad.read_bytes()[:-200])  # cut off
+    cfg = make_cfg("demo2d", f"ckpt_path={bad}")
+    with pytest.raises(CheckpointError, match=f"ckpt_path: {bad}: not a readable checkpoint: the file is truncated"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+    with pytest.raises(RunFolderError, match="already holds a run"):  # failed.json marks the folder as used
+        train(cfg)

@@ -1,0 +1,350 @@
+"""The allowed values of every config key with a meaningful domain, checked where values enter.
+
+One table (:data:`DOMAINS`: key -> domain; ``*`` stands for one key level) and one function
+(:func:`check_config`) serve ``train.py`` (the whole config, before any work starts), ``predict.py``
+(its options) and the datamodules (their constructor arguments, so a dataset built from a script or
+a checkpoint is checked by the same rules). A bad value is one :class:`ConfigError` line that names
+the key, the value and what is allowed. Keys absent from a config are skipped (each dataset has its
+own keys). Rules between keys (a fold below the number of folds, ...) are in :data:`RULES`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from uaseg.errors import ConfigError
+
+_ABSENT = object()
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite number (or integer) in a range; ``null`` allows ``None``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    null: bool = False
+    note: str = ""
+
+    def describe(self) -> str:
+        text = "an integer" if self.integer else "a number"
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            text += f" in {'(' if self.low_open else '['}{_fmt(lo)}, {_fmt(hi)}{')' if self.high_open else ']'}"
+        elif lo is not None:
+            text += f" {'>' if self.low_open else '>='} {_fmt(lo)}"
+        elif hi is not None:
+            text += f" {'<' if self.high_open else '<='} {_fmt(hi)}"
+        text = ("null or " if self.null else "") + text
+        return text + (f" ({self.note})" if self.note else "")
+
+    def allows(self, v: Any) -> bool:
+        if v is None:
+            return self.null
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        if self.integer and not float(v).is_integer():
+            return False
+        lo, hi = self.low, self.high
+        if lo is not None and (v <= lo if self.low_open else v < lo):
+            return False
+        return not (hi is not None and (v >= hi if self.high_open else v > hi))
+
+
+@dataclass(frozen=True)
+class Numbers:
+    """A list of numbers, each in ``each``'s domain; ``length`` entries if given; ``scalar``: a single
+    number is accepted too (e.g. an isotropic spacing)."""
+
+    each: Number
+    length: int | None = None
+    scalar: bool = False
+    null: bool = False
+    note: str = ""
+
+    def describe(self) -> str:
+        what = (f"a list of {self.length} entries, each" if self.length else "a list, each entry") + " " + self.each.describe()
+        if self.scalar:
+            what = f"{self.each.describe()} or {what}"
+        return ("null or " if self.null else "") + what + (f" ({self.note})" if self.note else "")
+
+    def allows(self, v: Any) -> bool:
+        if v is None:
+            return self.null
+        if not isinstance(v, (list, tuple)):
+            return self.scalar and self.each.allows(v)
+        return (self.length is None or len(v) == self.length) and len(v) > 0 and all(self.each.allows(x) for x in v)
+
+
+@dataclass(frozen=True)
+class Batches:
+    """Lightning's ``limit_*_batches``: null (all), a count >= 1, or a fraction in (0, 1]."""
+
+    def describe(self) -> str:
+        return "null (all batches), an integer >= 1 (batches) or a fraction in (0, 1]"
+
+    def allows(self, v: Any) -> bool:
+        if v is None:
+            return True
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        return v >= 1 if isinstance(v, int) else 0 < v <= 1
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a fixed set of values, or of a registry read when checked (``options`` callable)."""
+
+    options: tuple | Callable[[], Iterable]
+    null: bool = False
+
+    def _opts(self) -> list:
+        return list(self.options() if callable(self.options) else self.options)
+
+    def describe(self) -> str:
+        return ("null or " if self.null else "") + "one of " + ", ".join(str(o) for o in self._opts())
+
+    def allows(self, v: Any) -> bool:
+        return (v is None and self.null) or (v is not None and v in self._opts())
+
+
+@dataclass(frozen=True)
+class Flag:
+    """``true`` or ``false`` (a typo such as ``flase`` is a string, and a string is truthy)."""
+
+    def describe(self) -> str:
+        return "true or false"
+
+    def allows(self, v: Any) -> bool:
+        return isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class Names:
+    """A non-empty list of distinct names from a registry (``options`` read when checked)."""
+
+    options: Callable[[], Iterable]
+
+    def describe(self) -> str:
+        return "a list of distinct names from " + ", ".join(str(o) for o in self.options())
+
+    def allows(self, v: Any) -> bool:
+        known = set(self.options())
+        return isinstance(v, (list, tuple)) and len(v) > 0 and len(set(v)) == len(v) and all(x in known for x in v)
+
+
+def _test_scores() -> Iterable[str]:
+    from uaseg.uncertainty.scores import RUN_FAMILIES, SCORES
+
+    return [n for n, s in SCORES.items() if s.family in RUN_FAMILIES]
+
+
+def _scores() -> Iterable[str]:
+    from uaseg.losses.scores import SCORES
+
+    return sorted(SCORES)
+
+
+def _aggregations() -> Iterable[str]:
+    from uaseg.selective import CASE_AGGREGATIONS
+
+    return sorted(CASE_AGGREGATIONS)
+
+
+POSITIVE_INT = Number(1, integer=True)
+NONNEG_INT = Number(0, integer=True)
+FRACTION = Number(0, 1)  # [0, 1]
+COVERAGE = Number(0, 1, low_open=True)  # (0, 1]
+BATCHES = Batches()
+WINDOW = Numbers(Number(), length=2, note="[low, high]")
+
+#: key -> allowed values. Keys a config lacks are skipped.
+DOMAINS: dict[str, Any] = {
+    # top level (train.py)
+    "seed": Number(0, 2**32 - 1, integer=True, null=True),
+    "train": Flag(),
+    "test": Flag(),
+    # top level (predict.py)
+    "coverage": Number(0, 1, low_open=True, null=True, note="the fraction of voxels kept"),
+    "threshold": Number(null=True, note="refer voxels with uncertainty u > threshold"),
+    "risk": Number(0, 1, low_open=True, high_open=True, null=True, note="the Dice risk alpha to control"),
+    "risk_method": Choice(("crc", "ltt"), null=True),
+    "overwrite": Flag(),
+    "trust_checkpoint": Flag(),
+    # loss
+    "loss.lambda": Number(0, note="0 = the baseline"),
+    "loss.margin": Number(0, 1, note="uncertainties u = 1 - max softmax lie in [0, 1]"),
+    "loss.scale": Number(0, low_open=True),
+    "loss.sampling": Choice(("exact", "subsample")),
+    "loss.n_wrong": POSITIVE_INT,
+    "loss.n_correct": POSITIVE_INT,
+    "loss.start_epoch": NONNEG_INT,
+    "loss.ignore_index": Number(integer=True, null=True),
+    "loss.score": Choice(_scores),
+    "loss.pairing": Choice(("batch", "case", "class")),
+    "loss.hinge_power": Choice((1, 2)),
+    "loss.wrong_weight": Choice(("uniform", "dice")),
+    "loss.consistency": Number(0, note="0 = off"),
+    "loss.consistency_view": Choice(("flip", "noise")),
+    "loss.seg_loss.weight": Numbers(Number(0), null=True, note="one weight per class"),
+    "loss.seg_loss.label_smoothing": FRACTION,
+    "loss.seg_loss.lambda_dice": Number(0),
+    "loss.seg_loss.lambda_ce": Number(0),
+    # dataset (every datamodule; absent keys are skipped)
+    "dataset.patch_size": Numbers(POSITIVE_INT, note="voxels per axis"),
+    "dataset.batch_size": Number(1, integer=True, note="patches per optimiser step"),
+    "dataset.samples_per_image": POSITIVE_INT,
+    "dataset.num_workers": NONNEG_INT,
+    "dataset.fold": NONNEG_INT,
+    "dataset.num_folds": Number(2, integer=True),
+    "dataset.val_fraction": Number(0, 1, low_open=True, high_open=True),
+    "dataset.sw_overlap": Number(0, 1, high_open=True),
+    "dataset.fg_fraction": FRACTION,
+    "dataset.num_cases": Number(3, integer=True),
+    "dataset.image_size": Number(16, integer=True),
+    "dataset.data_seed": Number(0, 2**32 - 1, integer=True),
+    "dataset.seed": Number(0, 2**32 - 1, integer=True),
+    "dataset.spacing": Numbers(Number(0, low_open=True), length=3, scalar=True, note="mm"),
+    "dataset.intensity_window": WINDOW,
+    "dataset.hu_window": WINDOW,
+    "dataset.paper_crop_margin": NONNEG_INT,
+    "dataset.paper_crop": Flag(),
+    "dataset.check_files": Flag(),
+    "dataset.cache": Flag(),
+    "dataset.cv_on_train": Flag(),
+    "dataset.augment.*_prob": FRACTION,
+    "dataset.augment.rotate_deg": Number(0, 180),
+    "dataset.augment.scale": Number(0, 1, high_open=True),
+    "dataset.augment.gamma": Numbers(Number(0, low_open=True), length=2, note="[low, high]"),
+    "dataset.augment.*_scale": Number(0),
+    "dataset.augment.*_shift": Number(0),
+    # model
+    "model.optimizer.lr": Number(0, low_open=True),
+    "model.optimizer.weight_decay": Number(0),
+    "model.inferer.sw_batch_size": POSITIVE_INT,
+    "model.inferer.roi_size": Numbers(POSITIVE_INT),
+    "model.inferer.overlap": Number(0, 1, high_open=True),
+    "model.net.filters": Numbers(POSITIVE_INT),
+    "model.dropout": Number(0, 1, high_open=True, note="0 = the paper's network"),
+    # trainer (Lightning checks its other arguments)
+    "trainer.max_epochs": Number(1, integer=True, note="at least one epoch is trained"),
+    "trainer.max_steps": Number(-1, integer=True, note="-1 = no limit; 0 trains nothing"),
+    "trainer.limit_train_batches": BATCHES,
+    "trainer.limit_val_batches": BATCHES,
+    "trainer.limit_test_batches": BATCHES,
+    "trainer.log_every_n_steps": POSITIVE_INT,
+    "trainer.check_val_every_n_epoch": Number(1, integer=True, null=True),
+    "trainer.accumulate_grad_batches": POSITIVE_INT,
+    "trainer.gradient_clip_val": Number(0, null=True),
+    "trainer.num_sanity_val_steps": Number(-1, integer=True, note="-1 = all"),
+    # callbacks
+    "callbacks.model_checkpoint.save_top_k": Number(-1, integer=True, note="-1 = all"),
+    # eval
+    "eval.coverages": Numbers(COVERAGE),
+    "eval.quantize_bits": Number(1, 24, integer=True, null=True),
+    "eval.case_aggregation": Choice(_aggregations),
+    "eval.bootstrap": NONNEG_INT,
+    "eval.panel_coverage": COVERAGE,
+    "eval.save_arrays": Flag(),
+    "eval.figures": Flag(),
+    "eval.export": Flag(),
+    "eval.scores": Names(_test_scores),
+    "eval.mc_samples": POSITIVE_INT,
+    "eval.temperature_voxels": POSITIVE_INT,
+    "eval.risk_control.alpha": Numbers(Number(0, 1, low_open=True, high_open=True), scalar=True, null=True,
+                                       note="Dice risk levels"),
+    "eval.risk_control.delta": Number(0, 1, low_open=True, high_open=True),
+}
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    v = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)  # missing (???): absent
+    return OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+
+
+def _keys(cfg: DictConfig, pattern: str) -> list[str]:
+    """``pattern`` itself, or the keys its ``*`` level matches in ``cfg``."""
+    if "*" not in pattern:
+        return [pattern]
+    parent, leaf = pattern.rsplit(".", 1)
+    node = OmegaConf.select(cfg, parent, default=None)
+    if not isinstance(node, DictConfig):
+        return []
+    return [f"{parent}.{k}" for k in node.keys() if fnmatch.fnmatchcase(str(k), leaf)]
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_show(x) for x in v) + "]"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _rule_fold(get) -> str | None:
+    fold, folds = get("dataset.fold"), get("dataset.num_folds")
+    if isinstance(fold, int) and isinstance(folds, int) and not fold < folds:
+        return f"dataset.fold={fold}: expected an integer in 0..{folds - 1} (dataset.num_folds={folds})"
+    return None
+
+
+def _rule_batch(get) -> str | None:
+    b, s = get("dataset.batch_size"), get("dataset.samples_per_image")
+    if isinstance(b, int) and isinstance(s, int) and s > 0 and b % s:
+        return (f"dataset.batch_size={b}: expected a multiple of dataset.samples_per_image={s} "
+                "(patches per step = images per step x patches per image)")
+    return None
+
+
+def _rule_patch_dims(get) -> str | None:
+    patch, dims = get("dataset.patch_size"), get("dataset.meta.spatial_dims")
+    if isinstance(patch, list) and isinstance(dims, int) and len(patch) != dims:
+        return f"dataset.patch_size={_show(patch)}: expected {dims} entries (this dataset is {dims}-D)"
+    return None
+
+
+def _rule_windows(get) -> str | None:
+    for key in ("dataset.intensity_window", "dataset.hu_window", "dataset.augment.gamma"):
+        w = get(key)
+        if isinstance(w, list) and len(w) == 2 and not w[0] < w[1] and not (key.endswith("gamma") and w[0] == w[1]):
+            return f"{key}={_show(w)}: expected [low, high] with low < high"
+    return None
+
+
+#: rules between keys, each ``get -> message or None`` (run after every key passed its own domain)
+RULES: tuple[Callable[[Callable[[str], Any]], str | None], ...] = (_rule_fold, _rule_batch, _rule_patch_dims, _rule_windows)
+
+
+def check_config(cfg: Mapping | DictConfig) -> None:
+    """Raise :class:`ConfigError` (one line: key, value, allowed values) for the first value of
+    ``cfg`` outside its domain in :data:`DOMAINS`, then for the first broken rule of :data:`RULES`."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    for pattern, domain in DOMAINS.items():
+        for key in _keys(cfg, pattern):
+            value = _get(cfg, key)
+            if value is not _ABSENT and not domain.allows(value):
+                raise ConfigError(f"{key}={_show(value)}: expected {domain.describe()}")
+
+    def get(key: str) -> Any:
+        v = _get(cfg, key)
+        return None if v is _ABSENT else v
+
+    for rule in RULES:
+        message = rule(get)
+        if message:
+            raise ConfigError(message)
