@@ -58,10 +58,10 @@ def test_readme_resume_continues_a_crashed_run_and_refusals_change_nothing(make_
     run = Path(cfg.paths.output_dir)
     original = UncertaintyAwareLoss.forward
 
-    def crash_in_epoch_1(self, logits, target, epoch=None):
+    def crash_in_epoch_1(self, logits, target, epoch=None, **kw):
         if epoch == 1:
             raise RuntimeError("simulated crash")
-        return original(self, logits, target, epoch)
+        return original(self, logits, target, epoch, **kw)
 
     monkeypatch.setattr(UncertaintyAwareLoss, "forward", crash_in_epoch_1)
     with pytest.raises(RuntimeError, match="simulated crash"):

@@ -101,8 +101,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(make_
     calls = {"n": 0}
     original = UncertaintyAwareLoss.forward
 
-    def poisoned(self, logits, target, epoch=None):
-        total, logs = original(self, logits, target, epoch)
+    def poisoned(self, logits, target, epoch=None, **kw):
+        total, logs = original(self, logits, target, epoch, **kw)
         calls["n"] += 1
         return (total * float("nan") if calls["n"] > 2 else total), logs  # epoch 0 is clean
 

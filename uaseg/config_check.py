@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from uaseg.errors import ConfigError
+from uaseg.errors import ConfigError, UserError, first_cause
 
 _ABSENT = object()
 
@@ -216,7 +216,8 @@ DOMAINS: dict[str, Any] = {
     "dataset.image_size": Number(16, integer=True),
     "dataset.data_seed": Number(0, 2**32 - 1, integer=True),
     "dataset.seed": Number(0, 2**32 - 1, integer=True),
-    "dataset.spacing": Numbers(Number(0, low_open=True), length=3, scalar=True, note="mm"),
+    "dataset.spacing": Numbers(Number(0, low_open=True), length=3, scalar=True, null=True,
+                               note="mm; null = the dataset's median spacing (nnunet, decathlon)"),
     "dataset.intensity_window": WINDOW,
     "dataset.hu_window": WINDOW,
     "dataset.paper_crop_margin": NONNEG_INT,
@@ -270,8 +271,14 @@ DOMAINS: dict[str, Any] = {
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
-    v = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)  # missing (???): absent
-    return OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+    try:
+        v = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)  # missing (???): absent
+        return OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+    except Exception as e:  # a resolver (e.g. the dataset plan) failed: the user's problem, not OmegaConf's wrapper
+        cause = first_cause(e, UserError)
+        if cause is None:
+            raise
+        raise type(cause)(str(cause)) from e
 
 
 def _keys(cfg: DictConfig, pattern: str) -> list[str]:

@@ -18,7 +18,7 @@ from uaseg.data import build_datamodule
 from uaseg.config_check import check_config
 from uaseg.errors import ConfigError, NonFiniteLossError, RunFolderError, UserError, describe, root_cause
 from uaseg.identity import run_identity
-from uaseg.inference.calibrate import RiskControlSettings, calibrate_checkpoint
+from uaseg.inference.calibrate import RiskControlSettings, calibrate_checkpoint, fit_temperature_on_validation
 from uaseg.io import WriteError, check_checkpoint_file, update_checkpoint, write_json
 from uaseg.models import SelectiveSegModule
 from uaseg.runfolder import claim_run_folder, release_run_folder, retire_failure
@@ -234,15 +234,11 @@ def _fit_temperature(model: SelectiveSegModule, ckpt: str, datamodule, cfg: Dict
                      own_checkpoint: bool) -> None:
     """Temperature of the ``temperature`` score: fitted on the validation cases with the weights that
     will be tested, kept on ``model`` and, for a checkpoint this run wrote, in that checkpoint."""
-    from uaseg.uncertainty.temperature import fit_temperature, validation_logits
-
     source = SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True) if ckpt else model
-    source = source.to(trainer.strategy.root_device).eval()
-    datamodule.setup("validate")
-    logits, labels = validation_logits(source, datamodule.val_dataloader(), int(cfg.eval.temperature_voxels),
-                                       seed=int(cfg.get("seed") or 0))
-    model.temperature = fit_temperature(logits, labels)
-    log.info("temperature T = %.4f fitted on %d validation voxels", model.temperature, labels.numel())
+    model.temperature, n = fit_temperature_on_validation(source, datamodule, int(cfg.eval.temperature_voxels),
+                                                         seed=int(cfg.get("seed") or 0),
+                                                         device=trainer.strategy.root_device)
+    log.info("temperature T = %.4f fitted on %d validation voxels", model.temperature, n)
     if ckpt and own_checkpoint and trainer.is_global_zero:
         update_checkpoint(ckpt, {"uaseg_temperature": model.temperature})
 

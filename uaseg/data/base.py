@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
-from monai.data import DataLoader, Dataset
+import torch
+from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Compose
 
 from uaseg.config_check import check_config
@@ -31,6 +32,12 @@ def check_dataset_options(**options: Any) -> None:
     """A datamodule's constructor arguments, by the config rules of :mod:`uaseg.config_check` (the
     same checks as ``train.py``'s, for datamodules built in scripts or from checkpoints)."""
     check_config({"dataset": options})
+
+
+def as_tensor(x: Any) -> torch.Tensor:
+    """A batch entry as a plain tensor (MONAI MetaTensor unwrapped): metadata tracking slows every op
+    of a training step."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
 class SegDataModule(L.LightningDataModule):

@@ -1,5 +1,6 @@
-"""Calibrate a checkpoint's referral threshold on its run's validation cases, with a guarantee on the
-Dice risk (:mod:`uaseg.selective.risk_control`), and store it in the checkpoint.
+"""Calibrate a checkpoint on its run's validation cases: the referral threshold with a guarantee on
+the Dice risk (:mod:`uaseg.selective.risk_control`), stored in the checkpoint, and the temperature of
+the ``temperature`` score (:func:`fit_temperature_on_validation`).
 
 Used by the runner between fit and test (``eval.risk_control``) and by ``uaseg calibrate``. The
 score is the module's ``u = 1 - max softmax`` computed as prediction computes it (``module.segment``,
@@ -80,20 +81,54 @@ class RiskControlSettings:
                 "(dataset.val_fraction, more data) or a larger alpha (and delta)")
 
 
-def validation_stats(module, datamodule, device: str | torch.device = "cpu") -> list[CaseStats]:
-    """Every validation case, segmented as prediction segments it, reduced to its exact stats."""
-    from uaseg.models.module import as_tensor
+def validation_batches(module, datamodule, device: str | torch.device = "cpu"):
+    """Every validation case (whole images; trainer batch limits do not apply): ``(image on device,
+    label (B, *spatial), case ids)``, with ``module`` in inference mode on ``device``."""
+    from uaseg.data.base import as_tensor
 
     datamodule.setup()
     module.eval().to(device)
-    stats = []
     for batch in datamodule.val_dataloader():
-        u, pred, _ = module.segment(as_tensor(batch["image"]).to(device))
-        label = as_tensor(batch["label"])[:, 0].long()
-        for i, cid in enumerate(batch["case_id"]):
+        yield as_tensor(batch["image"]).to(device), as_tensor(batch["label"])[:, 0].long(), list(batch["case_id"])
+
+
+def validation_stats(module, datamodule, device: str | torch.device = "cpu") -> list[CaseStats]:
+    """Every validation case, segmented as prediction segments it, reduced to its exact stats."""
+    stats = []
+    for image, label, case_ids in validation_batches(module, datamodule, device):
+        u, pred, _ = module.segment(image)
+        for i, cid in enumerate(case_ids):
             stats.append(make_case_stats(u[i], pred[i], label[i], num_classes=module.num_classes,
                                          case_id=cid, group="val", aggregations=()))
     return stats
+
+
+@torch.no_grad()
+def fit_temperature_on_validation(module, datamodule, max_voxels: int, seed: int = 0,
+                                  device: str | torch.device = "cpu") -> tuple[float, int]:
+    """``(T, voxels used)``: temperature scaling fitted on a seeded uniform subsample of at most
+    ``max_voxels`` validation voxels, spread evenly over the cases (logits of the sliding window)."""
+    import numpy as np
+
+    from uaseg.uncertainty.temperature import fit_temperature
+
+    datamodule.setup()
+    per_case = max(1, int(max_voxels) // max(len(datamodule.splits["val"]), 1))
+    rng = np.random.default_rng(seed)
+    zs, ys = [], []
+    for image, label, _ in validation_batches(module, datamodule, device):
+        logits = module.inferer(image, module.net)
+        z = logits.float().movedim(1, -1).reshape(-1, logits.shape[1]).cpu()
+        y = label.reshape(-1)
+        if y.numel() > per_case:
+            idx = torch.from_numpy(rng.choice(y.numel(), per_case, replace=False))
+            z, y = z[idx], y[idx]
+        zs.append(z)
+        ys.append(y)
+    if not ys:
+        raise ConfigError("the validation split is empty: no voxels to fit the temperature on")
+    labels = torch.cat(ys)
+    return fit_temperature(torch.cat(zs), labels), int(labels.numel())
 
 
 def _describe(m: str, key: str, d: dict) -> str:

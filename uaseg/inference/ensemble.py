@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from uaseg.data.base import as_tensor
 from uaseg.errors import UserError
 from uaseg.inference.model import LoadedModel, load_model
 from uaseg.selective import SelectiveAccumulator, write_score_outputs
 from uaseg.selective.case_level import case_level_aurc
-from uaseg.selective.dice_curve import case_dice
 from uaseg.selective.case_stats import class_counts
+from uaseg.selective.dice_curve import case_dice
 from uaseg.uncertainty import SCORES, MeanOfPasses
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,8 @@ def evaluate_ensemble(members: list[LoadedModel], device: str | torch.device = "
     dm.setup("test")
     seconds, disagreement = 0.0, []
     for batch in dm.test_dataloader():
-        image = torch.as_tensor(batch["image"]).to(device)
-        label = torch.as_tensor(batch["label"])[:, 0].long()
+        image = as_tensor(batch["image"]).to(device)
+        label = as_tensor(batch["label"])[:, 0].long()
         start = time.perf_counter()
         mean, preds = MeanOfPasses(), []
         for m in members:

@@ -21,10 +21,10 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from monai.data import MetaTensor
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from uaseg.data.base import as_tensor
 from uaseg.errors import ConfigError
 from uaseg.losses.variants import second_view_logits
 from uaseg.selective import SelectiveResult, SelectiveSegmentationMetric, ThresholdGrid
@@ -43,11 +43,6 @@ RISK_CONTROL_KEY = "uaseg_risk_control"
 
 def plain_config(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
-def as_tensor(x: Any) -> torch.Tensor:
-    """MONAI MetaTensor -> plain tensor: metadata tracking slows every op of a training step."""
-    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
 @dataclass
