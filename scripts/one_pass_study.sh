@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The one-pass objective study behind README "Training objectives beyond the paper": each loss variant
+# (3 seeds, the paper's lambda = 2) against lambda = 0 (one pass and flip TTA), the paper's objective
+# and 3-seed ensembles, in one multirun folder per arm, then one report over all of them.
+#
+#   bash scripts/one_pass_study.sh demo2d outputs/study/demo2d
+#   bash scripts/one_pass_study.sh demo3d outputs/study/demo3d loss.consistency_view=noise model=unet_small \
+#        dataset.image_size=64 'dataset.patch_size=[48,48,48]'
+#
+# Extra arguments are Hydra overrides applied to every run (the demo3d line is the CPU-sized protocol).
+set -euo pipefail
+dataset=$1
+out=$2
+shift 2
+common=(dataset="$dataset" seed=1,2,3 callbacks.progress_bar=null 'eval.scores=[max_softmax,tta]' "$@")
+
+arm() {  # arm <name> <overrides...>: one multirun folder
+    local name=$1
+    shift
+    [ -e "$out/$name/multirun.yaml" ] && { echo "skip $name (done)"; return; }
+    python train.py -m hydra.sweep.dir="$out/$name" "${common[@]}" "$@"
+}
+
+arm base loss.lambda=0,2
+arm pairing_case loss.pairing=case
+arm pairing_class loss.pairing=class
+arm hinge_squared loss.hinge_power=2
+arm dice_weights loss.wrong_weight=dice
+arm consistency loss.consistency=1
+arm entropy loss.score=entropy
+uaseg ensemble "$out/base"
+uaseg report "$out" --force
