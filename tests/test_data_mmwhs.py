@@ -12,13 +12,22 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from datafiles import MMWHS_VALUES, SHAPE, SPACING, affine_for, make_mmwhs, mmwhs_label, save_nifti
+from datafiles import (
+    MMWHS_VALUES,
+    SHAPE,
+    SPACING,
+    affine_for,
+    make_mmwhs,
+    mmwhs_label,
+    save_nifti,
+)
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from uaseg.data import checks as checks_mod
 from uaseg.data.checks import DatasetError
-from uaseg.data.filebased import FileSegDataModule, NamedErrorsDataset
+from uaseg.data.datasets import NamedErrorsDataset
+from uaseg.data.filebased import FileSegDataModule
 from uaseg.data.mmwhs import MMWHSDataModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset" / "mmwhs.yaml"

@@ -2,8 +2,8 @@
 
 On top of :class:`uaseg.data.base.SegDataModule` this adds
 
-* the case hooks: :meth:`FileSegDataModule.find_cases` (discovery; :func:`find_pairs` and
-  :func:`require_pairs` do the shared part), :meth:`~FileSegDataModule.check_case_headers` (run on
+* the case hooks: :meth:`FileSegDataModule.find_cases` (discovery; :func:`uaseg.data.discovery.find_pairs`
+  and :func:`~uaseg.data.discovery.require_pairs` do the shared part), :meth:`~FileSegDataModule.check_case_headers` (run on
   every case before training, see :mod:`uaseg.data.checks`) and
   :meth:`~FileSegDataModule.split_cases` (default: persisted k-fold by case, validation carved from
   the training folds);
@@ -22,7 +22,7 @@ On top of :class:`uaseg.data.base.SegDataModule` this adds
   Changing a preprocessing setting changes the hash (a fresh folder); changing a file on disk
   changes its cache key (size and mtime are hashed with the path), so stale tensors are never used.
 * errors raised inside MONAI transforms surface as :class:`DatasetError` naming the case and file
-  (MONAI wraps them in ``RuntimeError('applying transform ...')``);
+  (:mod:`uaseg.data.datasets`);
 * :meth:`invert_to_original` -- predictions back onto the original image grid (``Invertd``).
 """
 
@@ -32,79 +32,26 @@ import hashlib
 import json
 import os
 from pathlib import Path
-import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
-from monai.data import Dataset, PersistentDataset, decollate_batch
-from monai.data.utils import json_hashing, pickle_hashing
-from monai.transforms import Compose, RandomizableTrait, Transform
+from monai.data import Dataset, decollate_batch
+from monai.data.utils import json_hashing
+from monai.transforms import Compose
 from monai.transforms.utils import reset_ops_id
 
 from uaseg.data.base import SegDataModule, check_dataset_options
-from uaseg.data.checks import natural_key
+from uaseg.data.datasets import (
+    NamedErrorsDataset,
+    NamedErrorsPersistentDataset,
+    file_stamped_hash,
+)
 from uaseg.data.invert import invert_to_file_grid
-from uaseg.errors import DatasetError, describe, first_cause, root_cause
+from uaseg.errors import DatasetError
 from uaseg.io import write_json
 
 #: bump when the preprocessing code changes meaningfully, so old caches are not reused
 CACHE_VERSION = 1
-
-
-def _file_stamped_hash(item: Mapping[str, Any]) -> bytes:
-    """Cache key of a case dict: its content plus size and mtime of every file it names (also in
-    lists: one channel per file)."""
-    stamped = {}
-    for k, v in item.items():
-        stamped[k] = v
-        if isinstance(v, (str, Path)) and os.path.isfile(v):
-            st = os.stat(v)
-            stamped[f"{k}__stat"] = (st.st_size, st.st_mtime_ns)
-        elif isinstance(v, (list, tuple)) and v and all(isinstance(f, (str, Path)) and os.path.isfile(f) for f in v):
-            stamped[f"{k}__stat"] = [(os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in v]
-    return pickle_hashing(stamped)
-
-
-class _NamedErrors:
-    """Mixin for MONAI datasets: transform failures are re-raised naming the case (and, for our own
-    :class:`DatasetError`, the file it named) instead of MONAI's bare ``applying transform``."""
-
-    def _transform(self, index: int):  # type: ignore[override]
-        try:
-            return super()._transform(index)  # type: ignore[misc]
-        except Exception as e:
-            raise self._named(index, e) from e
-
-    def deterministic(self, index: int) -> Any:
-        """Case ``index`` after the transforms before the first random one -- what the cache holds
-        (read from it, or computed and written to it) -- with the same named errors."""
-        try:
-            if isinstance(self, PersistentDataset):
-                return self._cachecheck(self.data[index])
-            first = self.transform.get_index_of_first(  # type: ignore[attr-defined]
-                lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
-            return self.transform(dict(self.data[index]), end=first)  # type: ignore[attr-defined]
-        except Exception as e:
-            raise self._named(index, e) from e
-
-    def _named(self, index: int, e: Exception) -> DatasetError:
-        item = self.data[index]  # type: ignore[attr-defined]
-        cid = item.get("case_id", index) if isinstance(item, Mapping) else index
-        cause = first_cause(e)
-        if cause is not None:
-            return DatasetError(f"case {cid}: {cause}")
-        named = [f for v in item.values() for f in (v if isinstance(v, (list, tuple)) else [v])]
-        files = [str(v) for v in named if isinstance(v, (str, Path)) and os.path.isfile(v)]
-        deepest = root_cause(e)
-        return DatasetError(f"case {cid} ({', '.join(files)}): preprocessing failed ({describe(deepest)})")
-
-
-class NamedErrorsDataset(_NamedErrors, Dataset):
-    pass
-
-
-class NamedErrorsPersistentDataset(_NamedErrors, PersistentDataset):
-    pass
 
 
 class FileSegDataModule(SegDataModule):
@@ -232,7 +179,7 @@ class FileSegDataModule(SegDataModule):
             data,
             transform=transforms,
             cache_dir=folder / sub,
-            hash_func=_file_stamped_hash,
+            hash_func=file_stamped_hash,
             hash_transform=json_hashing,
             track_meta=True,
             weights_only=False,  # our own cache of MetaTensors (affine, filename, applied ops)
@@ -292,36 +239,6 @@ def persisted_path(root: Path, filename: str, cache_base: Path, writable: bool) 
     if in_root.exists() or writable:
         return in_root
     return cache_base / filename
-
-
-def find_pairs(
-    folder: Path, pattern: re.Pattern, case_and_kind: Callable[[re.Match], tuple[str, str]]
-) -> dict[str, dict[str, Path]]:
-    """``case id -> {kind: file}`` for the files in ``folder`` whose name matches ``pattern``
-    (``case_and_kind`` turns the match into ``(case id, "image" | "label")``). Two files of one kind
-    for a case (``.nii`` and ``.nii.gz``, say) are an error naming both."""
-    found: dict[str, dict[str, Path]] = {}
-    for p in sorted(folder.iterdir()):
-        m = pattern.match(p.name)
-        if not m or not p.is_file():
-            continue
-        cid, kind = case_and_kind(m)
-        slot = found.setdefault(cid, {})
-        if kind in slot:
-            raise DatasetError(f"case {cid}: both {slot[kind]} and {p} exist; keep one")
-        slot[kind] = p
-    return found
-
-
-def require_pairs(found: dict[str, dict[str, Path]], partner: Callable[[str, Path], Path], label_word: str = "label") -> None:
-    """Every case has its image and its label; ``partner(kind, file)`` is the file expected beside
-    ``file``, named in the error."""
-    for cid in sorted(found, key=natural_key):
-        slot = found[cid]
-        for have, lack, what in (("image", "label", f"image without its {label_word}"),
-                                 ("label", "image", f"{label_word} without its image")):
-            if lack not in slot:
-                raise DatasetError(f"{slot[have]}: {what} (expected {partner(have, slot[have])})")
 
 
 def as_tuple(values: Sequence[float] | float, n: int, what: str) -> tuple[float, ...]:

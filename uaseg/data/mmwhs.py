@@ -57,6 +57,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from uaseg.data.base import check_dataset_options
 from uaseg.data.checks import (
     CheckFinited,
     CheckLabelValuesd,
@@ -66,8 +67,8 @@ from uaseg.data.checks import (
     expected_layout_error,
     natural_key,
 )
-from uaseg.data.base import check_dataset_options
-from uaseg.data.filebased import FileSegDataModule, as_tuple, find_pairs, require_pairs
+from uaseg.data.discovery import find_pairs, require_pairs
+from uaseg.data.filebased import FileSegDataModule, as_tuple
 from uaseg.errors import DatasetError
 
 #: released label values, in class order 1..7

@@ -1,37 +1,17 @@
-"""Every check of the user's dataset files, in one place (used by the datamodules and
-``scripts/check_dataset.py``).
-
-Rule of the house: a problem with the user's files is an error that names the file -- never a silent
-skip and never wrong numbers. Everything here raises :class:`~uaseg.errors.DatasetError`.
-
-* :func:`natural_key` -- sort ``train_2`` before ``train_10``.
-* :func:`check_nifti_pair` / :func:`check_image_pair` -- header-only checks of an image and its label
-  (readable, dimensions, same grid), run on every case before training.
-* :class:`LoadImageNamedd` -- MONAI ``LoadImaged`` that names the unreadable file.
-* :class:`CheckSameGeometryd` -- image and label must share spatial shape (and affine, for 3-D).
-* :class:`CheckChannelsd` -- an image must have the expected number of channels.
-* :class:`CheckLabelValuesd` / :func:`check_label_values` -- label values must be exact integers from
-  an allowed set (optionally fixing known typos like MM-WHS ``421`` -> ``420`` with a warning).
-* :class:`CheckFinited` / :func:`nonfinite_problem` -- no NaN or infinite voxel in an image.
-* :func:`check_foreground` -- a warning naming each all-background label; an error when no training
-  case has foreground.
-* :data:`COLOUR_MODES` / :func:`check_image_mode` -- the Pillow modes a 2-D RGB dataset reads, the
-  same for training and prediction.
-"""
+"""Checks of dataset files and values (header-only pair checks, label values, NaN voxels, image
+modes, foreground), each raising :class:`~uaseg.errors.DatasetError` naming the file."""
 
 from __future__ import annotations
 
 import logging
 import re
 from pathlib import Path
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.transforms import LoadImaged, MapTransform
 
-from uaseg.errors import DatasetError, describe
+from uaseg.errors import DatasetError
 from uaseg.io import read_image_header, read_nifti_header
 
 log = logging.getLogger(__name__)
@@ -89,66 +69,6 @@ def check_image_pair(image_file: str, label_file: str, image_modes: Sequence[str
         raise DatasetError(f"image {image_file} is {si[0]}x{si[1]} but its label {label_file} is {sl[0]}x{sl[1]}")
 
 
-class LoadImageNamedd(MapTransform):
-    """``monai.transforms.LoadImaged`` key by key, turning any reader error into a
-    :class:`DatasetError` that names the file (corrupt, truncated, wrong format...). ``dtypes``
-    overrides the data type per key (``{"label": None}``: the file's own, so a label value check
-    sees ``421.5`` as it is stored)."""
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False,
-                 dtypes: Mapping[str, Any] | None = None, **load_kwargs: Any) -> None:
-        super().__init__(keys, allow_missing_keys)
-        dtypes = dtypes or {}
-        self.loaders = {k: LoadImaged(keys=k, **{**load_kwargs, **({"dtype": dtypes[k]} if k in dtypes else {})})
-                        for k in self.keys}
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            try:
-                d = self.loaders[key](d)
-            except Exception as e:
-                raise DatasetError(f"{d[key]}: cannot read this file ({describe(e)})") from e
-        return d
-
-
-class CheckSameGeometryd(MapTransform):
-    """Image and label (already loaded, channel-first) must share spatial shape and, if
-    ``check_affine``, their affine. The error names both files."""
-
-    def __init__(self, image_key: str = "image", label_key: str = "label", check_affine: bool = True) -> None:
-        super().__init__([image_key, label_key])
-        self.image_key, self.label_key, self.check_affine = image_key, label_key, check_affine
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        img, lab = d[self.image_key], d[self.label_key]
-        check_same_geometry(
-            source_name(img),
-            source_name(lab),
-            img.shape[1:],
-            lab.shape[1:],
-            getattr(img, "affine", None) if self.check_affine else None,
-            getattr(lab, "affine", None) if self.check_affine else None,
-        )
-        return d
-
-
-class CheckChannelsd(MapTransform):
-    """Channel-first arrays must have ``n`` channels (error naming the file)."""
-
-    def __init__(self, keys: KeysCollection, n: int, what: str) -> None:
-        super().__init__(keys)
-        self.n, self.what = n, what
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            if d[key].shape[0] != self.n:
-                raise DatasetError(f"{source_name(d[key])}: {self.what} has {d[key].shape[0]} channels, expected {self.n}")
-        return d
-
-
 #: Pillow modes of 2-D colour images, read as RGB (the GlaS/demo loaders convert with ``to_rgb``);
 #: greyscale modes are refused, in training and in prediction alike
 COLOUR_MODES = ("RGB", "RGBA", "P")
@@ -174,18 +94,6 @@ def nonfinite_problem(name: str, x: Any) -> str | None:
         return None
     return (f"{name}: {n} of {np.prod(x.shape)} voxels are NaN or infinite; "
             "fix or remove this file (a network cannot learn from them)")
-
-
-class CheckFinited(MapTransform):
-    """Fail naming the file and the count when an image holds NaN or infinite voxels."""
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            problem = nonfinite_problem(source_name(d[key]), d[key])
-            if problem:
-                raise DatasetError(problem)
-        return d
 
 
 def check_label_values(name: str, values: Iterable[float], allowed: Iterable[float],
@@ -225,55 +133,6 @@ def check_foreground(labels: Mapping[str, Mapping[str, tuple[str, bool]]]) -> No
             f"none of the {len(train)} training labels has any foreground (e.g. {next(iter(train.values()))[0]}); "
             "check that the label files belong to the images and hold the dataset's label values"
         )
-
-
-_warned_fixups: set[tuple[str, float]] = set()
-
-
-class CheckLabelValuesd(MapTransform):
-    """Fail (naming the file and the values) if a label holds a value outside ``allowed``.
-
-    ``fixups`` maps known-bad values to good ones (e.g. MM-WHS ``{421: 420}``); each fix is logged
-    with ``logging.warning`` once per file and value per process.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        allowed: Iterable[float],
-        fixups: Mapping[float, float] | None = None,
-        what: str = "label",
-    ) -> None:
-        super().__init__(keys)
-        self.allowed = sorted(float(v) for v in allowed)
-        self.fixups = {float(k): float(v) for k, v in (fixups or {}).items()}
-        self.what = what
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            lab = d[key]
-            name = source_name(lab)
-            values = torch.unique(torch.as_tensor(lab)).tolist()
-            check_label_values(name, values, self.allowed, self.fixups, self.what)
-            for bad, good in self.fixups.items():
-                if bad in values:
-                    if (name, bad) not in _warned_fixups:
-                        _warned_fixups.add((name, bad))
-                        log.warning("%s: %s value %g mapped to %g (known defect of the release)", name, self.what, bad, good)
-                    lab = torch.where(lab == bad, torch.as_tensor(good, dtype=lab.dtype), lab)
-            d[key] = lab
-        return d
-
-
-class Binarized(MapTransform):
-    """Instance-id map -> binary foreground (``x > 0``), keeping dtype and metadata."""
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = (d[key] > 0).to(d[key].dtype)
-        return d
 
 
 def _fmt(values: Any) -> str:
