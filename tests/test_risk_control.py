@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from selectivecases import bf_case_dice, random_cases
 
 from uaseg.selective.case_losses import case_losses
 from uaseg.selective.case_stats import make_case_stats
@@ -16,15 +17,6 @@ from uaseg.selective.risk_control import (Calibration, calibrate, evaluate, hb_p
 
 
 # ---------------------------------------------------------------- brute force
-def bf_case_dice(pred, label, k):
-    ds = []
-    for c in range(1, k):
-        p, y = pred == c, label == c
-        if p.any() or y.any():
-            ds.append(2 * np.sum(p & y) / (p.sum() + y.sum()))
-    return float(np.mean(ds)) if ds else 1.0
-
-
 def bf_loss(case, t, k):
     u, p, y = case
     return 1.0 - bf_case_dice(np.where(u > t, y, p), y, k)
@@ -51,20 +43,6 @@ def bf_calibrate(cases, k, alpha, method, delta=None):
             break
         best = t
     return best   # None: infeasible
-
-
-def random_cases(rng, m, k, shape, acc=0.7, levels=None, empty_class=None):
-    cases = []
-    for _ in range(m):
-        y = rng.integers(0, k, shape)
-        if empty_class is not None:
-            y[y == empty_class] = 0
-        p = np.where(rng.random(shape) < acc, y, rng.integers(0, k, shape))
-        u = rng.random(shape)
-        if levels:
-            u = np.floor(u * levels) / levels
-        cases.append((u.astype(np.float32), p, y))
-    return cases
 
 
 def stats_of(cases, k):

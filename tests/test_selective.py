@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from selectivecases import bf_case_dice, random_cases
 
 from uaseg.selective import (SelectiveAccumulator, SelectiveResult, SelectiveSegmentationMetric,
                              dice_risk_coverage, format_table, plot_case_panel,
@@ -12,16 +13,6 @@ from uaseg.selective import (SelectiveAccumulator, SelectiveResult, SelectiveSeg
 
 
 # ---------------------------------------------------------------- brute force
-def bf_case_dice(pred, label, k):
-    ds = []
-    for c in range(1, k):
-        p, y = pred == c, label == c
-        if not p.any() and not y.any():
-            continue
-        ds.append(2 * np.sum(p & y) / (p.sum() + y.sum()))
-    return float(np.mean(ds)) if ds else 1.0
-
-
 def bf_dice_curve(cases, k):
     """Recompute every case from scratch at every distinct threshold (and c=0)."""
     allu = np.concatenate([u.ravel() for u, _, _ in cases])
@@ -33,20 +24,6 @@ def bf_dice_curve(cases, k):
     cov, risk, thr = map(np.array, zip(*pts))
     aurc = 100 * sum((cov[i] - cov[i + 1]) * (risk[i] + risk[i + 1]) / 2 for i in range(len(cov) - 1))
     return cov, risk, thr, aurc
-
-
-def random_cases(rng, m, k, shape, acc=0.7, levels=None, empty_class=None):
-    cases = []
-    for _ in range(m):
-        y = rng.integers(0, k, shape)
-        if empty_class is not None:
-            y[y == empty_class] = 0
-        p = np.where(rng.random(shape) < acc, y, rng.integers(0, k, shape))
-        u = rng.random(shape)
-        if levels:
-            u = np.floor(u * levels) / levels   # many ties, across cases too
-        cases.append((u.astype(np.float32), p, y))
-    return cases
 
 
 @pytest.mark.parametrize("seed", range(6))
