@@ -3,7 +3,9 @@
 
 Rows: lambda = 0 (baseline), exact all-pairs term, the paper's 300 x 6600 subsample, and the
 reference code's formulation (subsample 300 x 6600, then a Python loop that materialises every
-sampled pair and a MarginRankingLoss-style mean). Each row: median time of a full training step
+sampled pair and a MarginRankingLoss-style mean), then the exact term's variants beyond the paper
+(``uaseg/losses/variants.py``: pairing, hinge power, Dice weights, and the consistency term, whose
+step includes the second view's forward pass without gradient, as ``SelectiveSegModule`` runs it). Each row: median time of a full training step
 (forward + loss + backward + Adam) as a ratio to the lambda = 0 step, and the median time of the
 ranking term alone (forward + backward from fixed logits). Variants are interleaved in every
 repeat (order rotated) after a warm-up round, so drift hits all rows alike.
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DynUNet
 
 from uaseg.losses import CrossEntropy, UncertaintyAwareLoss, max_softmax_uncertainty
+from uaseg.losses.variants import second_view_logits
 
 LAMBDA, SCALE, MARGIN, NW, NC = 2.0, 1000.0, 0.1, 300, 6600
 
@@ -54,7 +57,7 @@ class ReferenceLoss(torch.nn.Module):
         super().__init__()
         self.seg_loss = CrossEntropy()
 
-    def forward(self, logits, target, epoch=None):
+    def forward(self, logits, target, epoch=None, view_logits=None):
         return self.seg_loss(logits, target) + LAMBDA * SCALE * reference_loop_term(logits, target[:, 0]), {}
 
 
@@ -107,13 +110,21 @@ def main():
                                                      sampling="subsample", n_wrong=NW, n_correct=NC),
         f"reference loop {NW}x{NC}": ReferenceLoss(),
     }
+    exact = dict(lambda_=LAMBDA, scale=SCALE, margin=MARGIN, sampling="exact")
+    for key, value in [("pairing", "case"), ("pairing", "class"), ("hinge_power", 2), ("wrong_weight", "dice"),
+                       ("consistency_view", "flip"), ("consistency_view", "noise")]:
+        extra = {key: value, "consistency": 1.0} if key == "consistency_view" else {key: value}
+        label = f"consistency=1 {value}" if key == "consistency_view" else f"{key}={value}"
+        variants[f"exact, {label}"] = UncertaintyAwareLoss(**exact, **extra)
     names = list(variants)
-    ref_name = names[-1]
+    ref_name = names[3]
     ref_cap = args.repeats if args.ref_step_repeats is None else args.ref_step_repeats
 
     def step(loss_fn):
         opt.zero_grad(set_to_none=True)
-        total, _ = loss_fn(net(x), y, epoch=0)
+        needs_view = getattr(loss_fn, "needs_view", None)
+        view = second_view_logits(net, x, loss_fn.consistency_view) if needs_view and needs_view(0) else None
+        total, _ = loss_fn(net(x), y, epoch=0, view_logits=view)
         total.backward()
         opt.step()
 
