@@ -10,7 +10,8 @@
 #
 # Extra arguments are Hydra overrides applied to every run (the demo3d line is the CPU-sized protocol
 # behind the README's 3D table: at the default 6 epochs and lr 2e-4 the 3D network is still near Dice 0.2).
-# ARMS (optional) names the arms to run; an arm whose folder already has a multirun.yaml is skipped.
+# ARMS (optional) names the arms to run. A finished arm (marked .done) is skipped; an unfinished one
+# (a killed multirun) is an error, so a report never silently averages fewer seeds.
 set -euo pipefail
 dataset=$1
 out=$2
@@ -21,8 +22,13 @@ arm() {  # arm <name> <overrides...>: one multirun folder
     local name=$1
     shift
     [ -z "${ARMS:-}" ] || [[ " $ARMS " == *" $name "* ]] || return 0
-    [ -e "$out/$name/multirun.yaml" ] && { echo "skip $name (done)"; return; }
+    if [ -e "$out/$name/.done" ]; then echo "skip $name (done)"; return; fi
+    if [ -e "$out/$name" ]; then
+        echo "one_pass_study: $out/$name holds an unfinished arm (killed?); remove it to rerun it" >&2
+        exit 1
+    fi
     python train.py -m hydra.sweep.dir="$out/$name" "${common[@]}" "$@"
+    touch "$out/$name/.done"
 }
 
 arm base loss.lambda=0,2
