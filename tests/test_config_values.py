@@ -47,6 +47,18 @@ def test_bad_values_are_refused_before_any_work(make_cfg, override, message):
     assert sorted(p.name for p in out.iterdir()) == [".uaseg.lock", "failed.json"]  # nothing trained, no data read
 
 
+@pytest.mark.parametrize("override,message", [
+    ("trainer.accelerator=nope", "trainer: You selected an invalid accelerator name: `accelerator='nope'`."),
+    ("trainer.precision=bogus", "trainer: Precision 'bogus' is invalid."),
+])
+def test_a_trainer_argument_lightning_refuses_is_one_config_line(make_cfg, override, message):
+    """Values Lightning itself checks reach the user as one ConfigError line, not Hydra's
+    InstantiationException traceback."""
+    with pytest.raises(ConfigError) as err:
+        train(make_cfg("demo2d", override))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
 def test_more_folds_than_cases_names_the_key(make_cfg):
     with pytest.raises(ConfigError, match=r"dataset.num_folds=12: expected at most 10, the number of cases"):
         train(make_cfg("demo2d", "dataset.num_folds=12"))

@@ -263,13 +263,17 @@ def _risk_control_settings(cfg: DictConfig, datamodule) -> RiskControlSettings |
 
 def _build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     """The ``trainer`` group; Lightning's refusal of an argument becomes one line."""
+    from hydra.errors import InstantiationException
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
         return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    except (MisconfigurationException, ValueError, TypeError) as e:
-        cause = str(root_cause(e)).strip()
-        raise ConfigError(f"trainer: {cause.splitlines()[0] if cause else type(root_cause(e)).__name__}") from e
+    except (InstantiationException, MisconfigurationException, ValueError, TypeError) as e:
+        cause = root_cause(e)  # Hydra wraps the Trainer's own refusal in an InstantiationException
+        if not isinstance(cause, (MisconfigurationException, ValueError, TypeError)):
+            raise
+        text = str(cause).strip()
+        raise ConfigError(f"trainer: {text.splitlines()[0] if text else type(cause).__name__}") from e
 
 
 def _checkpoint_status(out: Path) -> str:
