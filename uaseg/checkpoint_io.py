@@ -10,15 +10,13 @@ failed write names the file and the reason. Loading names the file of an unreada
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from uaseg.errors import CheckpointError
-from uaseg.io import atomic_path, check_checkpoint_file
+from uaseg.errors import CheckpointError, describe
+from uaseg.io import check_checkpoint_file, save_torch
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -27,10 +25,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        buffer = io.BytesIO()  # serialised first: torch.save's own write errors lose errno (no space left...)
-        torch.save(checkpoint, buffer)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
+        save_torch(path, checkpoint)
 
     def load_checkpoint(self, path, map_location: Optional[Callable] = lambda storage, loc: storage,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
@@ -40,5 +35,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except (FileNotFoundError, CheckpointError):
             raise
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise CheckpointError(f"{Path(path)}: cannot load this checkpoint ({type(e).__name__}: {first})") from e
+            raise CheckpointError(f"{Path(path)}: cannot load this checkpoint ({describe(e)})") from e

@@ -98,11 +98,16 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
 
 
 def save_torch(path: str | Path, obj: Any) -> Path:
-    """``torch.save`` (e.g. a checkpoint rewritten with added entries): never a half-written file."""
+    """``torch.save`` (a checkpoint, or one rewritten with added entries): never a half-written file.
+    Serialised in memory first: torch.save's own write errors lose errno (no space left on device...)."""
+    import io
+
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
     return Path(path)
 
 
