@@ -152,10 +152,13 @@ def scan_layout(cls) -> Callable[[Path], tuple[list[Row], list[str]]]:
                 if dims == 3:
                     row["spacing"] = "x".join(f"{z:.3g}" for z in geom["spacing"])
                     row["orient"] = geom["axcodes"]
-                img = _voxels(images[0], dims)
-                row["ch0 min/max"] = f"{img.min():.4g}/{img.max():.4g}"
-                for f in images[1:]:
-                    _voxels(f, dims)
+                for i, f in enumerate(images):
+                    img = _voxels(f, dims)
+                    if i == 0:
+                        row["ch0 min/max"] = f"{np.nanmin(img):.4g}/{np.nanmax(img):.4g}"
+                    problem = nonfinite_problem(f, img)
+                    if problem:
+                        problems.append(problem)
                 values, counts = np.unique(_voxels(c["label"], dims), return_counts=True)
                 row["label values"] = describe_values(values.tolist())
                 by_value = dict(zip(values.tolist(), counts.tolist()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -230,3 +231,21 @@ def test_check_dataset_script(tmp_path, capsys):
     os.remove(nn / "imagesTr" / "case_002_0001.nii.gz")
     assert mod.main(["--dataset", "nnunet", "--root", str(nn)]) == 2
     assert "case_002_0001.nii.gz is missing" in capsys.readouterr().out
+
+
+def test_non_finite_voxels_are_an_error_naming_the_channel_file(tmp_path, make_cfg, capsys):
+    import importlib.util
+
+    root = make_nnunet_3d(tmp_path / "Dataset002_Two", channels=("T1", "T2"), n_test=0)
+    image = root / "imagesTr" / "case_002_0001.nii.gz"
+    arr = np.asarray(nib.load(str(image)).dataobj).astype(np.float32)
+    arr[0, 0, :3] = np.nan
+    save_nifti(arr, nib.load(str(image)).affine, image)
+    message = f"{image}: 3 of {arr.size} voxels are NaN or infinite"
+    spec = importlib.util.spec_from_file_location("check_dataset", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--dataset", "nnunet", "--root", str(root)]) == 1 and message in capsys.readouterr().out
+    dm, _ = dm_of(make_cfg, "nnunet", root, "dataset.cache=false")
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        dm.prepare_data()

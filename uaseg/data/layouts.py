@@ -33,7 +33,7 @@ from monai.transforms import (
     RandCropByPosNegLabeld, RandFlipd, RandScaleIntensityd, RandShiftIntensityd, Spacingd, SpatialPadd,
 )
 
-from uaseg.data.checks import CheckChannelsd, CheckLabelValuesd, CheckSameGeometryd, LoadImageNamedd
+from uaseg.data.checks import CheckChannelsd, CheckFinited, CheckLabelValuesd, CheckSameGeometryd, LoadImageNamedd
 from uaseg.data.filebased import FileSegDataModule, cache_base_for, persisted_path, root_writable
 from uaseg.data.fingerprint import FINGERPRINT_FILE, describe_plan, file_stamps, load_or_compute_fingerprint, make_plan
 from uaseg.errors import ConfigError, DatasetError
@@ -228,7 +228,7 @@ class StandardLayoutDataModule(FileSegDataModule):
         keys = ["image", "label"] if label else ["image"]
         reader = {"reader": "PILReader"} if self.spatial_dims == 2 else {}
         t: list = [LoadImageNamedd(keys=keys, image_only=True, **reader), EnsureChannelFirstd(keys=keys),
-                   CheckChannelsd(keys="image", n=self.in_channels, what="image")]
+                   CheckChannelsd(keys="image", n=self.in_channels, what="image"), CheckFinited(keys="image")]
         if label:
             t += [CheckChannelsd(keys="label", n=1, what="label"),
                   CheckSameGeometryd("image", "label", check_affine=self.spatial_dims == 3),

@@ -37,10 +37,13 @@ class LoadImageNamedd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
+            files = d[key]
             try:
                 d = self.loaders[key](d)
             except Exception as e:
                 raise DatasetError(f"{d[key]}: cannot read this file ({describe(e)})") from e
+            if isinstance(files, (list, tuple)) and hasattr(d[key], "meta"):  # MONAI keeps only the first name
+                d[key].meta["source_files"] = [str(f) for f in files]
         return d
 
 
@@ -82,14 +85,21 @@ class CheckChannelsd(MapTransform):
 
 
 class CheckFinited(MapTransform):
-    """Fail naming the file and the count when an image holds NaN or infinite voxels."""
+    """Fail naming the file and the count when an image holds NaN or infinite voxels; channels stacked
+    from one file each (nnU-Net's ``_0000``, ``_0001``...; ``source_files`` from LoadImageNamedd) are
+    checked per file."""
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            problem = nonfinite_problem(source_name(d[key]), d[key])
-            if problem:
-                raise DatasetError(problem)
+            x = d[key]
+            files = (getattr(x, "meta", None) or {}).get("source_files")
+            parts = zip(files, x) if isinstance(files, (list, tuple)) and len(files) == len(x) > 1 \
+                else [(source_name(x), x)]
+            for name, part in parts:
+                problem = nonfinite_problem(str(name), part)
+                if problem:
+                    raise DatasetError(problem)
         return d
 
 
