@@ -71,7 +71,7 @@ class SegDataModule(L.LightningDataModule):
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unknown dataset options {sorted(kwargs)}")
         check_dataset_options(
-            patch_size=list(patch_size) if isinstance(patch_size, (list, tuple)) else patch_size, batch_size=batch_size, num_workers=num_workers, fold=fold,
+            patch_size=patch_size, batch_size=batch_size, num_workers=num_workers, fold=fold,
             num_folds=num_folds, val_fraction=val_fraction, seed=seed, samples_per_image=samples_per_image,
             sw_overlap=sw_overlap, meta={"spatial_dims": self.spatial_dims},
         )

@@ -67,7 +67,6 @@ class FileSegDataModule(SegDataModule):
     def __init__(
         self,
         *args: Any,
-        sw_overlap: float = 0.5,
         fg_fraction: float = 0.33,
         augment: Mapping[str, Any] | None = None,
         check_files: bool = True,
@@ -78,9 +77,8 @@ class FileSegDataModule(SegDataModule):
         if self.root is None:
             raise DatasetError(f"{self.name}: dataset.root is not set; point it at the downloaded folder")
         self.augment = self._augment_settings(augment)
-        check_dataset_options(sw_overlap=sw_overlap, fg_fraction=fg_fraction, augment=self.augment,
+        check_dataset_options(fg_fraction=fg_fraction, augment=self.augment,
                               check_files=check_files, cache=cache)
-        self.sw_overlap = float(sw_overlap)
         self.fg_fraction = float(fg_fraction)
         self.check_files = bool(check_files)
         self.cache = bool(cache)
