@@ -30,6 +30,9 @@ IDENTITY_SOURCES: dict[str, str] = {
     "wrong_weight": "loss.wrong_weight",
     "consistency": "loss.consistency",
     "consistency_view": "loss.consistency_view",
+    "warmup_epochs": "loss.warmup_epochs",
+    "balance": "loss.balance",
+    "steer": "loss.steer",
     "tag": "tag",
 }
 IDENTITY_KEYS: tuple[str, ...] = tuple(IDENTITY_SOURCES)

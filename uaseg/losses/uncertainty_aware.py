@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from .dynamics import logit_grad_norms, ramp, steered_uncertainty
 from .ranking import masked_pairwise_ranking_loss, random_mask_subset
 from .scores import get_score
 from .segmentation import CrossEntropy
@@ -26,12 +27,17 @@ class UncertaintyAwareLoss(nn.Module):
     uncertainty, no argmax), so the baseline costs exactly the segmentation loss.
 
     Variants beyond the paper (``pairing``, ``hinge_power``, ``wrong_weight``, ``consistency``) are
-    described in :mod:`uaseg.losses.variants`; their defaults give the paper's objective.
+    described in :mod:`uaseg.losses.variants`, the multi-class remedies (``warmup_epochs``,
+    ``balance``, ``steer``) in :mod:`uaseg.losses.dynamics`; their defaults give the paper's objective.
 
-    ``forward(logits, target, epoch=None, view_logits=None) -> (total, logs)``; logs hold detached
-    scalars ``seg`` and ``rank`` (unscaled L_unc, 0 when off) and, only when the term is on,
+    ``forward(logits, target, epoch=None, view_logits=None, measure=False) -> (total, logs)``; logs
+    hold detached scalars ``seg`` and ``rank`` (unscaled L_unc, 0 when off) and, only when the term is
+    on, ``rank_weight`` (what multiplies L_unc in the total), ``rank_weighted`` (their product),
     ``n_wrong`` / ``n_correct`` (all non-ignored voxels, before any subsampling) and ``error_rate``
-    (and ``consistency``, ``disagree_rate`` with a second view). ``epoch=None`` means "no epoch gating".
+    (and ``consistency``, ``disagree_rate`` with a second view). ``epoch`` may be fractional (the
+    warm-up rises per step); ``None`` means "no epoch gating". With ``measure=True`` (or ``balance``)
+    and logits that carry gradients, logs also hold ``grad_ratio``: the weighted ranking term's
+    gradient norm at the logits over the segmentation term's.
     """
 
     def __init__(
@@ -51,6 +57,9 @@ class UncertaintyAwareLoss(nn.Module):
         wrong_weight: str = "uniform",
         consistency: float = 0.0,
         consistency_view: str = "flip",
+        warmup_epochs: float = 0.0,
+        balance: float | None = None,
+        steer: bool = False,
     ):
         super().__init__()
         for key, value, allowed in (("sampling", sampling, SAMPLINGS), ("pairing", pairing, PAIRINGS),
@@ -71,9 +80,30 @@ class UncertaintyAwareLoss(nn.Module):
         self._score_fn = get_score(score)
         self.pairing, self.hinge_power, self.wrong_weight = pairing, int(hinge_power), wrong_weight
         self.consistency, self.consistency_view = float(consistency), consistency_view
+        if warmup_epochs < 0 or (balance is not None and not balance > 0):
+            raise ValueError(f"loss.warmup_epochs must be >= 0 and loss.balance null or > 0, got "
+                             f"{warmup_epochs}, {balance}")
+        self.warmup_epochs = float(warmup_epochs)
+        self.balance = None if balance is None else float(balance)
+        self.steer = bool(steer)
 
-    def ranking_active(self, epoch: int | None) -> bool:
+    def ranking_active(self, epoch: float | None) -> bool:
         return self.lambda_ != 0 and (epoch is None or epoch >= self.start_epoch)
+
+    def _rank_weight(self, epoch: float | None, seg: Tensor, rank: Tensor, logits: Tensor,
+                     measure: bool) -> tuple[Tensor | float, Tensor | None]:
+        """(weight of L_unc in the total, grad_ratio or None). Fixed: lambda * scale (times the
+        warm-up ramp); balanced: whatever makes the gradient ratio at the logits ``balance``."""
+        mult = ramp(epoch, self.start_epoch, self.warmup_epochs)
+        can_measure = logits.requires_grad and torch.is_grad_enabled()
+        if not can_measure or not (measure or self.balance is not None):
+            return self.lambda_ * self.scale * mult, None
+        g_seg, g_rank = logit_grad_norms(seg, rank, logits)
+        if self.balance is None:
+            weight = self.lambda_ * self.scale * mult
+        else:
+            weight = torch.where(g_rank > 0, self.balance * mult * g_seg / g_rank.clamp(min=1e-30), 0.0)
+        return weight, (weight * g_rank / g_seg.clamp(min=1e-30)).detach()
 
     def needs_view(self, epoch: int | None) -> bool:
         """Whether ``forward`` wants a second view's logits this epoch (see ``second_view_logits``)."""
@@ -85,8 +115,8 @@ class UncertaintyAwareLoss(nn.Module):
             return masked_pairwise_ranking_loss(u, wrong, correct, self.margin, self.hinge_power, weight)
         return grouped_ranking_loss(u, wrong, correct, groups, n_groups, self.margin, self.hinge_power, weight)
 
-    def forward(self, logits: Tensor, target: Tensor, epoch: int | None = None,
-                view_logits: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, logits: Tensor, target: Tensor, epoch: float | None = None,
+                view_logits: Tensor | None = None, measure: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         seg = self.seg_loss(logits, target)
         logs: dict[str, Tensor] = {"seg": seg.detach()}
         if not self.ranking_active(epoch):
@@ -108,9 +138,14 @@ class UncertaintyAwareLoss(nn.Module):
                 correct = random_mask_subset(correct, self.n_correct)
             weight = (dice_weights(pred, target_img, self._num_classes, valid)
                       if self.wrong_weight == "dice" else None)
+        if self.steer:
+            u = steered_uncertainty(u, logits, target_img, wrong)
         # Masks, not u[wrong] / u[correct]: no host sync. Empty W or C gives a graph-connected 0.
         rank = self._rank(u, wrong, correct, pred, weight)
-        total = seg + (self.lambda_ * self.scale) * rank
+        rank_weight, grad_ratio = self._rank_weight(epoch, seg, rank, logits, measure)
+        total = seg + rank_weight * rank
+        if grad_ratio is not None:
+            logs["grad_ratio"] = grad_ratio
         if view_logits is not None and self.consistency != 0:
             with torch.no_grad():
                 disagree = (view_logits.argmax(dim=1) != pred).reshape(-1)
@@ -120,8 +155,11 @@ class UncertaintyAwareLoss(nn.Module):
             total = total + (self.consistency * self.scale) * cons
             logs.update(consistency=cons.detach(), disagree_rate=disagree.float().mean().detach())
 
+        rank_weight = torch.as_tensor(rank_weight, dtype=torch.float32, device=seg.device).detach()
         logs.update(
             rank=rank.detach(),
+            rank_weight=rank_weight,
+            rank_weighted=(rank_weight * rank.detach()),
             n_wrong=n_w.detach(),
             n_correct=n_c.detach(),
             error_rate=(n_w / (n_w + n_c).clamp(min=1)).detach(),
@@ -133,7 +171,8 @@ class UncertaintyAwareLoss(nn.Module):
                 f"n_wrong={self.n_wrong}, n_correct={self.n_correct}, start_epoch={self.start_epoch}, "
                 f"ignore_index={self.ignore_index}, score={self.score!r}, pairing={self.pairing!r}, "
                 f"hinge_power={self.hinge_power}, wrong_weight={self.wrong_weight!r}, "
-                f"consistency={self.consistency}, consistency_view={self.consistency_view!r}")
+                f"consistency={self.consistency}, consistency_view={self.consistency_view!r}, "
+                f"warmup_epochs={self.warmup_epochs}, balance={self.balance}, steer={self.steer}")
 
 
 def uncertainty_aware_loss(**cfg: Any) -> UncertaintyAwareLoss:

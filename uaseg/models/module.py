@@ -141,7 +141,8 @@ class SelectiveSegModule(L.LightningModule):
         view = None
         if getattr(self.loss, "needs_view", None) and self.loss.needs_view(self.current_epoch):
             view = second_view_logits(self.net, image, self.loss.consistency_view)
-        total, parts = self.loss(logits, as_tensor(batch["label"]), epoch=self.current_epoch, view_logits=view)
+        total, parts = self.loss(logits, as_tensor(batch["label"]), epoch=self._progress(batch_idx),
+                                 view_logits=view, measure=self._logs_this_step())
         if not torch.isfinite(total):
             cases = sorted({str(c) for c in batch.get("case_id") or ()})  # the runner adds the checkpoint
             raise FloatingPointError(
@@ -153,6 +154,19 @@ class SelectiveSegModule(L.LightningModule):
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v.float() for k, v in parts.items()}, batch_size=bs)
         return total
+
+    def _progress(self, batch_idx: int) -> float:
+        """Fractional epoch (a loss warm-up rises per step, not per epoch)."""
+        n = getattr(self.trainer, "num_training_batches", None) if self._trainer is not None else None
+        frac = batch_idx / n if isinstance(n, (int, float)) and math.isfinite(n) and n > 0 else 0.0
+        return self.current_epoch + min(frac, 1.0)
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning writes this step's metrics: the gradient ratio is measured only then."""
+        if self._trainer is None:
+            return False
+        connector = getattr(self.trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", False))
 
     def configure_optimizers(self) -> Any:
         opt_cfg = dict(self.hparams.optimizer)

@@ -70,7 +70,7 @@ def loss_of(run: Run) -> tuple:
 
 #: the paper's choices for the loss variants: a run that departs from one names it in its setting
 PAPER_OBJECTIVE = {"score": "max_softmax", "pairing": "batch", "hinge_power": 1, "wrong_weight": "uniform",
-                   "consistency": 0.0}
+                   "consistency": 0.0, "warmup_epochs": 0, "balance": None, "steer": False}
 
 
 @dataclass
