@@ -150,6 +150,11 @@ def test_resumed_rows_keep_the_last_attempt():
     # an exact duplicate (epoch, step) row: the later one wins
     dup = rows + [{"epoch": "1", "step": "19", "train/seg": "0.2"}]
     assert lc.epoch_values(dup, "train/seg")[1] == [0.6, 0.2]
+    # without an attempt column, a new attempt starts where the step goes back: a killed attempt's
+    # step that the last attempt did not log (24) is dropped with the rest of that epoch
+    killed = [{"epoch": "1", "step": "14", "train/seg": "9.0"}, {"epoch": "1", "step": "24", "train/seg": "9.0"},
+              {"epoch": "1", "step": "14", "train/seg": "0.6"}, {"epoch": "1", "step": "19", "train/seg": "0.4"}]
+    assert lc.epoch_values(killed, "train/seg") == {1: [0.6, 0.4]}
     # an explicit attempt column: a later attempt's epoch replaces an earlier one even when the
     # step does not go back
     att = [{"epoch": "2", "step": "20", "attempt": "0", "val/dice": "0.1"},
