@@ -138,6 +138,7 @@ def test_curve_numbers_against_hand_computation(tmp_path):
     md = rep.md_path.read_text()
     assert "## Learning curves" in md and "![learning curves](figures/learning_curves.png)" in md
     assert "learning_curves.csv" in md and "validation AURC (Dice risk) are in %" in md
+    assert "no gradient-ratio panel" not in md
     assert "| λ=0 (baseline) | 2 of 3 | 2–3 | 65.00 (epoch 1, n=2, sd 7.07) |" in md  # seed 3 has no metrics.csv
     assert [p.stem for p in rep.figures].count("learning_curves") == 1
 
@@ -170,6 +171,7 @@ def test_without_grad_ratio_the_panel_is_skipped(tmp_path):
     assert [c.name for c in lc.present(arms)] == ["val/dice", "val/aurc_dice", "train/seg", "train/rank_weighted"]
     assert (tmp_path / "figures" / "learning_curves.png").exists()
     assert "train/grad_ratio" not in (tmp_path / "learning_curves.csv").read_text()
+    assert "No run logged `train/grad_ratio`: no gradient-ratio panel." in rep.md_path.read_text()
     assert rep.n_runs == 5
 
 

@@ -256,7 +256,10 @@ def section(arms: list[ArmCurves], csv_name: str, fig_rel: str | None) -> list[s
     """The report's "Learning curves" markdown: note, per-arm counts, the figure."""
     if not any(a.curves for a in arms):
         return ["## Learning curves", "", "No run has `csv/metrics.csv` (`logger=csv`): no curves.", ""]
-    out = ["## Learning curves", "", NOTE.format(csv=csv_name), "",
+    note = NOTE.format(csv=csv_name)
+    if not any(a.stats("train/grad_ratio") for a in arms):
+        note += " No run logged `train/grad_ratio`: no gradient-ratio panel."
+    out = ["## Learning curves", "", note, "",
            "| arm | runs with metrics.csv | epochs per run | validation Dice (%), last epoch of all its runs |",
            "|---|---|---|---|"]
     for a in arms:
