@@ -209,6 +209,7 @@ def figure(arms: list[ArmCurves], path) -> Path | None:
 
     from .figures import _figure
 
+    arms = [a for a in arms if a.curves]  # e.g. ensembles (no training) have no metrics.csv
     panels = present(arms)
     if not panels:
         return None
