@@ -181,7 +181,7 @@ def test_no_metrics_csv_and_no_figures(tmp_path):
         p.unlink()
     rep = build_report(tmp_path, make_figures=False)
     md = rep.md_path.read_text()
-    assert "No run has `csv/metrics.csv`" in md and "learning_curves.png" not in md
+    assert "No run has these metrics in `csv/metrics.csv`" in md and "learning_curves.png" not in md
     assert (tmp_path / "learning_curves.csv").read_text().strip() == "arm,epoch,metric,unit,mean,sd,n"
 
 
@@ -192,3 +192,14 @@ def test_no_figures_still_writes_the_csv_next_to_a_numbered_report(tmp_path):
     assert second.md_path.name == "report-2.md" and (tmp_path / "learning_curves-2.csv").exists()
     assert "learning_curves-2.csv" in second.md_path.read_text()
     assert not (tmp_path / "figures").exists() and second.figures == []
+
+
+def test_empty_or_unreadable_metrics_csv_does_not_stop_the_report(tmp_path):
+    make_multirun(tmp_path)
+    (tmp_path / "0_loss.lambda=0,seed=1" / "csv" / "metrics.csv").write_text("")
+    (tmp_path / "1_loss.lambda=0,seed=2" / "csv" / "metrics.csv").write_bytes(b"\xff\xfe\x00garbage")
+    rep = build_report(tmp_path)
+    rows = read(tmp_path / "learning_curves.csv")
+    assert not [k for k in rows if k[0]]  # the baseline arm has no usable curve left
+    check(rows, False, "val/dice", 1, [65.0, 55.0])
+    assert "| λ=0 (baseline) | 0 of 3 | – | – |" in rep.md_path.read_text()

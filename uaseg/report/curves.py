@@ -16,7 +16,7 @@ the ``attempt`` column when present, else a new one starts where ``step`` goes b
 
 Across runs (seeds and folds pooled): mean, sample sd (ddof = 1; empty for n = 1) and n = the runs
 that have the metric at that epoch, so runs of different lengths give a smaller n at late epochs.
-A run without ``csv/metrics.csv`` is left out and counted.
+A run without a readable ``csv/metrics.csv`` holding these metrics is left out and counted.
 """
 from __future__ import annotations
 
@@ -130,7 +130,8 @@ def ranking_weight(run) -> float | None:
 
 
 def run_curves(run) -> dict[str, dict[int, float]] | None:
-    """metric -> epoch -> the run's value (mean over the epoch's steps); None without metrics.csv."""
+    """metric -> epoch -> the run's value (mean over the epoch's steps); None without a readable
+    metrics.csv holding any of the metrics."""
     path = Path(run.path) / METRICS_CSV
     if not path.is_file():
         return None
@@ -146,7 +147,7 @@ def run_curves(run) -> dict[str, dict[int, float]] | None:
         per_epoch = {e: factor * float(np.mean(v)) for e, v in epoch_values(rows, c.column).items()}
         if per_epoch:
             out[c.name] = per_epoch
-    return out
+    return out or None
 
 
 # ------------------------------------------------------------------ arms
@@ -154,7 +155,7 @@ def run_curves(run) -> dict[str, dict[int, float]] | None:
 class ArmCurves:
     name: str
     runs: int  # runs of the arm
-    curves: list[dict] = field(default_factory=list)  # run_curves of the runs that have metrics.csv
+    curves: list[dict] = field(default_factory=list)  # run_curves of the runs that have curves
 
     def stats(self, metric: str) -> list[tuple[int, float, float, int]]:
         """(epoch, mean, sd, n) over the runs that have ``metric`` at that epoch."""
@@ -245,7 +246,7 @@ def figure(arms: list[ArmCurves], path) -> Path | None:
     labels = [f"{a.name} ({len(a.curves)} of {a.runs} runs)" for a in arms]
     for ax in axes[len(panels):]:
         ax.axis("off")
-    legend_ax.legend(handles, labels, loc="upper left", fontsize=7, title="arm (runs with metrics.csv)",
+    legend_ax.legend(handles, labels, loc="upper left", fontsize=7, title="arm (runs with curves)",
                      title_fontsize=7, frameon=False)
     fig.suptitle("Learning curves: mean ± sd over runs (seeds, folds) per epoch", fontsize=10)
     fig.tight_layout()
@@ -256,12 +257,12 @@ def figure(arms: list[ArmCurves], path) -> Path | None:
 def section(arms: list[ArmCurves], csv_name: str, fig_rel: str | None) -> list[str]:
     """The report's "Learning curves" markdown: note, per-arm counts, the figure."""
     if not any(a.curves for a in arms):
-        return ["## Learning curves", "", "No run has `csv/metrics.csv` (`logger=csv`): no curves.", ""]
+        return ["## Learning curves", "", "No run has these metrics in `csv/metrics.csv` (`logger=csv`): no curves.", ""]
     note = NOTE.format(csv=csv_name)
     if not any(a.stats("train/grad_ratio") for a in arms):
         note += " No run logged `train/grad_ratio`: no gradient-ratio panel."
     out = ["## Learning curves", "", note, "",
-           "| arm | runs with metrics.csv | epochs per run | validation Dice (%), last epoch of all its runs |",
+           "| arm | runs with curves | epochs per run | validation Dice (%), last epoch of all its runs |",
            "|---|---|---|---|"]
     for a in arms:
         lens = sorted(len(set().union(*(v.keys() for v in c.values()))) for c in a.curves)
