@@ -12,6 +12,7 @@ from pathlib import Path
 
 from uaseg.io import write_text
 
+from . import curves as lc
 from . import figures as figs
 from . import table
 from .collect import collect
@@ -139,16 +140,25 @@ def build_report(root, out_dir=None, force: bool = False, make_figures: bool = T
     out_dir = Path(out_dir) if out_dir else root
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path, csv_path, fig_dir = output_paths(out_dir, force)
+    arm_curves = lc.collect_curves(comparisons)
+    curves_csv = csv_path.with_name(csv_path.name.replace("report", "learning_curves"))
+    curves_png = None
+    if make_figures:
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        curves_png = lc.figure(arm_curves, fig_dir / "learning_curves.png")
+    md += lc.section(arm_curves, curves_csv.name, curves_png and _rel(curves_png, out_dir))
     if make_figures:
         report.figures = _figures(comparisons, fig_dir)
         report.figures += [p for i, (ctx, rs) in enumerate(method_groups.items(), 1)
                            if (p := methods_figure(ctx, rs, fig_dir / f"methods_{i:02d}.png")) is not None]
         if report.figures:
             md += ["## Figures", ""] + [f"![{p.stem}]({_rel(p, out_dir)})" for p in report.figures]
+        report.figures += [curves_png] if curves_png else []
     report.markdown = "\n".join(md) + "\n"
     write_text(md_path, report.markdown)
     table.write_csv(rows, csv_path)
     write_csv_rows(csv_path.with_name(csv_path.name.replace("report", "methods")), method_tidy)
+    write_csv_rows(curves_csv, lc.tidy_rows(arm_curves), lc.COLUMNS)
     report.md_path, report.csv_path = md_path, csv_path
     return report
 
