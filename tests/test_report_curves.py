@@ -203,3 +203,17 @@ def test_empty_or_unreadable_metrics_csv_does_not_stop_the_report(tmp_path):
     assert not [k for k in rows if k[0]]  # the baseline arm has no usable curve left
     check(rows, False, "val/dice", 1, [65.0, 55.0])
     assert "| λ=0 (baseline) | 0 of 3 | – | – |" in rep.md_path.read_text()
+
+
+def test_a_logged_weighted_term_is_used_as_logged(tmp_path):
+    """Runs that log train/rank_weighted (warm-up and balance make the weight vary per step) are drawn
+    from that column, not from train/rank × λ × scale."""
+    rng = np.random.default_rng(1)
+    metrics = ("epoch,step,train/rank,train/rank_weighted,train/seg,val/dice,val/aurc_dice\n"
+               "0,4,0.02,0.0,1.0,,\n0,9,0.02,10.0,0.8,,\n0,9,,,,0.5,20.0\n")
+    run = write_run(tmp_path / "0_loss.lambda=2", make_summary(rng, fold=0, lam=2.0, seed=1), ["loss.lambda=2"])
+    (run / ".hydra" / "config.yaml").write_text(LOSS_CFG.format(seed=1, lam=2.0))
+    (run / "csv").mkdir()
+    (run / "csv" / "metrics.csv").write_text(metrics)
+    curves = lc.run_curves(collect(tmp_path)[0][0])
+    assert curves["train/rank_weighted"] == {0: pytest.approx(5.0)}  # not 2000 × 0.02 = 40

@@ -4,9 +4,9 @@ What is drawn, per arm (the report's arms: runs sharing everything except fold a
 
 * ``val/dice`` (validation Dice at coverage 1, logged as a fraction, shown in %) and
   ``val/aurc_dice`` (validation Dice-AURC, logged in %), one value per validated epoch;
-* ``train/seg`` (the segmentation loss), ``train/rank_weighted`` = ``train/rank`` × λ × scale (the
-  ranking term as it enters the total loss; λ and scale from the run's ``.hydra/config.yaml``,
-  else from its summary.json) and ``train/grad_ratio`` (ranking / segmentation gradient norm at the
+* ``train/seg`` (the segmentation loss), ``train/rank_weighted`` (the ranking term as it enters the
+  total loss, as logged; runs older than that column: ``train/rank`` × λ × scale, λ and scale from
+  the run's ``.hydra/config.yaml``, else from its summary.json) and ``train/grad_ratio`` (ranking / segmentation gradient norm at the
   logits, when the run logged it; log axis). Step rows are averaged per epoch first (mean over the
   logged steps of the epoch).
 
@@ -59,8 +59,8 @@ NOTE = (
     "Per arm, mean ± sample sd (ddof = 1) over runs — seeds and folds pooled, unlike Table 1's sd over "
     "folds — at each epoch (0-based, as logged); n = runs with that metric at that epoch (`n` in "
     "`{csv}`). Validation Dice (at coverage 1) and validation AURC (Dice risk) are in %, as in Table 1. "
-    "Training curves average the logged steps of each epoch first; the ranking term is `train/rank` × λ "
-    "× scale, as it enters the loss; the gradient ratio (ranking / segmentation gradient norm at the "
+    "Training curves average the logged steps of each epoch first; the ranking term is as it enters the "
+    "loss (`train/rank_weighted`; for older runs `train/rank` × λ × scale); the gradient ratio (ranking / segmentation gradient norm at the "
     "logits) is on a log axis, its band clipped at the axis. A resumed run's rows of a killed attempt "
     "are replaced by the last attempt's."
 )
@@ -140,11 +140,14 @@ def run_curves(run) -> dict[str, dict[int, float]] | None:
     except (OSError, csv.Error, UnicodeDecodeError):
         return None
     out = {}
+    logged_weighted = any(_float(r.get("train/rank_weighted")) is not None for r in rows)
     for c in CURVES:
-        factor = ranking_weight(run) if c.factor == "weight" else c.factor
+        column, factor = c.column, c.factor
+        if factor == "weight":  # the logged product when there is one (warm-up, balance vary the weight)
+            column, factor = ("train/rank_weighted", 1.0) if logged_weighted else (column, ranking_weight(run))
         if factor is None:
             continue
-        per_epoch = {e: factor * float(np.mean(v)) for e, v in epoch_values(rows, c.column).items()}
+        per_epoch = {e: factor * float(np.mean(v)) for e, v in epoch_values(rows, column).items()}
         if per_epoch:
             out[c.name] = per_epoch
     return out or None
