@@ -137,3 +137,16 @@ def test_warmup_rises_per_step_in_training(make_cfg):
     rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open()))
     weights = [float(r["train/rank_weight"]) for r in rows if r.get("train/rank_weight")]
     assert weights == [0.0, 1000.0]
+
+
+@pytest.mark.parametrize("dataset,warned", [("demo3d", True), ("demo2d", False)])
+def test_a_dominating_ranking_term_is_warned_once_with_more_than_two_classes(make_cfg, caplog, dataset, warned):
+    import logging
+
+    from uaseg.train import train
+
+    cfg = make_cfg(dataset, "loss.lambda=2", "test=false", "trainer.limit_val_batches=1")
+    with caplog.at_level(logging.WARNING, logger="uaseg.models.module"):
+        train(cfg)
+    hits = [r for r in caplog.records if "ranking term's gradient" in r.getMessage()]
+    assert len(hits) == (1 if warned else 0)

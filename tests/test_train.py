@@ -52,12 +52,14 @@ def test_train_py_from_the_command_line(tmp_path):
         "dataset.num_cases=10", "dataset.image_size=48", "dataset.patch_size=[32,32]", "model=unet_small",
         "dataset.batch_size=2", "dataset.samples_per_image=1", "trainer.max_epochs=1",
         "trainer.limit_train_batches=2", "loss.lambda=2", "seed=1", "callbacks.progress_bar=null",
+        "trainer.log_every_n_steps=1",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("summary.json", "curves.csv", ".hydra/config.yaml", "checkpoints/last.ckpt", "csv/metrics.csv",
-                 "figures/risk_coverage.png", "figures/dice_coverage.png"):
+                 "figures/risk_coverage.png", "figures/dice_coverage.png", "figures/learning_curves.png"):
         assert (run / name).exists(), name
+    assert "train/grad_ratio" in (run / "csv" / "metrics.csv").read_text().splitlines()[0]  # on by default
     assert list((run / "checkpoints").glob("best-*.ckpt"))
     summary = json.loads((run / "summary.json").read_text())
     assert 0.0 <= summary["dice_full"]["mean"] <= 1.0

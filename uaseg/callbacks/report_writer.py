@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 
 from uaseg.inference.files import file_kind, output_paths, write_segmentation
 from uaseg.loggers import log_test_report
+from uaseg.report.curves import run_figure
 from uaseg.uncertainty import SCORES
 from uaseg.selective import (
     format_risk_control,
@@ -138,6 +139,9 @@ class SelectiveReportWriter(Callback):
                     fig_dir / f"case_{group}_{p['case_id']}.png",
                     title=f"{p['case_id']} ({group}), referral at coverage {self.panel_coverage}",
                 )
+            curves = run_figure(out, fig_dir / "learning_curves.png", pl_module.run_identity)
+            if curves is not None:
+                figures["learning_curves"] = curves
         log_test_report(trainer.loggers, result, figures, step=pl_module.global_step)
         print(format_table(result))
         if result.risk_control:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: keys of the ``eval`` config the module itself uses (the report writer reads the others)
 EVAL_KEYS = ("coverages", "quantize_bits", "case_aggregation", "bootstrap", "scores", "tta_flips", "mc_samples")
+#: gradient ratio (ranking / segmentation, at the logits) above which a multi-class run is warned
+DOMINANT_RATIO = 100.0
 #: checkpoint key of the calibrated referral thresholds (plain dicts: ``uaseg.inference.calibrate``)
 RISK_CONTROL_KEY = "uaseg_risk_control"
 
@@ -150,10 +152,22 @@ class SelectiveSegModule(L.LightningModule):
                 f"global step {self.global_step} (parts: {({k: float(v) for k, v in parts.items()})})"
                 + (f", batch of cases {', '.join(cases)}" if cases else "")
             )
+        self._warn_if_ranking_dominates(parts.get("grad_ratio"))
         bs = batch["image"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v.float() for k, v in parts.items()}, batch_size=bs)
         return total
+
+    def _warn_if_ranking_dominates(self, ratio: torch.Tensor | None) -> None:
+        """Once per run: with more than two classes a ranking term whose gradient dominates the
+        segmentation term's slows segmentation (docs/multiclass_3d.md)."""
+        if ratio is None or self.num_classes <= 2 or getattr(self, "_warned_ratio", False):
+            return
+        if float(ratio) > DOMINANT_RATIO:
+            self._warned_ratio = True
+            log.warning("the ranking term's gradient at the logits is %.0fx the segmentation term's (epoch %d): "
+                        "with %d classes it can slow segmentation; see loss.steer=true / loss.balance "
+                        "(docs/multiclass_3d.md)", float(ratio), self.current_epoch, self.num_classes)
 
     def _progress(self, batch_idx: int) -> float:
         """Fractional epoch (a loss warm-up rises per step, not per epoch)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,7 @@ CURVES = (
     Curve("val/dice", "val/dice", "validation Dice (%)", "%", 100.0),
     Curve("val/aurc_dice", "val/aurc_dice", "validation AURC (%)", "%"),
     Curve("train/seg", "train/seg", "training segmentation loss", ""),
-    Curve("train/rank_weighted", "train/rank", "training ranking term (λ·scale·L_rank)", "", "weight"),
+    Curve("train/rank_weighted", "train/rank", "training ranking term, as weighted in the loss", "", "weight"),
     Curve("train/grad_ratio", "train/grad_ratio", "gradient-norm ratio rank / seg at the logits", "", 1.0, True),
 )
 COLUMNS = ("arm", "epoch", "metric", "unit", "mean", "sd", "n")
@@ -207,7 +208,7 @@ def present(arms: list[ArmCurves]) -> list[Curve]:
     return [c for c in CURVES if any(a.stats(c.name) for a in arms)]
 
 
-def figure(arms: list[ArmCurves], path) -> Path | None:
+def figure(arms: list[ArmCurves], path, title: str | None = None) -> Path | None:
     """One panel per metric present in some run, one line (mean) and band (± sd) per arm."""
     from matplotlib.ticker import MaxNLocator
 
@@ -246,15 +247,38 @@ def figure(arms: list[ArmCurves], path) -> Path | None:
         ax.grid(alpha=0.3)
     legend_ax = axes[len(panels)]
     handles = [legend_ax.plot([], [], color=f"C{i % 10}", marker="o", ms=3)[0] for i in range(len(arms))]
-    labels = [f"{a.name} ({len(a.curves)} of {a.runs} runs)" for a in arms]
+    labels = [textwrap.fill(f"{a.name} ({len(a.curves)} of {a.runs} runs)", 48) for a in arms]
     for ax in axes[len(panels):]:
         ax.axis("off")
     legend_ax.legend(handles, labels, loc="upper left", fontsize=7, title="arm (runs with curves)",
                      title_fontsize=7, frameon=False)
-    fig.suptitle("Learning curves: mean ± sd over runs (seeds, folds) per epoch", fontsize=10)
+    fig.suptitle(title or "Learning curves: mean ± sd over runs (seeds, folds) per epoch", fontsize=10)
     fig.tight_layout()
     save_figure(path, fig)
     return Path(path)
+
+
+def run_title(identity: dict) -> str:
+    """A one-run figure's title: dataset, model, loss setting, seed, fold."""
+    from uaseg.identity import LOSS_KEYS
+
+    loss = {k: identity.get(k) for k in LOSS_KEYS}
+    if loss.get("sampling") == "exact":
+        loss["n_wrong"] = loss["n_correct"] = None
+    setting = "λ=0 (baseline)" if not loss.get("lambda") else describe_loss(tuple(loss.items()))
+    return ", ".join(str(x) for x in (identity.get("dataset"), identity.get("model"), setting,
+                                      f"seed {identity.get('seed')}", f"fold {identity.get('fold')}"))
+
+
+def run_figure(run_dir, path, identity: dict | None = None, title: str | None = None) -> Path | None:
+    """The learning curves of one run folder (its own ``figures/learning_curves.png``), None when its
+    metrics.csv holds none of the metrics."""
+    from types import SimpleNamespace
+
+    curves = run_curves(SimpleNamespace(path=Path(run_dir), identity=identity or {}))
+    if not curves:
+        return None
+    return figure([ArmCurves(title or run_title(identity or {}), 1, [curves])], path, "Learning curves of this run")
 
 
 def section(arms: list[ArmCurves], csv_name: str, fig_rel: str | None) -> list[str]:
