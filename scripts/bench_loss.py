@@ -5,7 +5,9 @@ Rows: lambda = 0 (baseline), exact all-pairs term, the paper's 300 x 6600 subsam
 reference code's formulation (subsample 300 x 6600, then a Python loop that materialises every
 sampled pair and a MarginRankingLoss-style mean), then the exact term's variants beyond the paper
 (``uaseg/losses/variants.py``: pairing, hinge power, Dice weights, and the consistency term, whose
-step includes the second view's forward pass without gradient, as ``SelectiveSegModule`` runs it). Each row: median time of a full training step
+step includes the second view's forward pass without gradient, as ``SelectiveSegModule`` runs it), the
+multi-class remedies (``uaseg/losses/dynamics.py``: steer, balance) and a logging step, which also
+measures the gradient ratio at the logits. Each row: median time of a full training step
 (forward + loss + backward + Adam) as a ratio to the lambda = 0 step, and the median time of the
 ranking term alone (forward + backward from fixed logits). Variants are interleaved in every
 repeat (order rotated) after a warm-up round, so drift hits all rows alike.
@@ -50,6 +52,13 @@ def reference_loop_term(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
         seconds.append(p_w)
     x1, x2 = torch.cat(firsts), torch.cat(seconds)
     return F.margin_ranking_loss(x1, x2, torch.ones_like(x1), margin=MARGIN)
+
+
+class Measured(UncertaintyAwareLoss):
+    """The exact term on a logging step: it also measures the gradient ratio at the logits."""
+
+    def forward(self, *args, **kwargs):
+        return super().forward(*args, measure=True, **kwargs)
 
 
 class ReferenceLoss(torch.nn.Module):
@@ -115,6 +124,11 @@ def main():
                        ("consistency_view", "flip"), ("consistency_view", "noise")]:
         extra = {key: value, "consistency": 1.0} if key == "consistency_view" else {key: value}
         label = f"consistency=1 {value}" if key == "consistency_view" else f"{key}={value}"
+        variants[f"exact, {label}"] = UncertaintyAwareLoss(**exact, **extra)
+    # multi-class remedies (uaseg/losses/dynamics.py) and the cost of measuring the gradient ratio
+    variants["exact, grad ratio measured"] = Measured(**exact)
+    for label, extra in (("steer", {"steer": True}), ("balance=1", {"balance": 1.0}),
+                         ("steer, balance=1", {"steer": True, "balance": 1.0})):
         variants[f"exact, {label}"] = UncertaintyAwareLoss(**exact, **extra)
     names = list(variants)
     ref_name = names[3]
