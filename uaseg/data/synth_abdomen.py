@@ -185,7 +185,7 @@ def abdomen_volume(seed: int, index: int, size: int = 64) -> tuple[np.ndarray, n
     hu = {
         1: base,
         2: base + rng.normal(4, 6),  # spleen: nearly the liver's HU
-        3: rng.uniform(150, 190),
+        3: rng.uniform(170, 205),
         4: soft + rng.normal(8, 6),  # pancreas: the bowel's
         5: rng.uniform(10, 45),  # unopacified ureter, in fat
     }
