@@ -235,3 +235,103 @@ def test_methods_table_rows_and_relative_changes(tmp_path):
         assert v["passes"] == (1 if r.score == "max_softmax" else 4)
     md, tidy = render_methods({ctx: rows})
     assert md.count("\n| λ") == 4 and "reference" in md and len(tidy) == 4
+
+
+# ---------------------------------------------------------------------------------------- ensembles of different members
+class _FakeModule:
+    """A member that returns fixed probabilities per case (the case index is written in the image)."""
+
+    def __init__(self, probs, evaluation):
+        self.probs, self.hparams = probs, {"evaluation": evaluation}
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def segment(self, image):
+        prob = torch.stack([self.probs[int(i)] for i in image[:, 0, 0, 0]])
+        conf, pred = prob.max(dim=1)
+        return 1.0 - conf, pred, prob
+
+
+class _FakeData:
+    def __init__(self, labels, batch_size=2):
+        self.labels, self.batch_size = labels, batch_size
+
+    def setup(self, stage):
+        pass
+
+    def test_dataloader(self):
+        n = len(self.labels)
+        for s in range(0, n, self.batch_size):
+            idx = list(range(s, min(s + self.batch_size, n)))
+            image = torch.tensor(idx, dtype=torch.float32)[:, None, None, None].expand(-1, 1, *self.labels[0].shape)
+            yield {"image": image.clone(), "label": torch.stack([self.labels[i] for i in idx])[:, None],
+                   "case_id": [f"case{i}" for i in idx]}
+
+
+def _h(p, axis=0):
+    return -(p * np.log(np.clip(p, 1e-30, None))).sum(axis) / math.log(p.shape[axis])
+
+
+def test_an_ensemble_of_different_members_against_a_hand_computation(monkeypatch):
+    """Three members with different probabilities on four cases (K = 3): the ensemble's scores are
+    those of the numpy mean of all members, and the case score is 1 - the mean Dice over all three
+    member pairs (higher = members disagree = refer first)."""
+    from selectivecases import bf_case_dice
+
+    import uaseg.inference.ensemble as ens
+    from uaseg.inference.model import LoadedModel
+    from uaseg.selective import SelectiveAccumulator
+
+    rng = np.random.default_rng(3)
+    k, n_cases, n_members, shape = 3, 4, 3, (5, 7)
+    # member probabilities: Dirichlet, sharper for member 0 so argmaxes differ between members
+    probs = rng.dirichlet(np.ones(k) * 0.5, size=(n_members, n_cases, *shape)).transpose(0, 1, 4, 2, 3)
+    labels = rng.integers(0, k, (n_cases, *shape))
+    evaluation = {"coverages": [0.9, 0.8], "quantize_bits": None, "case_aggregation": "mean", "bootstrap": 0}
+    data = _FakeData([torch.from_numpy(y) for y in labels])
+    members = [LoadedModel(module=_FakeModule(torch.from_numpy(probs[j]).float(), evaluation), datamodule=data,
+                           dataset_cfg={}, val_curve=None, spatial_dims=2, in_channels=1, num_classes=k)
+               for j in range(n_members)]
+    seen = {}
+    real_aurc = ens.case_level_aurc
+
+    def spy(u, risk, **kw):
+        seen["u"], seen["risk"] = np.asarray(u), np.asarray(risk)
+        return real_aurc(u, risk, **kw)
+
+    monkeypatch.setattr(ens, "case_level_aurc", spy)
+    out = ens.evaluate_ensemble(members)
+
+    # the scores: every member averaged, by hand
+    mean = probs.astype(np.float32).mean(0)  # (cases, K, H, W)
+    pred = mean.argmax(1)
+    by_hand = {"ensemble": 1.0 - mean.max(1), "ensemble_entropy": _h(mean, 1),
+               "ensemble_mutual_information": np.clip(_h(mean, 1) - _h(probs, 2).mean(0), 0, None)}
+    for name, u in by_hand.items():
+        ref = SelectiveAccumulator(k, coverages=[0.9, 0.8], bootstrap=0)
+        for i in range(n_cases):
+            ref.add_case(torch.from_numpy(u[i]).float(), torch.from_numpy(pred[i]), torch.from_numpy(labels[i]),
+                         case_id=f"case{i}")
+        want, got = ref.compute(), out["results"][name]
+        assert got.aurc == pytest.approx(want.aurc, abs=1e-6), name
+        assert got.aurc_dice == pytest.approx(want.aurc_dice, abs=1e-4), name
+        assert [c.at_coverage["1.00"].dice for c in got.cases] == pytest.approx(
+            [bf_case_dice(pred[i], labels[i], k) for i in range(n_cases)]), name
+    # the members really disagree, so one member alone (or two) would give other numbers
+    assert len({tuple(probs[j].argmax(1).ravel()) for j in range(n_members)}) == n_members
+
+    # the case-level score: 1 - mean Dice over the 3 pairs (0,1), (0,2), (1,2), in case order
+    member_pred = probs.argmax(2)  # (members, cases, H, W)
+    want = [1.0 - np.mean([bf_case_dice(member_pred[a, i], member_pred[b, i], k)
+                           for a, b in ((0, 1), (0, 2), (1, 2))]) for i in range(n_cases)]
+    np.testing.assert_allclose(seen["u"], want, atol=1e-12)
+    np.testing.assert_allclose(seen["risk"], [1 - bf_case_dice(pred[i], labels[i], k) for i in range(n_cases)])
+    # each pair's Dice differs, so any subset of the pairs gives another score
+    pair_dice = [bf_case_dice(member_pred[a, 0], member_pred[b, 0], k) for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert len(set(np.round(pair_dice, 9))) == 3
+    assert ens.pairwise_dice([torch.from_numpy(member_pred[j, 0]) for j in range(3)], k) == pytest.approx(
+        np.mean(pair_dice))
