@@ -335,3 +335,24 @@ def test_an_ensemble_of_different_members_against_a_hand_computation(monkeypatch
     assert len(set(np.round(pair_dice, 9))) == 3
     assert ens.pairwise_dice([torch.from_numpy(member_pred[j, 0]) for j in range(3)], k) == pytest.approx(
         np.mean(pair_dice))
+
+
+def test_ensemble_members_with_as_many_but_other_test_cases_are_refused(tmp_path, capsys):
+    """Members are compared by their test case ids, not by how many there are."""
+    from uaseg.cli import main as cli
+    from uaseg.errors import UserError
+    from uaseg.report import collect
+    from uaseg.report.grouping import seed_groups
+
+    rng = np.random.default_rng(0)
+    for i, seed in enumerate((1, 2)):
+        s = make_summary(rng, fold=0, lam=0.0, seed=seed, n_cases=4)
+        if seed == 2:  # as many cases, one of them another
+            s["cases"][3]["case_id"] = "f0_case9"
+        write_run(tmp_path / f"{i}_seed={seed}", s, ["loss.lambda=0", f"seed={seed}"])
+    with pytest.raises(UserError, match="different cases") as e:
+        seed_groups(collect(tmp_path)[0])
+    assert "f0_case3" in str(e.value) and "f0_case9" in str(e.value)
+    assert cli(["ensemble", str(tmp_path)]) == 2
+    assert "different cases" in capsys.readouterr().err
+    assert not (tmp_path / "ensembles").exists()
