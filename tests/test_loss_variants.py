@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,6 +64,42 @@ def test_dice_weights_by_hand():
     # voxel (0,1): predicted 1 (1/3), label 0 (-) ; (0,2): predicted 0, label 2 (1/3); (0,0): 1/3 + 1/3
     torch.testing.assert_close(w[0], torch.tensor([2 / 3, 1 / 3, 1 / 3, 2 / 3], dtype=F64))
     torch.testing.assert_close(w[1], torch.tensor([1 / 3, 1 / 3, 0.0, 1 / 3], dtype=F64))
+
+
+def test_hinge_power_2_with_per_case_pairing_against_the_pair_matrices():
+    """The whole loss with ``pairing=case`` and ``hinge_power=2``: its ranking term is the mean over
+    the images that have a pair of each image's full pair matrix mean of ``relu(u_k - u_j + m)^2``
+    (j wrong, k correct); the last image is all correct and left out. Value and gradient."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 3, 6, 5, generator=g, dtype=F64) * 0.6
+    target = torch.randint(0, 3, (3, 6, 5), generator=g)
+    target[2] = logits[2].argmax(0)  # image 2: no wrong voxel, no pair
+    total, logs = _loss(pairing="case", hinge_power=2)(logits, target)
+
+    u = (1 - logits.softmax(1).max(1).values).numpy()
+    wrong = (logits.argmax(1) != target).numpy()
+    terms = []
+    for b in range(3):
+        uw, uc = u[b][wrong[b]], u[b][~wrong[b]]
+        if uw.size and uc.size:
+            terms.append(np.mean([[max(k - j + 0.1, 0.0) ** 2 for k in uc] for j in uw]))
+    assert len(terms) == 2
+    assert float(logs["rank"]) == pytest.approx(np.mean(terms), rel=1e-9)
+    assert float(total - logs["seg"]) == pytest.approx(2.0 * 1000.0 * np.mean(terms), rel=1e-9)
+    # neither power 1 nor pairs across images give that number
+    p1 = np.mean([np.mean([[max(k - j + 0.1, 0.0) for k in u[b][~wrong[b]]] for j in u[b][wrong[b]]]) for b in (0, 1)])
+    uw, uc = u[wrong], u[~wrong]
+    across = np.mean([[max(k - j + 0.1, 0.0) ** 2 for k in uc] for j in uw])
+    assert abs(p1 - np.mean(terms)) > 1e-3 and abs(across - np.mean(terms)) > 1e-4
+    # gradient of the ranking term: the same pair matrices in torch
+    loss = _loss(pairing="case", hinge_power=2)
+    z = logits.clone().requires_grad_(True)
+    (loss(z, target)[0] - loss.seg_loss(z, target)).backward()
+    ref_z = logits.clone().requires_grad_(True)
+    ur = 1 - ref_z.softmax(1).max(1).values
+    w = torch.from_numpy(wrong)
+    (2000.0 * torch.stack([brute_force_ranking_loss(ur[b][w[b]], ur[b][~w[b]], 0.1, 2) for b in (0, 1)]).mean()).backward()
+    torch.testing.assert_close(z.grad, ref_z.grad, rtol=1e-7, atol=1e-10)
 
 
 def _loss(**kw):
