@@ -125,6 +125,48 @@ def test_consistency_term_ranks_view_disagreement():
     torch.testing.assert_close(base, torch.nn.functional.cross_entropy(logits, target))
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_flipped_view_is_flipped_back(dims):
+    """A pointwise network commutes with flips, so its flipped view, flipped back, is its plain output
+    (not flipped back, it would be mirrored); a 3x3 convolution does not, so its view differs and is
+    flip(net(flip(x)))."""
+    from uaseg.losses.variants import second_view_logits
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
+    x = torch.randn(2, 2, *(5, 4, 3)[:dims])
+    axes = list(range(2, 2 + dims))
+    pointwise = conv(2, 3, 1)
+    torch.testing.assert_close(second_view_logits(pointwise, x, "flip"), pointwise(x).detach())
+    assert not torch.allclose(torch.flip(pointwise(x), axes), pointwise(x))  # a missing flip-back would show
+    spatial = conv(2, 3, 3, padding=1)
+    view = second_view_logits(spatial, x, "flip")
+    torch.testing.assert_close(view, torch.flip(spatial(torch.flip(x, axes)), axes).detach())
+    assert not torch.allclose(view, spatial(x), atol=1e-3)
+
+
+def test_training_step_gives_the_loss_the_flipped_back_view(make_cfg, monkeypatch):
+    """The module's second view, with a pointwise network, is the plain pass: the loss receives
+    view logits equal to its logits (and none without the consistency term)."""
+    from uaseg.train import build_module
+
+    module = build_module(make_cfg("demo2d", "loss.lambda=2", "loss.consistency=1"))
+    module.net = torch.nn.Conv2d(3, 2, 1)
+    seen = {}
+
+    def spy(logits, target, epoch=None, view_logits=None):
+        seen["logits"], seen["view"] = logits.detach(), view_logits
+        return logits.sum() * 0, {}
+
+    monkeypatch.setattr(module.loss, "forward", spy)
+    image = torch.rand(2, 3, 8, 6, generator=torch.Generator().manual_seed(0))
+    batch = {"image": image, "label": torch.zeros(2, 1, 8, 6, dtype=torch.long)}
+    module.training_step(batch, 0)
+    assert seen["view"] is not None
+    torch.testing.assert_close(seen["view"], seen["logits"])
+    assert not torch.allclose(torch.flip(seen["logits"], [2, 3]), seen["logits"])
+
+
 @pytest.mark.parametrize("dataset", ["demo2d", "demo3d"])
 @pytest.mark.parametrize("option", ["loss.pairing=case", "loss.pairing=class", "loss.hinge_power=2",
                                     "loss.wrong_weight=dice", "loss.consistency=1", "loss.score=entropy"])
