@@ -133,6 +133,25 @@ def test_mc_dropout_needs_dropout_and_equals_the_plain_pass_when_dropout_does_no
     assert float(out["mc_mutual_information"][0].abs().max()) < 1e-6
 
 
+@pytest.mark.parametrize("samples", [1, 4])
+def test_mc_dropout_runs_exactly_mc_samples_passes(tmp_path, samples):
+    """Forward calls of the network, counted: eval.mc_samples passes of the one-pass inference each
+    (and one pass per flip for tta), as the cost in the summary says. A pointwise network with
+    dropout keeps it fast."""
+    m = _module(tmp_path, "eval.scores=[mc_dropout,mc_entropy,tta]", "model.dropout=0.3", f"eval.mc_samples={samples}",
+                "eval.tta_flips=[[],[0],[1]]")
+    m.net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Dropout(0.3))
+    calls = []
+    m.net.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    m.inferer(IMAGE, m.net)
+    one_pass = len(calls)
+    assert one_pass >= 1
+    calls.clear()
+    m.score_maps(IMAGE)
+    assert len(calls) == (samples + 3) * one_pass
+    assert m.family_passes("mc") == samples and m.family_passes("tta") == 3
+
+
 # ---------------------------------------------------------------------------------------- a run, an ensemble
 RUN_ARGS = ("loss.lambda=0", "model.dropout=0.2", "eval.mc_samples=2", "eval.figures=false", "eval.save_arrays=true",
             "eval.scores=[max_softmax,entropy,temperature,tta,mc_dropout]")
