@@ -88,6 +88,74 @@ def test_temperature_fit_recovers_the_temperature_that_generated_the_labels(t_tr
     assert fit_temperature(z, y) == pytest.approx(t_true, rel=0.05)
 
 
+class _FakeData:
+    """Batches of two cases whose image holds the case index (read by the fake modules)."""
+
+    def __init__(self, labels, batch_size=2):
+        self.labels, self.batch_size = labels, batch_size
+        self.splits = {"val": [f"case{i}" for i in range(len(labels))]}
+
+    def setup(self, stage=None):
+        pass
+
+    def test_dataloader(self):
+        n = len(self.labels)
+        for s in range(0, n, self.batch_size):
+            idx = list(range(s, min(s + self.batch_size, n)))
+            image = torch.tensor(idx, dtype=torch.float32)[:, None, None, None].expand(-1, 1, *self.labels[0].shape)
+            yield {"image": image.clone(), "label": torch.stack([self.labels[i] for i in idx])[:, None],
+                   "case_id": [f"case{i}" for i in idx]}
+
+    val_dataloader = test_dataloader
+
+
+class _FixedLogits:
+    """A module whose sliding-window inference returns stored logits (the case index is in the image)."""
+
+    def __init__(self, logits):
+        self.logits, self.net = logits, None
+
+    def eval(self):
+        return self
+
+    def to(self, device):
+        return self
+
+    def inferer(self, image, net):
+        return torch.stack([self.logits[int(i)] for i in image[:, 0, 0, 0]])
+
+
+def test_temperature_fit_on_validation_flattens_voxels_not_classes():
+    """Validation logits (B, K, H, W) in batches of two: the fitted T is the brute-force minimiser of
+    the voxel NLL over (voxel, its K logits) pairs; flattening that mixes class and spatial axes (or
+    pairs a voxel with another voxel's label) gives another T."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import logsumexp
+
+    from uaseg.inference.calibrate import fit_temperature_on_validation
+
+    g = torch.Generator().manual_seed(0)
+    k, shape, n = 4, (7, 5), 5
+    logits = torch.randn(n, k, *shape, generator=g, dtype=torch.float64) * 3
+    labels = torch.stack([torch.multinomial((z / 0.6).softmax(0).movedim(0, -1).reshape(-1, k), 1, generator=g)
+                          .reshape(shape) for z in logits])
+    t, used = fit_temperature_on_validation(_FixedLogits(logits.float()), _FakeData(list(labels)), max_voxels=10 ** 6)
+    assert used == n * 7 * 5
+
+    def brute(z, y):  # z (N, K), y (N,): minimise the mean NLL over T itself
+        def nll(temp):
+            s = z / temp
+            return float(np.mean(logsumexp(s, axis=1) - s[np.arange(len(y)), y]))
+        return minimize_scalar(nll, bounds=(1e-3, 1e3), method="bounded", options={"xatol": 1e-9}).x
+
+    z32 = logits.float().double().numpy()
+    right = brute(z32.transpose(0, 2, 3, 1).reshape(-1, k), labels.numpy().reshape(-1))
+    assert t == pytest.approx(right, rel=1e-3)
+    mixed = brute(z32.reshape(-1, k), labels.numpy().reshape(-1))  # classes and space mixed up
+    swapped = brute(z32.transpose(0, 2, 3, 1).reshape(-1, k), labels.numpy().transpose(0, 2, 1).reshape(-1))
+    assert abs(mixed - right) > 0.1 * right and abs(swapped - right) > 0.1 * right
+
+
 # ---------------------------------------------------------------------------------------- a module's passes
 def _module(tmp_path, *extra):
     cfg = compose_cfg(["dataset=demo2d", *TINY["demo2d"], *FAST, *extra], tmp_path / "run", tmp_path / "cache")
@@ -273,22 +341,6 @@ class _FakeModule:
         prob = torch.stack([self.probs[int(i)] for i in image[:, 0, 0, 0]])
         conf, pred = prob.max(dim=1)
         return 1.0 - conf, pred, prob
-
-
-class _FakeData:
-    def __init__(self, labels, batch_size=2):
-        self.labels, self.batch_size = labels, batch_size
-
-    def setup(self, stage):
-        pass
-
-    def test_dataloader(self):
-        n = len(self.labels)
-        for s in range(0, n, self.batch_size):
-            idx = list(range(s, min(s + self.batch_size, n)))
-            image = torch.tensor(idx, dtype=torch.float32)[:, None, None, None].expand(-1, 1, *self.labels[0].shape)
-            yield {"image": image.clone(), "label": torch.stack([self.labels[i] for i in idx])[:, None],
-                   "case_id": [f"case{i}" for i in idx]}
 
 
 def _h(p, axis=0):
