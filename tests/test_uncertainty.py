@@ -15,7 +15,7 @@ from test_report import make_summary, write_run
 from uaseg.errors import ConfigError
 from uaseg.losses.scores import get_score
 from uaseg.train import build_module, train
-from uaseg.uncertainty import MeanOfPasses, check_scores, deterministic_scores
+from uaseg.uncertainty import MeanOfPasses, check_scores, deterministic_scores, entropy
 from uaseg.uncertainty.temperature import fit_temperature
 from uaseg.uncertainty.tta import flip_sets
 
@@ -64,6 +64,28 @@ def test_training_score_entropy_matches_hand_value_and_is_differentiable():
     big = torch.tensor([[[[80.0]], [[-80.0]]]], requires_grad=True)  # a probability underflows to 0
     get_score("entropy")(big)[0].sum().backward()
     assert torch.isfinite(big.grad).all()
+
+
+@pytest.mark.parametrize("k", [3, 8])
+def test_entropy_is_divided_by_log_k(k):
+    """Uniform -> 1, one-hot -> 0 and a hand value, for K = 3 and K = 8, in the test-time entropy (and so
+    the mutual information of MeanOfPasses) and in the training score (from logits)."""
+    half = torch.zeros(k, dtype=torch.float64)
+    half[:2] = 0.5  # two classes at 1/2: H = log 2, so log 2 / log K
+    p = torch.stack([torch.full((k,), 1.0 / k, dtype=torch.float64), torch.eye(k, dtype=torch.float64)[k - 1], half])
+    prob = p.T[None, :, :, None]  # (B=1, K, 3 voxels, 1)
+    want = [1.0, 0.0, math.log(2) / math.log(k)]
+    assert entropy(prob).flatten().tolist() == pytest.approx(want, abs=1e-12)
+    logits = torch.log(prob.clamp_min(1e-300))  # softmax(log p) = p
+    assert get_score("entropy")(logits)[0].flatten().tolist() == pytest.approx(want, abs=1e-9)
+    acc = MeanOfPasses()
+    acc.add(prob[:, :, 1:2])  # one-hot, then uniform: MI = H(mean) - (0 + 1) / 2
+    acc.add(prob[:, :, :1])
+    mean = (p[0] + p[1]) / 2
+    h_mean = float(-(mean * mean.log()).sum() / math.log(k))
+    s = acc.scores("mc", "mc_dropout")
+    assert float(s["mc_entropy"][0]) == pytest.approx(h_mean)
+    assert float(s["mc_mutual_information"][0]) == pytest.approx(h_mean - 0.5)
 
 
 def test_score_names_are_checked():
