@@ -98,7 +98,8 @@ def test_hinge_power_2_with_per_case_pairing_against_the_pair_matrices():
     ref_z = logits.clone().requires_grad_(True)
     ur = 1 - ref_z.softmax(1).max(1).values
     w = torch.from_numpy(wrong)
-    (2000.0 * torch.stack([brute_force_ranking_loss(ur[b][w[b]], ur[b][~w[b]], 0.1, 2) for b in (0, 1)]).mean()).backward()
+    ref = torch.stack([brute_force_ranking_loss(ur[b][w[b]], ur[b][~w[b]], 0.1, 2) for b in (0, 1)]).mean()
+    (2000.0 * ref).backward()
     torch.testing.assert_close(z.grad, ref_z.grad, rtol=1e-7, atol=1e-10)
 
 
