@@ -249,3 +249,71 @@ def test_non_finite_voxels_are_an_error_naming_the_channel_file(tmp_path, make_c
     dm, _ = dm_of(make_cfg, "nnunet", root, "dataset.cache=false")
     with pytest.raises(DatasetError, match=re.escape(message)):
         dm.prepare_data()
+
+
+# --------------------------------------------------------------------------------- normalisation applied to voxels
+def _ct_by_hand(raw: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """nnU-Net's CT normalisation: clip to the foreground's 0.5 / 99.5 percentiles, then the
+    foreground's mean and standard deviation (of the unclipped training foreground)."""
+    lo, hi = np.percentile(fg, 0.5), np.percentile(fg, 99.5)
+    return (np.clip(raw, lo, hi) - fg.mean()) / fg.std()
+
+
+def test_ct_normalisation_is_applied_to_the_voxels(tmp_path, make_cfg):
+    """case_000 has the median spacing and RAS axes, so the transform's voxels are the file's, clipped
+    and z-scored with the training foreground's numbers (the background, -900 HU, is clipped)."""
+    root = make_nnunet_3d(tmp_path / "Dataset001_CT")
+    dm, _ = dm_of(make_cfg, "nnunet", root, "dataset.cache=false")
+    dm.setup()
+    case = next(c for s in dm.splits.values() for c in s if c["case_id"] == "case_000")
+    out = dm.eval_transforms()(dict(case))["image"][0].numpy()
+    raw = np.asarray(nib.load(case["image"][0]).dataobj, dtype=np.float64)
+    fg = _by_hand_ct(root)
+    want = _ct_by_hand(raw, fg)
+    np.testing.assert_allclose(out, want, atol=1e-4)
+    assert (raw < np.percentile(fg, 0.5)).mean() > 0.5  # the clip matters: most voxels are below it
+    assert not np.allclose(out, (raw - raw.mean()) / raw.std(), atol=1e-2)  # not the case's own z-score
+
+
+def test_dataset_json_out_of_index_order(tmp_path, make_cfg):
+    """channel_names and labels written out of index order: channel i is still file _000i with its own
+    normalisation (0: noNorm = raw, 1: CT), and class k is the label named with value k."""
+    root = make_nnunet_3d(tmp_path / "Dataset003_Order", channels=("noNorm", "CT"),
+                          labels={"tumour": 2, "background": 0, "liver": 1})
+    _edit_json(root, channel_names={"1": "CT", "0": "noNorm"})
+    assert list(json.loads((root / "dataset.json").read_text())["channel_names"]) == ["1", "0"]
+    dm, cfg = dm_of(make_cfg, "nnunet", root, "dataset.cache=false")
+    assert dm.channel_names == ("noNorm", "CT") and cfg.dataset.meta.in_channels == 2
+    assert list(cfg.dataset.meta.class_names) == ["liver", "tumour"]
+    assert [n["scheme"] for n in dm.plan["normalization"]] == ["none", "ct"]
+    dm.setup()
+    case = next(c for s in dm.splits.values() for c in s if c["case_id"] == "case_000")
+    assert [Path(f).name for f in case["image"]] == ["case_000_0000.nii.gz", "case_000_0001.nii.gz"]
+    out = dm.eval_transforms()(dict(case))
+    raw = [np.asarray(nib.load(f).dataobj, dtype=np.float64) for f in case["image"]]
+    np.testing.assert_allclose(out["image"][0].numpy(), raw[0], atol=1e-3)
+    fg = np.concatenate([
+        np.asarray(nib.load(root / "imagesTr" / f"case_{i:03d}_0001.nii.gz").dataobj, dtype=np.float64)[
+            np.asarray(nib.load(root / "labelsTr" / f"case_{i:03d}.nii.gz").dataobj) > 0] for i in range(5)])
+    np.testing.assert_allclose(out["image"][1].numpy(), _ct_by_hand(raw[1], fg), atol=1e-4)
+    # label values pass through unchanged: value 1 (the 6^3 box) is "liver", value 2 (4^3) "tumour"
+    lab = out["label"][0].numpy()
+    assert int((lab == 1).sum()) == 6 ** 3 and int((lab == 2).sum()) == 4 ** 3
+
+
+# --------------------------------------------------------------------------------- stored splits
+def test_a_stored_split_that_no_longer_matches_the_cases_is_an_error(tmp_path, make_cfg):
+    root = make_nnunet_3d(tmp_path / "Dataset001_CT", n_test=0)
+    dm, _ = dm_of(make_cfg, "nnunet", root, "dataset.cache=false")
+    dm.setup()
+    path = root / "splits_final.json"
+    folds = json.loads(path.read_text())
+    renamed = [{k: ["case_999" if c == "case_004" else c for c in v] for k, v in f.items()} for f in folds]
+    write_json(path, renamed)  # as many cases, one of them not in the dataset
+    with pytest.raises(DatasetError) as e:
+        dm_of(make_cfg, "nnunet", root, "dataset.cache=false")[0].setup()
+    msg = str(e.value)
+    assert str(path) in msg and "case_999" in msg and "case_004" in msg and "delete" in msg
+    write_json(path, [{k: [c for c in v if c != "case_004"] for k, v in f.items()} for f in folds])  # one case fewer
+    with pytest.raises(DatasetError, match=re.escape(str(path))):
+        dm_of(make_cfg, "nnunet", root, "dataset.cache=false")[0].setup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,6 +66,43 @@ def test_dice_weights_by_hand():
     torch.testing.assert_close(w[1], torch.tensor([1 / 3, 1 / 3, 0.0, 1 / 3], dtype=F64))
 
 
+def test_hinge_power_2_with_per_case_pairing_against_the_pair_matrices():
+    """The whole loss with ``pairing=case`` and ``hinge_power=2``: its ranking term is the mean over
+    the images that have a pair of each image's full pair matrix mean of ``relu(u_k - u_j + m)^2``
+    (j wrong, k correct); the last image is all correct and left out. Value and gradient."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 3, 6, 5, generator=g, dtype=F64) * 0.6
+    target = torch.randint(0, 3, (3, 6, 5), generator=g)
+    target[2] = logits[2].argmax(0)  # image 2: no wrong voxel, no pair
+    total, logs = _loss(pairing="case", hinge_power=2)(logits, target)
+
+    u = (1 - logits.softmax(1).max(1).values).numpy()
+    wrong = (logits.argmax(1) != target).numpy()
+    terms = []
+    for b in range(3):
+        uw, uc = u[b][wrong[b]], u[b][~wrong[b]]
+        if uw.size and uc.size:
+            terms.append(np.mean([[max(k - j + 0.1, 0.0) ** 2 for k in uc] for j in uw]))
+    assert len(terms) == 2
+    assert float(logs["rank"]) == pytest.approx(np.mean(terms), rel=1e-9)
+    assert float(total - logs["seg"]) == pytest.approx(2.0 * 1000.0 * np.mean(terms), rel=1e-9)
+    # neither power 1 nor pairs across images give that number
+    p1 = np.mean([np.mean([[max(k - j + 0.1, 0.0) for k in u[b][~wrong[b]]] for j in u[b][wrong[b]]]) for b in (0, 1)])
+    uw, uc = u[wrong], u[~wrong]
+    across = np.mean([[max(k - j + 0.1, 0.0) ** 2 for k in uc] for j in uw])
+    assert abs(p1 - np.mean(terms)) > 1e-3 and abs(across - np.mean(terms)) > 1e-4
+    # gradient of the ranking term: the same pair matrices in torch
+    loss = _loss(pairing="case", hinge_power=2)
+    z = logits.clone().requires_grad_(True)
+    (loss(z, target)[0] - loss.seg_loss(z, target)).backward()
+    ref_z = logits.clone().requires_grad_(True)
+    ur = 1 - ref_z.softmax(1).max(1).values
+    w = torch.from_numpy(wrong)
+    ref = torch.stack([brute_force_ranking_loss(ur[b][w[b]], ur[b][~w[b]], 0.1, 2) for b in (0, 1)]).mean()
+    (2000.0 * ref).backward()
+    torch.testing.assert_close(z.grad, ref_z.grad, rtol=1e-7, atol=1e-10)
+
+
 def _loss(**kw):
     return UncertaintyAwareLoss(lambda_=2.0, scale=1000.0, margin=0.1, **kw).double()
 
@@ -86,6 +124,48 @@ def test_consistency_term_ranks_view_disagreement():
     torch.testing.assert_close(total, ref)
     assert disagree.any() and float(logs["disagree_rate"]) == pytest.approx(disagree.double().mean().item())
     torch.testing.assert_close(base, torch.nn.functional.cross_entropy(logits, target))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_flipped_view_is_flipped_back(dims):
+    """A pointwise network commutes with flips, so its flipped view, flipped back, is its plain output
+    (not flipped back, it would be mirrored); a 3x3 convolution does not, so its view differs and is
+    flip(net(flip(x)))."""
+    from uaseg.losses.variants import second_view_logits
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
+    x = torch.randn(2, 2, *(5, 4, 3)[:dims])
+    axes = list(range(2, 2 + dims))
+    pointwise = conv(2, 3, 1)
+    torch.testing.assert_close(second_view_logits(pointwise, x, "flip"), pointwise(x).detach())
+    assert not torch.allclose(torch.flip(pointwise(x), axes), pointwise(x))  # a missing flip-back would show
+    spatial = conv(2, 3, 3, padding=1)
+    view = second_view_logits(spatial, x, "flip")
+    torch.testing.assert_close(view, torch.flip(spatial(torch.flip(x, axes)), axes).detach())
+    assert not torch.allclose(view, spatial(x), atol=1e-3)
+
+
+def test_training_step_gives_the_loss_the_flipped_back_view(make_cfg, monkeypatch):
+    """The module's second view, with a pointwise network, is the plain pass: the loss receives
+    view logits equal to its logits (and none without the consistency term)."""
+    from uaseg.train import build_module
+
+    module = build_module(make_cfg("demo2d", "loss.lambda=2", "loss.consistency=1"))
+    module.net = torch.nn.Conv2d(3, 2, 1)
+    seen = {}
+
+    def spy(logits, target, epoch=None, view_logits=None):
+        seen["logits"], seen["view"] = logits.detach(), view_logits
+        return logits.sum() * 0, {}
+
+    monkeypatch.setattr(module.loss, "forward", spy)
+    image = torch.rand(2, 3, 8, 6, generator=torch.Generator().manual_seed(0))
+    batch = {"image": image, "label": torch.zeros(2, 1, 8, 6, dtype=torch.long)}
+    module.training_step(batch, 0)
+    assert seen["view"] is not None
+    torch.testing.assert_close(seen["view"], seen["logits"])
+    assert not torch.allclose(torch.flip(seen["logits"], [2, 3]), seen["logits"])
 
 
 @pytest.mark.parametrize("dataset", ["demo2d", "demo3d"])

@@ -384,3 +384,45 @@ def test_paper_crop_models_are_refused_up_front(tmp_path):
     with pytest.raises(PredictError, match="paper_crop=true"):
         predict_files(ckpt, _nifti(tmp_path / "a.nii.gz"), tmp_path / "out", coverage=0.9)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------- a tall 2-D nnU-Net dataset
+def test_png_width_and_height_stay_apart_from_plan_to_export(tmp_path):
+    """Images 13 or 17 wide and 29 high: the sides round to different patch sides (16 and 32), so a
+    transposition anywhere (fingerprint, loading, inversion, export) changes a shape or the content."""
+    from layoutfiles import make_nnunet_2d
+    from monai.transforms import SpatialPad
+
+    root = make_nnunet_2d(tmp_path / "Dataset004_Tall", size=(13, 29), n_test=1)
+    cfg = _cfg(tmp_path, "nnunet", f"dataset.root={root}", "dataset.num_workers=0", "dataset.cache=false")
+    dm = build_datamodule(cfg.dataset)
+    assert dm.patch_size == (16, 32)  # MONAI's (width, height) layout
+    assert list(cfg.model.inferer.roi_size) == [16, 32]
+
+    # loading: the label's pixel (row y, column x) is voxel (x, y), after the symmetric pad to the patch
+    dm.setup()
+    case = next(c for s in dm.splits.values() for c in s if c["case_id"] == "img_000")
+    out = dm.eval_transforms()(dict(case))
+    label = np.asarray(Image.open(case["label"]))
+    assert label.shape == (29, 13)
+    np.testing.assert_array_equal(out["label"][0].numpy(), SpatialPad((16, 32))(torch.from_numpy(label.T.copy()[None]))[0])
+
+    # prediction: in memory by hand (z-score, pad, segment, crop) against the written files
+    module = _module(cfg).eval()
+    ckpt = _save(module, tmp_path / "tall.ckpt", SYNTH_CURVE)
+    src = root / "imagesTs" / "img_005_0000.png"  # 17 wide
+    arr = np.asarray(Image.open(src), dtype=np.float64)
+    assert arr.shape == (29, 17)
+    (rec,) = predict_files(ckpt, src, tmp_path / "out", threshold=0.5)
+    seg = np.asarray(Image.open(rec["outputs"]["seg"]))
+    u = np.load(rec["outputs"]["uncertainty_npy"])
+    assert seg.shape == u.shape == (29, 17) and rec["shape"] == [29, 17]
+    assert Image.open(rec["outputs"]["refer"]).size == (17, 29)
+    x = torch.from_numpy(((arr - arr.mean()) / arr.std()).T.astype(np.float32))[None]  # (1, W, H)
+    padded = SpatialPad((16, 32))(x)
+    u_mem, pred_mem, _ = module.segment(padded[None])
+    y0 = (32 - 29) // 2  # 17 >= 16: no pad across
+    u_mem, pred_mem = u_mem[0, :, y0:y0 + 29].numpy(), pred_mem[0, :, y0:y0 + 29].numpy()
+    np.testing.assert_allclose(u, u_mem.T, atol=1e-5)
+    np.testing.assert_array_equal(seg, pred_mem.T)
+    assert u.std() > 1e-4  # the uncertainty varies over the image, so a flipped or shifted map would differ

@@ -181,3 +181,31 @@ def test_unreadable_ckpt_path_is_one_clear_error_before_any_work(make_cfg, tmp_p
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
     with pytest.raises(RunFolderError, match="already holds a run"):  # failed.json marks the folder as used
         train(cfg)
+
+
+def test_a_folder_holding_only_hydra_is_a_run(make_cfg, tmp_path):
+    """A job killed right after Hydra wrote ``.hydra/`` leaves nothing else: a new run there is refused
+    (nothing written, not even the lock), resume finds no checkpoint, Hydra's own record of a multirun
+    job is not mistaken for an earlier run, and the report lists the folder as an unfinished job."""
+    from uaseg.report import collect
+    from uaseg.runfolder import claim_run_folder, release_run_folder
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    before = hashes(run)
+    with pytest.raises(RunFolderError, match=r"already holds a run \(\.hydra\); nothing was written.*delete the folder"):
+        train(make_cfg("demo2d"))
+    assert hashes(run) == before and sorted(p.name for p in run.iterdir()) == [".hydra"]
+    with pytest.raises(RunFolderError, match="no .*last.ckpt to resume from"):
+        claim_run_folder(run, resume=run)
+    assert claim_run_folder(run, hydra_files=True)  # a multirun job: Hydra wrote .hydra/ for this very job
+    release_run_folder(run)
+    runs, problems = collect(tmp_path)
+    assert runs == [] and [(p.path, p.status) for p in problems] == [(run, "incomplete")]
+    # a folder without .hydra/ (nor any other run marker) is free
+    (tmp_path / "free").mkdir()
+    (tmp_path / "free" / "notes.txt").write_text("mine")
+    assert claim_run_folder(tmp_path / "free")
+    release_run_folder(tmp_path / "free")

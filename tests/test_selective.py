@@ -9,7 +9,7 @@ from selectivecases import bf_case_dice, random_cases
 from uaseg.selective import (SelectiveAccumulator, SelectiveResult, SelectiveSegmentationMetric,
                              dice_risk_coverage, format_table, plot_case_panel,
                              plot_dice_coverage, plot_risk_coverage, save_case_arrays,
-                             voxel_risk_coverage, write_outputs)
+                             voxel_risk_coverage, write_outputs, write_score_outputs)
 
 
 # ---------------------------------------------------------------- brute force
@@ -270,6 +270,45 @@ def test_write_outputs_json_round_trip(tmp_path):
     assert set(z.files) == {"uncertainty", "prediction", "label"}
     np.testing.assert_array_equal(z["label"], cases[0][2])
     assert "AURC" in format_table(r)
+
+
+def test_every_score_gets_its_own_curve_file(tmp_path):
+    """Three scores of one run, each with other uncertainties: the first in curves.csv, the others in
+    curves_<score>.csv, each file that score's brute-force curve (and so all different), and the
+    report reads each score's curve from its own file."""
+    from uaseg.report import collect
+    from uaseg.report.figures import read_curve
+    from uaseg.report.methods import curve_file
+
+    rng = np.random.default_rng(8)
+    cases = random_cases(rng, 3, 3, (5, 4), acc=0.7)
+    names = ["max_softmax", "tta", "mc_dropout"]
+    per_score, results = {}, {}
+    for n in names:
+        per_score[n] = [(np.floor(rng.random(p.shape) * 12) / 12, p, y) for _, p, y in cases]
+        acc = SelectiveAccumulator(3, bootstrap=0)
+        for i, (u, p, y) in enumerate(per_score[n]):
+            acc.add_case(u.astype(np.float32), p, y, f"c{i}")
+        results[n] = acc.compute()
+    ident = {"dataset": "demo2d", "model": "unet", "fold": 0, "seed": 1, "lambda": 0.0, "method": "single"}
+    write_score_outputs(results, tmp_path, ident, {n: {"passes": 1} for n in names}, {n: "p" for n in names})
+    files = {n: tmp_path / ("curves.csv" if n == names[0] else f"curves_{n}.csv") for n in names}
+    assert sorted(p.name for p in tmp_path.glob("curves*.csv")) == sorted(p.name for p in files.values())
+    curves = {}
+    for n in names:
+        cov, risk, thr, _ = bf_dice_curve(per_score[n], 3)
+        rows = np.loadtxt(files[n], delimiter=",", skiprows=1)  # points on straight segments are dropped
+        assert set(np.round(rows[:, 0], 9)) <= set(np.round(cov, 9))
+        np.testing.assert_allclose(np.interp(cov, rows[::-1, 0], rows[::-1, 1]), risk, atol=1e-9)
+        curves[n] = rows
+    assert not np.array_equal(curves["tta"], curves["mc_dropout"])
+    assert not np.array_equal(curves["max_softmax"], curves["tta"])
+    (run,), _ = collect(tmp_path)
+    for n in names:
+        c, dice = read_curve(run.path, curve_file(run, n))
+        order = np.argsort(curves[n][:, 0], kind="stable")
+        np.testing.assert_allclose(c, curves[n][order, 0])
+        np.testing.assert_allclose(dice, 1 - curves[n][order, 1])
 
 
 def test_class_left_out_is_null_in_json(tmp_path):

@@ -15,7 +15,7 @@ from test_report import make_summary, write_run
 from uaseg.errors import ConfigError
 from uaseg.losses.scores import get_score
 from uaseg.train import build_module, train
-from uaseg.uncertainty import MeanOfPasses, check_scores, deterministic_scores
+from uaseg.uncertainty import MeanOfPasses, check_scores, deterministic_scores, entropy
 from uaseg.uncertainty.temperature import fit_temperature
 from uaseg.uncertainty.tta import flip_sets
 
@@ -66,6 +66,28 @@ def test_training_score_entropy_matches_hand_value_and_is_differentiable():
     assert torch.isfinite(big.grad).all()
 
 
+@pytest.mark.parametrize("k", [3, 8])
+def test_entropy_is_divided_by_log_k(k):
+    """Uniform -> 1, one-hot -> 0 and a hand value, for K = 3 and K = 8, in the test-time entropy (and so
+    the mutual information of MeanOfPasses) and in the training score (from logits)."""
+    half = torch.zeros(k, dtype=torch.float64)
+    half[:2] = 0.5  # two classes at 1/2: H = log 2, so log 2 / log K
+    p = torch.stack([torch.full((k,), 1.0 / k, dtype=torch.float64), torch.eye(k, dtype=torch.float64)[k - 1], half])
+    prob = p.T[None, :, :, None]  # (B=1, K, 3 voxels, 1)
+    want = [1.0, 0.0, math.log(2) / math.log(k)]
+    assert entropy(prob).flatten().tolist() == pytest.approx(want, abs=1e-12)
+    logits = torch.log(prob.clamp_min(1e-300))  # softmax(log p) = p
+    assert get_score("entropy")(logits)[0].flatten().tolist() == pytest.approx(want, abs=1e-9)
+    acc = MeanOfPasses()
+    acc.add(prob[:, :, 1:2])  # one-hot, then uniform: MI = H(mean) - (0 + 1) / 2
+    acc.add(prob[:, :, :1])
+    mean = (p[0] + p[1]) / 2
+    h_mean = float(-(mean * mean.log()).sum() / math.log(k))
+    s = acc.scores("mc", "mc_dropout")
+    assert float(s["mc_entropy"][0]) == pytest.approx(h_mean)
+    assert float(s["mc_mutual_information"][0]) == pytest.approx(h_mean - 0.5)
+
+
 def test_score_names_are_checked():
     assert check_scores(["max_softmax", "tta"]) == ["max_softmax", "tta"]
     with pytest.raises(ConfigError, match="unknown score 'bogus'"):
@@ -86,6 +108,74 @@ def test_temperature_fit_recovers_the_temperature_that_generated_the_labels(t_tr
     z = torch.randn(40000, 4, generator=g, dtype=torch.float64) * 3
     y = torch.multinomial((z / t_true).softmax(1), 1, generator=g)[:, 0]
     assert fit_temperature(z, y) == pytest.approx(t_true, rel=0.05)
+
+
+class _FakeData:
+    """Batches of two cases whose image holds the case index (read by the fake modules)."""
+
+    def __init__(self, labels, batch_size=2):
+        self.labels, self.batch_size = labels, batch_size
+        self.splits = {"val": [f"case{i}" for i in range(len(labels))]}
+
+    def setup(self, stage=None):
+        pass
+
+    def test_dataloader(self):
+        n = len(self.labels)
+        for s in range(0, n, self.batch_size):
+            idx = list(range(s, min(s + self.batch_size, n)))
+            image = torch.tensor(idx, dtype=torch.float32)[:, None, None, None].expand(-1, 1, *self.labels[0].shape)
+            yield {"image": image.clone(), "label": torch.stack([self.labels[i] for i in idx])[:, None],
+                   "case_id": [f"case{i}" for i in idx]}
+
+    val_dataloader = test_dataloader
+
+
+class _FixedLogits:
+    """A module whose sliding-window inference returns stored logits (the case index is in the image)."""
+
+    def __init__(self, logits):
+        self.logits, self.net = logits, None
+
+    def eval(self):
+        return self
+
+    def to(self, device):
+        return self
+
+    def inferer(self, image, net):
+        return torch.stack([self.logits[int(i)] for i in image[:, 0, 0, 0]])
+
+
+def test_temperature_fit_on_validation_flattens_voxels_not_classes():
+    """Validation logits (B, K, H, W) in batches of two: the fitted T is the brute-force minimiser of
+    the voxel NLL over (voxel, its K logits) pairs; flattening that mixes class and spatial axes (or
+    pairs a voxel with another voxel's label) gives another T."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import logsumexp
+
+    from uaseg.inference.calibrate import fit_temperature_on_validation
+
+    g = torch.Generator().manual_seed(0)
+    k, shape, n = 4, (7, 5), 5
+    logits = torch.randn(n, k, *shape, generator=g, dtype=torch.float64) * 3
+    labels = torch.stack([torch.multinomial((z / 0.6).softmax(0).movedim(0, -1).reshape(-1, k), 1, generator=g)
+                          .reshape(shape) for z in logits])
+    t, used = fit_temperature_on_validation(_FixedLogits(logits.float()), _FakeData(list(labels)), max_voxels=10 ** 6)
+    assert used == n * 7 * 5
+
+    def brute(z, y):  # z (N, K), y (N,): minimise the mean NLL over T itself
+        def nll(temp):
+            s = z / temp
+            return float(np.mean(logsumexp(s, axis=1) - s[np.arange(len(y)), y]))
+        return minimize_scalar(nll, bounds=(1e-3, 1e3), method="bounded", options={"xatol": 1e-9}).x
+
+    z32 = logits.float().double().numpy()
+    right = brute(z32.transpose(0, 2, 3, 1).reshape(-1, k), labels.numpy().reshape(-1))
+    assert t == pytest.approx(right, rel=1e-3)
+    mixed = brute(z32.reshape(-1, k), labels.numpy().reshape(-1))  # classes and space mixed up
+    swapped = brute(z32.transpose(0, 2, 3, 1).reshape(-1, k), labels.numpy().transpose(0, 2, 1).reshape(-1))
+    assert abs(mixed - right) > 0.1 * right and abs(swapped - right) > 0.1 * right
 
 
 # ---------------------------------------------------------------------------------------- a module's passes
@@ -131,6 +221,25 @@ def test_mc_dropout_needs_dropout_and_equals_the_plain_pass_when_dropout_does_no
     torch.testing.assert_close(out["mc_dropout"][0], out["max_softmax"][0], atol=1e-6, rtol=0)
     assert torch.equal(out["mc_dropout"][1], out["max_softmax"][1])
     assert float(out["mc_mutual_information"][0].abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("samples", [1, 4])
+def test_mc_dropout_runs_exactly_mc_samples_passes(tmp_path, samples):
+    """Forward calls of the network, counted: eval.mc_samples passes of the one-pass inference each
+    (and one pass per flip for tta), as the cost in the summary says. A pointwise network with
+    dropout keeps it fast."""
+    m = _module(tmp_path, "eval.scores=[mc_dropout,mc_entropy,tta]", "model.dropout=0.3", f"eval.mc_samples={samples}",
+                "eval.tta_flips=[[],[0],[1]]")
+    m.net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Dropout(0.3))
+    calls = []
+    m.net.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    m.inferer(IMAGE, m.net)
+    one_pass = len(calls)
+    assert one_pass >= 1
+    calls.clear()
+    m.score_maps(IMAGE)
+    assert len(calls) == (samples + 3) * one_pass
+    assert m.family_passes("mc") == samples and m.family_passes("tta") == 3
 
 
 # ---------------------------------------------------------------------------------------- a run, an ensemble
@@ -235,3 +344,108 @@ def test_methods_table_rows_and_relative_changes(tmp_path):
         assert v["passes"] == (1 if r.score == "max_softmax" else 4)
     md, tidy = render_methods({ctx: rows})
     assert md.count("\n| λ") == 4 and "reference" in md and len(tidy) == 4
+
+
+# ---------------------------------------------------------------------------------------- ensembles of different members
+class _FakeModule:
+    """A member that returns fixed probabilities per case (the case index is written in the image)."""
+
+    def __init__(self, probs, evaluation):
+        self.probs, self.hparams = probs, {"evaluation": evaluation}
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def segment(self, image):
+        prob = torch.stack([self.probs[int(i)] for i in image[:, 0, 0, 0]])
+        conf, pred = prob.max(dim=1)
+        return 1.0 - conf, pred, prob
+
+
+def _h(p, axis=0):
+    return -(p * np.log(np.clip(p, 1e-30, None))).sum(axis) / math.log(p.shape[axis])
+
+
+def test_an_ensemble_of_different_members_against_a_hand_computation(monkeypatch):
+    """Three members with different probabilities on four cases (K = 3): the ensemble's scores are
+    those of the numpy mean of all members, and the case score is 1 - the mean Dice over all three
+    member pairs (higher = members disagree = refer first)."""
+    from selectivecases import bf_case_dice
+
+    import uaseg.inference.ensemble as ens
+    from uaseg.inference.model import LoadedModel
+    from uaseg.selective import SelectiveAccumulator
+
+    rng = np.random.default_rng(3)
+    k, n_cases, n_members, shape = 3, 4, 3, (5, 7)
+    # member probabilities: Dirichlet, sharper for member 0 so argmaxes differ between members
+    probs = rng.dirichlet(np.ones(k) * 0.5, size=(n_members, n_cases, *shape)).transpose(0, 1, 4, 2, 3)
+    labels = rng.integers(0, k, (n_cases, *shape))
+    evaluation = {"coverages": [0.9, 0.8], "quantize_bits": None, "case_aggregation": "mean", "bootstrap": 0}
+    data = _FakeData([torch.from_numpy(y) for y in labels])
+    members = [LoadedModel(module=_FakeModule(torch.from_numpy(probs[j]).float(), evaluation), datamodule=data,
+                           dataset_cfg={}, val_curve=None, spatial_dims=2, in_channels=1, num_classes=k)
+               for j in range(n_members)]
+    seen = {}
+    real_aurc = ens.case_level_aurc
+
+    def spy(u, risk, **kw):
+        seen["u"], seen["risk"] = np.asarray(u), np.asarray(risk)
+        return real_aurc(u, risk, **kw)
+
+    monkeypatch.setattr(ens, "case_level_aurc", spy)
+    out = ens.evaluate_ensemble(members)
+
+    # the scores: every member averaged, by hand
+    mean = probs.astype(np.float32).mean(0)  # (cases, K, H, W)
+    pred = mean.argmax(1)
+    by_hand = {"ensemble": 1.0 - mean.max(1), "ensemble_entropy": _h(mean, 1),
+               "ensemble_mutual_information": np.clip(_h(mean, 1) - _h(probs, 2).mean(0), 0, None)}
+    for name, u in by_hand.items():
+        ref = SelectiveAccumulator(k, coverages=[0.9, 0.8], bootstrap=0)
+        for i in range(n_cases):
+            ref.add_case(torch.from_numpy(u[i]).float(), torch.from_numpy(pred[i]), torch.from_numpy(labels[i]),
+                         case_id=f"case{i}")
+        want, got = ref.compute(), out["results"][name]
+        assert got.aurc == pytest.approx(want.aurc, abs=1e-6), name
+        assert got.aurc_dice == pytest.approx(want.aurc_dice, abs=1e-4), name
+        assert [c.at_coverage["1.00"].dice for c in got.cases] == pytest.approx(
+            [bf_case_dice(pred[i], labels[i], k) for i in range(n_cases)]), name
+    # the members really disagree, so one member alone (or two) would give other numbers
+    assert len({tuple(probs[j].argmax(1).ravel()) for j in range(n_members)}) == n_members
+
+    # the case-level score: 1 - mean Dice over the 3 pairs (0,1), (0,2), (1,2), in case order
+    member_pred = probs.argmax(2)  # (members, cases, H, W)
+    want = [1.0 - np.mean([bf_case_dice(member_pred[a, i], member_pred[b, i], k)
+                           for a, b in ((0, 1), (0, 2), (1, 2))]) for i in range(n_cases)]
+    np.testing.assert_allclose(seen["u"], want, atol=1e-12)
+    np.testing.assert_allclose(seen["risk"], [1 - bf_case_dice(pred[i], labels[i], k) for i in range(n_cases)])
+    # each pair's Dice differs, so any subset of the pairs gives another score
+    pair_dice = [bf_case_dice(member_pred[a, 0], member_pred[b, 0], k) for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert len(set(np.round(pair_dice, 9))) == 3
+    assert ens.pairwise_dice([torch.from_numpy(member_pred[j, 0]) for j in range(3)], k) == pytest.approx(
+        np.mean(pair_dice))
+
+
+def test_ensemble_members_with_as_many_but_other_test_cases_are_refused(tmp_path, capsys):
+    """Members are compared by their test case ids, not by how many there are."""
+    from uaseg.cli import main as cli
+    from uaseg.errors import UserError
+    from uaseg.report import collect
+    from uaseg.report.grouping import seed_groups
+
+    rng = np.random.default_rng(0)
+    for i, seed in enumerate((1, 2)):
+        s = make_summary(rng, fold=0, lam=0.0, seed=seed, n_cases=4)
+        if seed == 2:  # as many cases, one of them another
+            s["cases"][3]["case_id"] = "f0_case9"
+        write_run(tmp_path / f"{i}_seed={seed}", s, ["loss.lambda=0", f"seed={seed}"])
+    with pytest.raises(UserError, match="different cases") as e:
+        seed_groups(collect(tmp_path)[0])
+    assert "f0_case3" in str(e.value) and "f0_case9" in str(e.value)
+    assert cli(["ensemble", str(tmp_path)]) == 2
+    assert "different cases" in capsys.readouterr().err
+    assert not (tmp_path / "ensembles").exists()

@@ -53,9 +53,12 @@ def load_or_make_folds(
         except (TypeError, KeyError) as e:
             raise DatasetError(f"{path}: not a list of {{train, test}} folds ({e!r}); delete it to re-create") from None
         if len(folds) != num_folds or listed != set(case_ids):
+            extra, missing = sorted(listed - set(case_ids)), sorted(set(case_ids) - listed)
+            diff = "".join(f"; {what}: {', '.join(ids[:3])}{f' and {len(ids) - 3} more' if len(ids) > 3 else ''}"
+                           for what, ids in (("only in the file", extra), ("not in the file", missing)) if ids)
             raise DatasetError(
                 f"{path}: persisted splits ({len(folds)} folds, {len(listed)} cases) do not match "
-                f"this dataset ({num_folds} folds, {len(set(case_ids))} cases); delete the file to re-split"
+                f"this dataset ({num_folds} folds, {len(set(case_ids))} cases{diff}); delete the file to re-split"
             )
         return folds
     folds = make_folds(case_ids, num_folds, seed)

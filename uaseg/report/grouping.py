@@ -160,6 +160,11 @@ def _sortable(v):
     return (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v))
 
 
+def _few(ids, n: int = 3) -> str:
+    ids = sorted(ids)
+    return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "") if ids else "none"
+
+
 def seed_groups(runs: list[Run]) -> list[tuple[str, list[Run]]]:
     """Runs that differ only in ``seed`` (same context, loss setting and fold; single networks):
     the members of a deep ensemble. Each group is named by its setting and fold; members must have
@@ -180,9 +185,11 @@ def seed_groups(runs: list[Run]) -> list[tuple[str, list[Run]]]:
         first = members[0]
         for r in members[1:]:
             if cases[r.path] != cases[first.path]:
+                a, b = set(cases[first.path]), set(cases[r.path])
                 raise UserError(
                     f"ensemble members {first.path} and {r.path} were tested on different cases "
-                    f"({len(cases[first.path])} vs {len(cases[r.path])}); their data split must not depend on the seed"
+                    f"({len(a)} vs {len(b)}; only in the first: {_few(a - b)}, only in the second: {_few(b - a)}); "
+                    "their data split must not depend on the seed"
                 )
         label = f"{describe_context(ctx)}; {describe_loss(loss) if loss else 'λ=0'}; fold={fold}"
         out.append((label, sorted(members, key=lambda r: str(r.path))))
