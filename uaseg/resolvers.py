@@ -80,6 +80,12 @@ def dataset_plan(target: str, root: str, cache_dir, spacing, orientation: str, m
                                        plain(max_patch_size_3d))
 
 
+def divide(total, parts) -> float:
+    """``${uaseg.divide:${trainer.max_epochs},3}``: a share of another value (a warm-up over the first
+    third of training, whatever its length)."""
+    return float(total) / float(parts)
+
+
 def get(node, *keys: str):
     """``${uaseg.get:${dataset.plan},meta,in_channels}``: a value inside a resolver's result
     (OmegaConf cannot select into an interpolation that a resolver produced)."""
@@ -97,5 +103,6 @@ for _name, _fn in {
     "hydra_subdir": hydra_subdir,
     "dataset_plan": dataset_plan,
     "get": get,
+    "divide": divide,
 }.items():
     OmegaConf.register_new_resolver(f"uaseg.{_name}", _fn, replace=True)
