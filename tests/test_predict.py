@@ -338,7 +338,7 @@ def test_predict_py_command_line(models, tmp_path):
     work.mkdir()
     _nifti(work / "cli.nii.gz")
     cmd = [sys.executable, str(ROOT / "predict.py"), f"ckpt={ckpt}", "input=cli.nii.gz", "output=out", "coverage=0.9"]
-    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in work.iterdir()) == ["cli.nii.gz", "out"]
     assert sorted(p.name for p in (work / "out").iterdir()) == [

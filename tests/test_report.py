@@ -386,7 +386,7 @@ def test_end_to_end_tiny_multirun(tmp_path):
            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "eval.bootstrap=20",
            "callbacks.progress_bar=null", "eval.figures=false"]
     env = {**os.environ, "MPLBACKEND": "Agg", "WANDB_MODE": "offline"}
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800)
     assert p.returncode == 0, p.stderr[-3000:]
     assert cli_main(["report", str(sweep_dir)]) == 0
     rows = read_csv(sweep_dir / "report.csv")

@@ -53,7 +53,7 @@ def test_train_py_from_the_command_line(tmp_path):
         "dataset.batch_size=2", "dataset.samples_per_image=1", "trainer.max_epochs=1",
         "trainer.limit_train_batches=2", "loss.lambda=2", "seed=1", "callbacks.progress_bar=null",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("summary.json", "curves.csv", ".hydra/config.yaml", "checkpoints/last.ckpt", "csv/metrics.csv",
                  "figures/risk_coverage.png", "figures/dice_coverage.png"):
