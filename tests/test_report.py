@@ -415,3 +415,24 @@ def test_multiline_error_of_a_failed_job_stays_in_one_table_row(tmp_path, capsys
                     "[[1 0] ⏎ [0 1]] ⏎ vs ⏎ [[2 0] \\| x |"]
     table = md[md.index("## Jobs without a summary") + 2:]
     assert all(len(re.findall(r"(?<!\\)\|", ln)) == 4 for ln in table[:table.index("")])  # 3 columns each
+
+
+def test_fig3_title_names_the_dataset_and_setting(tmp_path, monkeypatch):
+    """A figure read on its own says what it shows: dataset (context) and the loss setting."""
+    import uaseg.report.figures as figures
+
+    titles = {}
+    real = figures.save_figure
+
+    def capture(path, fig, *a, **kw):
+        titles[Path(path).name] = " ".join([ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""])
+        return real(path, fig, *a, **kw)
+
+    monkeypatch.setattr(figures, "save_figure", capture)
+    rng = np.random.default_rng(3)
+    for f in range(2):
+        write_run(tmp_path / f"b{f}", make_summary(rng, fold=f, lam=0.0, dataset="demo3d"))
+        write_run(tmp_path / f"o{f}", make_summary(rng, fold=f, lam=2.0, dataset="demo3d"))
+    build_report(tmp_path)
+    assert "dataset=demo3d" in titles["fig3_01.png"] and "λ=2" in titles["fig3_01.png"], titles
+    assert "dataset=demo3d" in titles["fig2_01.png"], titles

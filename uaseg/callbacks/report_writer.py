@@ -137,6 +137,7 @@ class SelectiveReportWriter(Callback):
                     p["image"], p["label"], p["prediction"], p["uncertainty"], threshold,
                     fig_dir / f"case_{group}_{p['case_id']}.png",
                     title=f"{p['case_id']} ({group}), referral at coverage {self.panel_coverage}",
+                    class_names=names,
                 )
         log_test_report(trainer.loggers, result, figures, step=pl_module.global_step)
         print(format_table(result))
