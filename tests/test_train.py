@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,16 @@ def test_train_py_from_the_command_line(tmp_path):
     case = summary["cases"][0]
     assert {"case_id", "at_coverage"} <= set(case) and {"coverage", "dice", "class_dice"} <= set(case["at_coverage"]["0.90"])
     assert "AURC" in proc.stdout
+    out = proc.stdout + proc.stderr
+    # every Lightning line once (Hydra's handler only), not also through Lightning's own handler
+    assert out.count("`Trainer.fit` stopped") == 1 and out.count("GPU available") == 1, out[-3000:]
+    # piped output, no bar: one progress line per epoch, Dice and AURC in percent
+    assert re.search(r"epoch 1/1 done in [\d.]+ s, step 2: train/loss [\d.]+, val/dice [\d.]+ %, val/aurc_dice [\d.]+ %", out), out[-3000:]
+    # no Lightning metric table with Dice as a fraction next to AURC in %; a closing block instead
+    assert "test/dice " not in out and "DataLoader 0" not in out
+    assert f"Run folder: {run}" in out and f"predict.py ckpt={run}" in out
+    dice = f"{100 * summary['dice_full']['mean']:.2f} %"
+    assert f"Dice {dice}: mean test-case Dice" in out and f"AURC {summary['aurc_dice']:.3f} %" in out
 
     # the checkpoint alone rebuilds the model (no config, no backbone passed), with safe loading
     from uaseg.models import SelectiveSegModule
@@ -93,3 +104,13 @@ def test_same_seed_same_numbers(make_cfg, tmp_path):
         train(cfg)
         results.append(json.loads((tmp_path / name / "summary.json").read_text())["aurc_dice"])
     assert results[0] == results[1]
+
+
+def test_epoch_log_is_on_without_a_terminal_bar():
+    from types import SimpleNamespace
+
+    from uaseg.callbacks import EpochLog
+
+    # under pytest stdout is captured, i.e. not a terminal: the per-epoch line is on even with a bar
+    assert EpochLog()._active(SimpleNamespace(progress_bar_callback=object()))
+    assert EpochLog()._active(SimpleNamespace(progress_bar_callback=None))
