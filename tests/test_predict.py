@@ -438,6 +438,10 @@ def test_resolve_checkpoint_takes_a_run_folder(tmp_path):
     # the checkpoint the run tested wins, also when the folder was moved since (the summary's path is stale)
     run = _run_folder(tmp_path / "b", best=("best-003.ckpt", "best-007.ckpt"), tested="/gone/checkpoints/best-003.ckpt")
     assert resolve_checkpoint(run) == run / "checkpoints" / "best-003.ckpt"
+    # a copy of a run folder resolves to its own file, not to the original its summary still names
+    original = _run_folder(tmp_path / "orig", best=("best-004.ckpt",))
+    copy = _run_folder(tmp_path / "copy", best=("best-004.ckpt",), tested=str(original / "checkpoints" / "best-004.ckpt"))
+    assert resolve_checkpoint(copy) == copy / "checkpoints" / "best-004.ckpt"
     with pytest.raises(PredictError, match="2 checkpoints/best-.*best-003.ckpt, best-007.ckpt"):
         resolve_checkpoint(_run_folder(tmp_path / "c", best=("best-003.ckpt", "best-007.ckpt")))
     with pytest.raises(PredictError, match="no selected checkpoint.*last.ckpt"):

@@ -178,8 +178,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint file that ``ckpt=<path>`` names: a file as it is, or a run folder's selected
     checkpoint, so no one has to know which epoch was best (``best-005.ckpt`` today, another next run).
 
-    For a run folder: the checkpoint that run tested (``summary.json`` ``checkpoint``, also found
-    under the folder's own ``checkpoints/`` when the folder was moved), else its single
+    For a run folder: the checkpoint that run tested (``summary.json`` ``checkpoint``: the file of
+    that name in the folder's own ``checkpoints/``, so a moved or copied folder uses its own copy; the
+    recorded path itself only when the folder has none, e.g. a test-only run), else its single
     ``checkpoints/best-*.ckpt``; several best checkpoints and no summary to choose between them, or
     none at all, are a :class:`PredictError` naming the files, never a silent pick."""
     import json
@@ -195,7 +196,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         except (OSError, ValueError):
             tested = None
         if tested:
-            for candidate in (Path(tested), folder / Path(tested).name):
+            # the folder's own copy first: a copied run folder must not resolve to (and `uaseg
+            # calibrate` must not rewrite) the original's file that its summary still names
+            for candidate in (folder / Path(tested).name, Path(tested)):
                 if candidate.is_file():
                     return candidate
     best = sorted(folder.glob("best-*.ckpt"), key=lambda p: natural_key(p.name))
