@@ -339,6 +339,7 @@ def test_weights_only_refuses_pickled_objects(models, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_predict_py_command_line(models, tmp_path):
     """From another working directory: outputs and nothing else (no .hydra/, no log file)."""
     _, ckpt = models["demo3d"]

@@ -358,6 +358,7 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert e.value.code == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cmd", [[sys.executable, "-m", "uaseg.cli", "report"],
                                  [sys.executable, str(ROOT / "scripts" / "report.py")]])
 def test_entry_points_subprocess(tmp_path, cmd):

@@ -48,6 +48,7 @@ def rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_readme_resume_continues_a_crashed_run_and_refusals_change_nothing(make_cfg, monkeypatch, tmp_path):
     """The README's `python train.py resume=<run folder>`, as written, after a crash in epoch 1; then
     the README's old `hydra.run.dir=<run> ckpt_path=...` and a plain re-run into the folder are refused
@@ -111,6 +112,7 @@ def test_readme_resume_continues_a_crashed_run_and_refusals_change_nothing(make_
     assert hashes(run) == cut  # refused before Hydra's resume record or log
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_folder_one_proceeds_and_a_killed_run_leaves_no_lock(tmp_path):
     run = tmp_path / "run"
     args = [f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path}/cache", "dataset.num_cases=10", "dataset.image_size=48",

@@ -89,6 +89,7 @@ def test_every_script_has_a_smoke_run():
     assert sorted(SMOKE) == scripts, "give every script under scripts/ a tiny run in SMOKE"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in SMOKE if n != "one_pass_study.sh"])
 def test_script_runs_at_tiny_size(name, tmp_path):
     args, expected = SMOKE[name]

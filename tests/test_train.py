@@ -46,6 +46,7 @@ def test_a_run_folder_is_never_reused(make_cfg):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_train_py_from_the_command_line(tmp_path):
     run = tmp_path / "run"
     cmd = [
