@@ -100,8 +100,8 @@ def main():
             return f"{dt:8.1f}s {pk / 2**20:8.0f}MiB" if dt is not None else "   (skipped)    "
         ratio = (f"{dt_nv / dt_ex:6.2f}x / {pk_nv / pk_ex:5.2f}x" if dt_nv and dt_ex else "n/a")
         npts = len(res_ex.curve.coverage) if res_ex else None
-        aurc = (f"{res_ex['aurc_dice']:.4f}" if res_ex else "-") + \
-               (f" / {res_q['aurc_dice']:.4f}" if res_q else "")
+        aurc = (f"{res_ex.aurc_dice:.4f}" if res_ex else "-") + \
+               (f" / {res_q.aurc_dice:.4f}" if res_q else "")
         rows.append((f"{n:.0e}", fmt(dt_ex, pk_ex), fmt(dt_q, pk_q), nv, ratio, str(npts), aurc))
         del cases
     hdr = ("voxels", "ours exact (time, peak)", f"ours {a.bits}-bit (time, peak)",

@@ -135,7 +135,7 @@ def make_glas(
 
 
 # ------------------------------------------------------------------------------------ end to end
-def run_train(dataset: str, root: Path, work: Path, patch: str, *extra: str, timeout: int = 600):
+def run_train(dataset: str, root: Path, work: Path, patch: str, *extra: str, timeout: int = 1800):
     """``python train.py dataset=<dataset> dataset.root=<root>`` for 2 training steps + test, as a
     subprocess in ``work`` (run folder ``work/run``). Returns the ``CompletedProcess``."""
     import os

@@ -125,7 +125,7 @@ def test_command_lines_exit_1_and_2_with_one_line(tmp_path):
     """The real entry points: a bad value (train.py, exit 1) and an unquoted non-ASCII path (train.py
     exit 1, predict.py exit 2) are one line without a traceback."""
     def run(script, *args):
-        proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=1800)
         text = proc.stdout + proc.stderr
         assert "Traceback" not in text and "LexerNoViableAltException" not in text, text[-2000:]
         return proc.returncode, [ln for ln in text.splitlines() if "rror" in ln]

@@ -61,7 +61,7 @@ def test_datamodules_build_from_config(make_cfg):
 def test_unknown_key_gives_hydras_message(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "loss.lamda=2", f"hydra.run.dir={tmp_path}/run"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
     )
     assert proc.returncode != 0
     assert "Could not override 'loss.lamda'" in proc.stderr
@@ -82,7 +82,7 @@ def test_append_override_reaches_the_trainer(make_cfg):
 def test_user_errors_are_one_clear_line(tmp_path, overrides, message):
     proc = subprocess.run(
         [sys.executable, "train.py", *overrides, f"hydra.run.dir={tmp_path}/run"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
     )
     assert proc.returncode == 1
     assert message in proc.stdout + proc.stderr

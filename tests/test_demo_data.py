@@ -74,3 +74,39 @@ def test_bad_options_are_reported(tmp_path):
         Demo2DDataModule(fold=5, cache_dir=tmp_path)
     with pytest.raises(TypeError, match="unknown dataset options"):
         Demo2DDataModule(cache_dir=tmp_path, bogus=1)
+
+
+# ------------------------------------------------------------------ uaseg export-demo
+def test_export_demo_writes_the_test_split_as_files_predict_reads(tmp_path):
+    """The exported PNGs hold the test tiles as MONAI reads them back (PIL layout is transposed) and
+    the labels survive as palette PNGs; demo3d volumes as NIfTI in HU."""
+    import nibabel as nib
+    from PIL import Image
+
+    from uaseg.cli import main
+    from uaseg.data.export_demo import demo_datamodule
+    from uaseg.errors import ConfigError
+    from uaseg.inference.files import list_inputs
+
+    cache = tmp_path / "cache"
+    assert main(["export-demo", str(tmp_path / "d2"), "num_cases=10", "dataset.image_size=32",
+                 "--cache-dir", str(cache)]) == 0
+    dm = demo_datamodule("demo2d", ["num_cases=10", "image_size=32"], cache)
+    dm.setup()
+    test = dm.splits["test"]
+    files, kind = list_inputs(tmp_path / "d2")  # labels/ is not taken as input
+    assert kind == "image" and [f.stem for f in files] == [c["case_id"] for c in test]
+    for case, f in zip(test, files):
+        png = np.asarray(Image.open(f))  # (height, width, 3) = the array (3, x, y) transposed
+        assert png.dtype == np.uint8
+        assert np.abs(png.transpose(2, 1, 0) / 255.0 - np.asarray(case["image"])).max() <= 0.5 / 255 + 1e-6
+        with Image.open(tmp_path / "d2" / "labels" / f.name) as lab:
+            assert lab.mode == "P" and np.array_equal(np.asarray(lab).T, np.asarray(case["label"])[0])
+
+    assert main(["export-demo", str(tmp_path / "d3"), "num_cases=10", "image_size=32", "--dataset", "demo3d",
+                 "--split", "val", "--cache-dir", str(cache)]) == 0
+    vols = sorted((tmp_path / "d3").glob("*.nii.gz"))
+    assert vols and nib.load(vols[0]).get_data_dtype() == np.int16
+    with pytest.raises(ConfigError, match="unknown dataset key"):
+        demo_datamodule("demo2d", ["num_casez=3"], cache)
+    assert main(["export-demo", str(tmp_path / "x"), "--dataset", "glas"]) == 2

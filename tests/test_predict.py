@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from uaseg.errors import PredictError
-from uaseg.inference import predict_files
+from uaseg.inference import predict_files, resolve_checkpoint
+from uaseg.io import class_colour, overlay_rgb, save_label_png
 from uaseg.selective import ThresholdGrid
 from uaseg.train import build_datamodule, build_module
 
@@ -203,6 +204,13 @@ def test_png_outputs_match_in_memory_segmentation(demo2d_ckpt, tmp_path):
     refer = np.asarray(Image.open(out["refer"]))
     assert seg.shape == u.shape == refer.shape == SHAPE2 and u16.size == (SHAPE2[1], SHAPE2[0])
     assert seg.dtype == np.uint8 and set(np.unique(seg)) <= {0, 1}
+    # a palette PNG: indices are the classes, and a viewer shows the glands in colour, not black
+    with Image.open(out["seg"]) as im:
+        assert im.mode == "P"
+        rgb = np.asarray(im.convert("RGB"))
+    assert (rgb[seg == 1] == class_colour(1)).all() and (rgb[seg == 0] == 0).all()
+    overlay = np.asarray(Image.open(out["overlay"]))
+    assert overlay.shape == (*SHAPE2, 3) and overlay.dtype == np.uint8
     assert u.dtype == np.float32 and set(np.unique(refer)) <= {0, 255}
     assert np.array_equal(refer == 255, u > rec["threshold"])
     assert np.abs(np.asarray(u16, dtype=np.float64) / 65535 - u).max() <= 0.5 / 65535 + 1e-7
@@ -331,6 +339,7 @@ def test_weights_only_refuses_pickled_objects(models, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_predict_py_command_line(models, tmp_path):
     """From another working directory: outputs and nothing else (no .hydra/, no log file)."""
     _, ckpt = models["demo3d"]
@@ -338,7 +347,7 @@ def test_predict_py_command_line(models, tmp_path):
     work.mkdir()
     _nifti(work / "cli.nii.gz")
     cmd = [sys.executable, str(ROOT / "predict.py"), f"ckpt={ckpt}", "input=cli.nii.gz", "output=out", "coverage=0.9"]
-    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in work.iterdir()) == ["cli.nii.gz", "out"]
     assert sorted(p.name for p in (work / "out").iterdir()) == [
@@ -426,3 +435,70 @@ def test_png_width_and_height_stay_apart_from_plan_to_export(tmp_path):
     np.testing.assert_allclose(u, u_mem.T, atol=1e-5)
     np.testing.assert_array_equal(seg, pred_mem.T)
     assert u.std() > 1e-4  # the uncertainty varies over the image, so a flipped or shifted map would differ
+
+
+# ------------------------------------------------------------------- viewable label PNGs and overlays
+def test_label_png_keeps_class_values_and_shows_colours(tmp_path):
+    labels = np.random.default_rng(0).integers(0, 8, (9, 13)).astype(np.uint8)
+    save_label_png(tmp_path / "seg.png", labels)
+    with Image.open(tmp_path / "seg.png") as im:
+        assert im.mode == "P" and im.size == (13, 9)
+        assert np.array_equal(np.asarray(im), labels)  # the round trip keeps the label values
+        rgb = np.asarray(im.convert("RGB"))
+    for c in range(8):
+        assert (rgb[labels == c] == class_colour(c)).all()
+    assert len({class_colour(c) for c in range(11)}) == 11  # background and 10 classes all distinct
+
+
+def test_overlay_tints_classes_and_hatches_referred_pixels():
+    image = np.full((8, 8), 100, np.uint8)
+    labels = np.zeros((8, 8), np.uint8)
+    labels[:4] = 2
+    refer = np.zeros((8, 8), bool)
+    refer[6:, 6:] = True
+    out = overlay_rgb(image, labels, refer)
+    assert out.shape == (8, 8, 3)
+    assert (out[0, 0] != out[5, 0]).any()  # class 2 tinted, background grey
+    assert (out[6:, 6:] == 255).any() and (out[:4, :4] != 255).all()
+
+
+# ------------------------------------------------------------------- ckpt=<run folder>
+def _run_folder(root: Path, best=("best-005.ckpt",), tested: str | None = None) -> Path:
+    (root / "checkpoints").mkdir(parents=True)
+    for name in (*best, "last.ckpt"):
+        (root / "checkpoints" / name).write_bytes(b"x")
+    if tested is not None:
+        (root / "summary.json").write_text(json.dumps({"checkpoint": tested}))
+    return root
+
+
+def test_resolve_checkpoint_takes_a_run_folder(tmp_path):
+    f = tmp_path / "model.ckpt"
+    f.write_bytes(b"x")
+    assert resolve_checkpoint(f) == f  # a file is itself
+    run = _run_folder(tmp_path / "a")
+    assert resolve_checkpoint(run) == run / "checkpoints" / "best-005.ckpt"
+    # the checkpoint the run tested wins, also when the folder was moved since (the summary's path is stale)
+    run = _run_folder(tmp_path / "b", best=("best-003.ckpt", "best-007.ckpt"), tested="/gone/checkpoints/best-003.ckpt")
+    assert resolve_checkpoint(run) == run / "checkpoints" / "best-003.ckpt"
+    # a copy of a run folder resolves to its own file, not to the original its summary still names
+    original = _run_folder(tmp_path / "orig", best=("best-004.ckpt",))
+    copy = _run_folder(tmp_path / "copy", best=("best-004.ckpt",), tested=str(original / "checkpoints" / "best-004.ckpt"))
+    assert resolve_checkpoint(copy) == copy / "checkpoints" / "best-004.ckpt"
+    with pytest.raises(PredictError, match="2 checkpoints/best-.*best-003.ckpt, best-007.ckpt"):
+        resolve_checkpoint(_run_folder(tmp_path / "c", best=("best-003.ckpt", "best-007.ckpt")))
+    with pytest.raises(PredictError, match="no selected checkpoint.*last.ckpt"):
+        resolve_checkpoint(_run_folder(tmp_path / "d", best=()))
+
+
+def test_predict_and_calibrate_take_the_run_folder(demo2d_ckpt, tmp_path):
+    from uaseg.inference.calibrate import find_best_checkpoint
+
+    _, ckpt = demo2d_ckpt
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    best = run / "checkpoints" / "best-002.ckpt"
+    best.write_bytes(Path(ckpt).read_bytes())
+    (rec,) = predict_files(run, _png(tmp_path / "tile.png"), tmp_path / "out", coverage=0.9)
+    assert rec["checkpoint"] == str(best.resolve())
+    assert find_best_checkpoint(run) == best

@@ -358,6 +358,7 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert e.value.code == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cmd", [[sys.executable, "-m", "uaseg.cli", "report"],
                                  [sys.executable, str(ROOT / "scripts" / "report.py")]])
 def test_entry_points_subprocess(tmp_path, cmd):
@@ -386,7 +387,7 @@ def test_end_to_end_tiny_multirun(tmp_path):
            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "eval.bootstrap=20",
            "callbacks.progress_bar=null", "eval.figures=false"]
     env = {**os.environ, "MPLBACKEND": "Agg", "WANDB_MODE": "offline"}
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800)
     assert p.returncode == 0, p.stderr[-3000:]
     assert cli_main(["report", str(sweep_dir)]) == 0
     rows = read_csv(sweep_dir / "report.csv")
@@ -415,3 +416,24 @@ def test_multiline_error_of_a_failed_job_stays_in_one_table_row(tmp_path, capsys
                     "[[1 0] ⏎ [0 1]] ⏎ vs ⏎ [[2 0] \\| x |"]
     table = md[md.index("## Jobs without a summary") + 2:]
     assert all(len(re.findall(r"(?<!\\)\|", ln)) == 4 for ln in table[:table.index("")])  # 3 columns each
+
+
+def test_fig3_title_names_the_dataset_and_setting(tmp_path, monkeypatch):
+    """A figure read on its own says what it shows: dataset (context) and the loss setting."""
+    import uaseg.report.figures as figures
+
+    titles = {}
+    real = figures.save_figure
+
+    def capture(path, fig, *a, **kw):
+        titles[Path(path).name] = " ".join([ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""])
+        return real(path, fig, *a, **kw)
+
+    monkeypatch.setattr(figures, "save_figure", capture)
+    rng = np.random.default_rng(3)
+    for f in range(2):
+        write_run(tmp_path / f"b{f}", make_summary(rng, fold=f, lam=0.0, dataset="demo3d"))
+        write_run(tmp_path / f"o{f}", make_summary(rng, fold=f, lam=2.0, dataset="demo3d"))
+    build_report(tmp_path)
+    assert "dataset=demo3d" in titles["fig3_01.png"] and "λ=2" in titles["fig3_01.png"], titles
+    assert "dataset=demo3d" in titles["fig2_01.png"], titles

@@ -27,7 +27,7 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEN
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=1800)
 
 
 def hashes(folder: Path) -> dict[str, str]:
@@ -48,6 +48,7 @@ def rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_readme_resume_continues_a_crashed_run_and_refusals_change_nothing(make_cfg, monkeypatch, tmp_path):
     """The README's `python train.py resume=<run folder>`, as written, after a crash in epoch 1; then
     the README's old `hydra.run.dir=<run> ckpt_path=...` and a plain re-run into the folder are refused
@@ -111,13 +112,14 @@ def test_readme_resume_continues_a_crashed_run_and_refusals_change_nothing(make_
     assert hashes(run) == cut  # refused before Hydra's resume record or log
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_folder_one_proceeds_and_a_killed_run_leaves_no_lock(tmp_path):
     run = tmp_path / "run"
     args = [f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path}/cache", "dataset.num_cases=10", "dataset.image_size=48",
             "dataset.patch_size=[32,32]", "model=unet_small", "train=false", "test=false"]
     procs = [subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    results = [(p.wait(timeout=1800), *p.communicate()) for p in procs]
     codes = sorted(rc for rc, _, _ in results)
     assert codes == [0, 1], results
     loser = next(err for rc, _, err in results if rc == 1)

@@ -28,7 +28,7 @@ TINY_CLI = [
 ]
 
 
-def run_cli(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], tmp_path: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     flags = [a for a in args if a.startswith("-")]  # `-m` must precede the overrides
     overrides = [a for a in args if not a.startswith("-")]
@@ -138,7 +138,7 @@ def test_wandb_offline_run(tmp_path):
 @pytest.mark.slow
 def test_ddp_on_cpu_with_two_processes(tmp_path):
     run = tmp_path / "run"
-    proc = run_cli([f"hydra.run.dir={run}", "trainer=ddp", *TINY_CLI, "trainer.devices=2", "dataset.num_cases=15"], tmp_path, timeout=400)
+    proc = run_cli([f"hydra.run.dir={run}", "trainer=ddp", *TINY_CLI, "trainer.devices=2", "dataset.num_cases=15"], tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["n_cases"] == 3  # 3 test cases on 2 processes: the padded repeat is counted once

@@ -85,7 +85,7 @@ def test_multirun_over_an_nnunet_dataset_and_its_report(tmp_path):
            "trainer.accelerator=cpu", "eval.bootstrap=20", "eval.figures=false", "callbacks.progress_bar=null",
            f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}"]
     env = {**os.environ, "WANDB_MODE": "offline", "MPLBACKEND": "Agg"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summaries = sorted(sweep.glob("*/summary.json"))
     assert len(summaries) == 2

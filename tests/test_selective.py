@@ -1,5 +1,6 @@
 """uaseg.selective against independent brute force and hand-computed values."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,7 +270,9 @@ def test_write_outputs_json_round_trip(tmp_path):
     z = np.load(path)
     assert set(z.files) == {"uncertainty", "prediction", "label"}
     np.testing.assert_array_equal(z["label"], cases[0][2])
-    assert "AURC" in format_table(r)
+    table = format_table(r)
+    assert "AURC" in table
+    assert f"voxel AURC {100 * r.aurc:.3f} %" in table and f"AUGRC {100 * r.augrc:.3f} %" in table  # % as Dice-AURC
 
 
 def test_every_score_gets_its_own_curve_file(tmp_path):
@@ -366,3 +369,33 @@ def test_threshold_grid_maps_every_coverage_to_its_nearest_achievable_threshold(
     for target, cov, thr in zip(np.linspace(1, 0, 1001), grid.coverage, grid.threshold):
         assert cov == pytest.approx(np.mean(u <= thr) if np.isfinite(thr) else 0.0)
         assert abs(cov - target) == pytest.approx(np.abs(achievable - target).min())
+
+
+def test_case_panel_has_a_legend_of_the_class_colours(tmp_path, monkeypatch):
+    import uaseg.selective.plots as plots
+    from uaseg.io import class_colour
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, tight=True: figs.append(fig) or Path(path))
+    y = np.zeros((8, 8), np.int64)
+    y[:3] = 1
+    p = y.copy()
+    p[5:, 5:] = 2
+    plot_case_panel(np.random.rand(8, 8), y, p, np.random.rand(8, 8), 0.5, tmp_path / "c.png", "c0",
+                    class_names=["LV", "RV", "LA"])
+    (legend,) = figs[0].legends
+    assert [t.get_text() for t in legend.get_texts()] == ["background", "LV", "RV"]
+    colours = [tuple(np.round(np.asarray(h.get_facecolor()[:3]) * 255).astype(int)) for h in legend.legend_handles]
+    assert colours == [class_colour(0), class_colour(1), class_colour(2)]  # the written PNGs' colours
+
+
+def test_one_unit_per_kind_in_displays():
+    from uaseg.selective import display_metric
+
+    assert display_metric("test/dice", 0.8876) == "88.76 %"
+    assert display_metric("val/dice@0.90", 0.9679) == "96.79 %"
+    assert display_metric("test/dice_p5@0.90", 0.5) == "50.00 %"
+    assert display_metric("test/aurc_dice", 1.1754) == "1.175 %"  # stored in percent already
+    assert display_metric("test/aurc", 0.00427) == "0.427 %"  # stored as a fraction
+    assert display_metric("test/eaurc", 0.0036) == "0.360 %" and display_metric("test/augrc", 0.0032) == "0.320 %"
+    assert display_metric("train/loss", 27.8093) == "27.81"

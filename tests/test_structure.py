@@ -89,3 +89,17 @@ def test_no_import_cycle_between_subpackages():
 def test_cycle_finder_finds_a_planted_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_short_subprocess_timeouts_in_tests():
+    """A test asserts behaviour, not speed: on a loaded laptop an end-to-end run may take many
+    minutes, so no test gives a subprocess a wall-clock limit below CI's own (900 s here)."""
+    import re
+
+    short = []
+    for path in sorted((PKG.parent / "tests").glob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for m in re.finditer(r"timeout(?:\s*:\s*int)?\s*=\s*(\d+(?:\.\d+)?)", line):
+                if float(m.group(1)) < 900:
+                    short.append(f"{path.name}:{n}: {line.strip()}")
+    assert not short, "subprocess timeouts below 900 s:\n" + "\n".join(short)

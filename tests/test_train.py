@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,7 @@ def test_a_run_folder_is_never_reused(make_cfg):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_train_py_from_the_command_line(tmp_path):
     run = tmp_path / "run"
     cmd = [
@@ -54,7 +56,7 @@ def test_train_py_from_the_command_line(tmp_path):
         "trainer.limit_train_batches=2", "loss.lambda=2", "seed=1", "callbacks.progress_bar=null",
         "trainer.log_every_n_steps=1",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("summary.json", "curves.csv", ".hydra/config.yaml", "checkpoints/last.ckpt", "csv/metrics.csv",
                  "figures/risk_coverage.png", "figures/dice_coverage.png", "figures/learning_curves.png"):
@@ -72,6 +74,16 @@ def test_train_py_from_the_command_line(tmp_path):
     case = summary["cases"][0]
     assert {"case_id", "at_coverage"} <= set(case) and {"coverage", "dice", "class_dice"} <= set(case["at_coverage"]["0.90"])
     assert "AURC" in proc.stdout
+    out = proc.stdout + proc.stderr
+    # every Lightning line once (Hydra's handler only), not also through Lightning's own handler
+    assert out.count("`Trainer.fit` stopped") == 1 and out.count("GPU available") == 1, out[-3000:]
+    # piped output, no bar: one progress line per epoch, Dice and AURC in percent
+    assert re.search(r"epoch 1/1 done in [\d.]+ s, step 2: train/loss [\d.]+, val/dice [\d.]+ %, val/aurc_dice [\d.]+ %", out), out[-3000:]
+    # no Lightning metric table with Dice as a fraction next to AURC in %; a closing block instead
+    assert "test/dice " not in out and "DataLoader 0" not in out
+    assert f"Run folder: {run}" in out and f"predict.py ckpt={run}" in out
+    dice = f"{100 * summary['dice_full']['mean']:.2f} %"
+    assert f"Dice {dice}: mean test-case Dice" in out and f"AURC {summary['aurc_dice']:.3f} %" in out
 
     # the checkpoint alone rebuilds the model (no config, no backbone passed), with safe loading
     from uaseg.models import SelectiveSegModule
@@ -95,3 +107,13 @@ def test_same_seed_same_numbers(make_cfg, tmp_path):
         train(cfg)
         results.append(json.loads((tmp_path / name / "summary.json").read_text())["aurc_dice"])
     assert results[0] == results[1]
+
+
+def test_epoch_log_is_on_without_a_terminal_bar():
+    from types import SimpleNamespace
+
+    from uaseg.callbacks import EpochLog
+
+    # under pytest stdout is captured, i.e. not a terminal: the per-epoch line is on even with a bar
+    assert EpochLog()._active(SimpleNamespace(progress_bar_callback=object()))
+    assert EpochLog()._active(SimpleNamespace(progress_bar_callback=None))

@@ -77,7 +77,8 @@ CALIBRATE_KEYS = ("alpha", "method", "delta", "overwrite", "device")
 
 
 def add_calibrate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="a run folder (its checkpoints/best-*.ckpt is calibrated) or a checkpoint file")
+    p.add_argument("run", help="a run folder (its selected checkpoint: the one it tested, per summary.json, else its "
+                               "single checkpoints/best-*.ckpt) or a checkpoint file")
     p.add_argument("options", nargs="*", metavar="key=value",
                    help="alpha=0.05 or alpha=[0.02,0.05] (required), method=crc|ltt|[crc,ltt] (crc), "
                         "delta=0.1 (ltt), overwrite=true (replace an existing calibration), device=cpu|cuda")
@@ -116,10 +117,37 @@ def run_calibrate(args) -> int:
     return 0
 
 
+def add_export_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="where to write the image files (labels go to <folder>/labels/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dataset keys as in training, e.g. num_cases=120 num_folds=2 (same values -> same cases)")
+    p.add_argument("--dataset", default="demo2d", help="demo2d (PNG tiles, default) or demo3d (NIfTI volumes)")
+    p.add_argument("--split", default="test", help="test (default: the cases a run with these settings tests), "
+                                                   "val, train or all")
+    p.add_argument("--cache-dir", default=None, help="the demo cache (default: $UASEG_CACHE, else ./.cache as train.py)")
+
+
+def run_export_demo(args) -> int:
+    """Exit 0 when the files were written, 2 on a user error."""
+    from .data.export_demo import export_demo
+    from .errors import UserError
+
+    try:
+        files = export_demo(args.folder, args.dataset, args.split, args.overrides, args.cache_dir)
+    except UserError as e:
+        print(f"uaseg export-demo: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(files)} {args.dataset} {args.split} case(s) to {args.folder} "
+          f"(ground truth in {args.folder.rstrip('/')}/labels/), e.g. {files[0].name if files else '-'}; segment them with:\n"
+          f"  python predict.py ckpt=<run folder> input={args.folder} output=<folder> coverage=0.9")
+    return 0
+
+
 COMMANDS = {
     "report": (add_report, run_report, "Table 1, paired tests and figures from a (partial) multirun"),
     "ensemble": (add_ensemble, run_ensemble, "deep ensembles of the runs of a multirun that differ only in seed"),
     "calibrate": (add_calibrate, run_calibrate, "calibrate a run's selected checkpoint for a Dice risk alpha, with a guarantee"),
+    "export-demo": (add_export_demo, run_export_demo, "write the built-in dataset's test cases as PNG / NIfTI files for predict.py"),
 }
 
 

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import uaseg.resolvers  # noqa: F401  (registers ${uaseg.*} config resolvers)
-from uaseg.callbacks import SelectiveReportWriter
+from uaseg.callbacks import EpochLog, SelectiveReportWriter
 from uaseg.data import build_datamodule
 from uaseg.config_check import check_config
 from uaseg.errors import ConfigError, NonFiniteLossError, RunFolderError, UserError, describe, root_cause
@@ -47,7 +47,8 @@ def build_module(cfg: DictConfig) -> SelectiveSegModule:
 
 def build_callbacks(cfg: DictConfig) -> list[Any]:
     """The ``callbacks`` group, plus the test report writer configured from the ``eval`` group."""
-    return _instantiate_group(cfg.get("callbacks")) + [SelectiveReportWriter.from_eval_config(cfg.eval, cfg.paths.output_dir)]
+    return _instantiate_group(cfg.get("callbacks")) + [SelectiveReportWriter.from_eval_config(cfg.eval, cfg.paths.output_dir),
+                                                        EpochLog()]
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -180,7 +181,21 @@ def _hydra_running() -> bool:
     return HydraConfig.initialized()
 
 
+def log_lightning_once() -> None:
+    """Lightning gives its loggers a console handler of their own; under Hydra, whose root handlers
+    (console and ``<run>/train.log``) also receive them, every Lightning line was printed twice.
+    With root handlers in place, Lightning's are removed and its records go to the root once."""
+    if not logging.getLogger().handlers:
+        return  # no root handler (a library call without Hydra): Lightning's own handlers are the only ones
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        for handler in list(lg.handlers):
+            lg.removeHandler(handler)
+        lg.propagate = True
+
+
 def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    log_lightning_once()
     ckpt_path = _resolve_ckpt(cfg, out)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
@@ -223,11 +238,36 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
             log.warning("no checkpoint to test; testing the current weights")
         if "temperature" in model.scores:
             _fit_temperature(model, best, datamodule, cfg, trainer, own_checkpoint=bool(cfg.get("train", True)))
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        # Lightning's own metric table (raw values: Dice as a fraction next to AURC in %) is replaced by
+        # the selective table (everything in %) and the closing block below
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     if trainer.is_global_zero:
         write_json(out / "metrics.json", dict(sorted(metrics.items())))
+        log.info("%s", closing_block(out, getattr(model, "test_result", None), best))
     return metrics
+
+
+def closing_block(out: Path, result: Any, checkpoint: str) -> str:
+    """The last lines of a run: where its folder is and what the main numbers mean (units: Dice and
+    AURC in %, coverage as a fraction)."""
+    lines = [f"Run folder: {out}"]
+    if checkpoint:
+        lines.append(f"  checkpoint tested: {Path(checkpoint).name} (predict.py ckpt={out} picks it)")
+    if result is None:
+        lines.append("  no test report (test=false): summary.json is written by the test")
+        return "\n".join(lines)
+    lines.append(f"  summary.json, curves.csv, figures/: the selective test report on {result.n_cases} test cases")
+    lines.append(f"  Dice {100 * result.dice_full.mean:.2f} %: mean test-case Dice with every voxel segmented by the network")
+    at90 = result.at_coverage.get("0.90")
+    if at90 is not None:
+        lines.append(f"  Dice {100 * at90.dice_mean:.2f} % at coverage 0.90: the 10 % most uncertain voxels referred "
+                     "to a radiologist (counted as correct)")
+    lines.append(f"  AURC {result.aurc_dice:.3f} %: area under the Dice risk-coverage curve (risk = 1 - Dice); "
+                 "lower is better (the network's errors are among the voxels it refers first)")
+    lines.append("  units: Dice and AURC in %, coverage as a fraction; next: uaseg export-demo, python predict.py "
+                 f"ckpt={out} (README 'Prediction')")
+    return "\n".join(lines)
 
 
 def _fit_temperature(model: SelectiveSegModule, ckpt: str, datamodule, cfg: DictConfig, trainer: L.Trainer,

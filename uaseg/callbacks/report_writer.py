@@ -138,6 +138,7 @@ class SelectiveReportWriter(Callback):
                     p["image"], p["label"], p["prediction"], p["uncertainty"], threshold,
                     fig_dir / f"case_{group}_{p['case_id']}.png",
                     title=f"{p['case_id']} ({group}), referral at coverage {self.panel_coverage}",
+                    class_names=names,
                 )
             curves = run_figure(out, fig_dir / "learning_curves.png", pl_module.run_identity)
             if curves is not None:

@@ -189,15 +189,14 @@ def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamo
 
 
 def find_best_checkpoint(run: str | Path) -> Path:
-    """A run folder's selected checkpoint (``checkpoints/best-*.ckpt``), or ``run`` if it is a file."""
-    run = Path(run).expanduser()
-    if run.is_file():
-        return run
-    found = sorted((run / "checkpoints").glob("best-*.ckpt"))
-    if len(found) != 1:
-        what = "no" if not found else f"{len(found)}"
-        raise UserError(f"{run}: {what} checkpoints/best-*.ckpt; pass the checkpoint file itself instead")
-    return found[0]
+    """A run folder's selected checkpoint (:func:`uaseg.inference.files.resolve_checkpoint`: the one
+    the run tested, else its single ``checkpoints/best-*.ckpt``), or ``run`` if it is a file."""
+    from uaseg.inference.files import resolve_checkpoint
+
+    path = resolve_checkpoint(run)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file or run folder")
+    return path
 
 
 def risk_threshold(record: dict | None, ckpt: Path, risk: float, method: str | None = None) -> dict:

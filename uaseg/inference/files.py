@@ -6,9 +6,12 @@ source file (the case's first channel file):
 
 * NIfTI in -> NIfTI out with the source's header geometry: ``<name>_seg.nii.gz`` (uint8 classes),
   ``<name>_uncertainty.nii.gz`` (float32), ``<name>_refer.nii.gz`` (uint8, 1 = refer);
-* a 2-D image in -> PNG in its pixel layout ``(height, width)``: ``<name>_seg.png`` (8-bit classes),
-  ``<name>_uncertainty.png`` (16-bit, ``u * 65535``) plus ``<name>_uncertainty.npy`` (float32),
-  ``<name>_refer.png`` (0 / 255).
+* a 2-D image in -> PNG in its pixel layout ``(height, width)``: ``<name>_seg.png`` (a palette PNG:
+  the pixel values are the class indices, shown in the colours of :func:`uaseg.io.class_colour`, so
+  a viewer shows the segmentation instead of a black 0/1 image), ``<name>_uncertainty.png`` (16-bit,
+  ``u * 65535``) plus ``<name>_uncertainty.npy`` (float32), ``<name>_refer.png`` (0 / 255), and
+  ``<name>_overlay.png``: a preview of the image with the classes tinted and the referred pixels
+  hatched in white (with a referral mask).
 
 Arrays come in MONAI's layout (NIfTI voxel order; ``(width, height)`` for 2-D files).
 """
@@ -26,6 +29,8 @@ from uaseg.io import (
     load_nifti,
     read_image_header,
     read_nifti_header,
+    overlay_rgb,
+    save_label_png,
     save_nifti_like,
     save_npy,
     save_png,
@@ -35,7 +40,7 @@ from uaseg.io import (
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 #: suffixes of the files written per input (also used to skip our own outputs in an input folder)
-OUTPUT_TAGS = ("_seg", "_uncertainty", "_refer")
+OUTPUT_TAGS = ("_seg", "_uncertainty", "_refer", "_overlay")
 _GRAY_MODES = ("1", "L", "LA", "I", "F", "La", "I;16", "I;16B", "I;16L", "I;16N")
 
 
@@ -127,6 +132,8 @@ def output_paths(folder: Path, name: str, kind: str, refer: bool = True) -> dict
     out = {t: folder / f"{name}_{t}{ext}" for t in tags}
     if kind != "nifti":
         out["uncertainty_npy"] = folder / f"{name}_uncertainty.npy"
+        if refer:
+            out["overlay"] = folder / f"{name}_overlay.png"
     out["json"] = folder / f"{name}.json"
     return out
 
@@ -153,8 +160,55 @@ def write_segmentation(
     (width, height), _ = read_image_header(source)
     if seg.shape != (width, height):  # MONAI reads 2-D files as (width, height)
         raise RuntimeError(f"{source}: the prediction has shape {seg.shape}, the image is {width}x{height}")
-    save_png(paths["seg"], seg.T.astype(np.uint8))
+    save_label_png(paths["seg"], seg.T.astype(np.uint8))
     save_png(paths["uncertainty"], uncertainty_png16(uncertainty.T))
     save_npy(paths["uncertainty_npy"], np.ascontiguousarray(uncertainty.T, dtype=np.float32))
     if refer is not None:
         save_png(paths["refer"], refer.T.astype(np.uint8) * 255)
+        if "overlay" in paths:
+            from PIL import Image
+
+            with Image.open(source) as im:
+                # grey or RGB as stored (overlay_rgb stretches any range); other modes via RGB
+                image = np.asarray(im if im.mode in ("RGB", "L", "I", "F", "I;16", "I;16B", "I;16L") else im.convert("RGB"))
+            save_png(paths["overlay"], overlay_rgb(image, seg.T, refer.T))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file that ``ckpt=<path>`` names: a file as it is, or a run folder's selected
+    checkpoint, so no one has to know which epoch was best (``best-005.ckpt`` today, another next run).
+
+    For a run folder: the checkpoint that run tested (``summary.json`` ``checkpoint``: the file of
+    that name in the folder's own ``checkpoints/``, so a moved or copied folder uses its own copy; the
+    recorded path itself only when the folder has none, e.g. a test-only run), else its single
+    ``checkpoints/best-*.ckpt``; several best checkpoints and no summary to choose between them, or
+    none at all, are a :class:`PredictError` naming the files, never a silent pick."""
+    import json
+
+    path = Path(path).expanduser()
+    if path.is_file() or not path.is_dir():
+        return path  # a missing path is reported by the loader, which names it
+    folder = path / "checkpoints"
+    summary = path / "summary.json"
+    if summary.is_file():
+        try:
+            tested = json.loads(summary.read_text()).get("checkpoint")
+        except (OSError, ValueError):
+            tested = None
+        if tested:
+            # the folder's own copy first: a copied run folder must not resolve to (and `uaseg
+            # calibrate` must not rewrite) the original's file that its summary still names
+            for candidate in (folder / Path(tested).name, Path(tested)):
+                if candidate.is_file():
+                    return candidate
+    best = sorted(folder.glob("best-*.ckpt"), key=lambda p: natural_key(p.name))
+    if len(best) == 1:
+        return best[0]
+    if not best:
+        others = sorted(p.name for p in folder.glob("*.ckpt"))
+        hint = f" (it holds {', '.join(others)}: pass one of them as the file itself)" if others else ""
+        raise PredictError(f"{path}: no selected checkpoint (checkpoints/best-*.ckpt){hint}")
+    raise PredictError(
+        f"{path}: {len(best)} checkpoints/best-*.ckpt ({', '.join(p.name for p in best)}) and no summary.json "
+        "naming the tested one; pass the checkpoint file itself"
+    )

@@ -26,7 +26,7 @@ import torch
 from uaseg.config_check import check_config
 from uaseg.errors import ConfigError, PredictError
 from uaseg.inference.calibrate import risk_threshold
-from uaseg.inference.files import case_name, list_inputs, output_paths, write_segmentation
+from uaseg.inference.files import case_name, list_inputs, output_paths, resolve_checkpoint, write_segmentation
 from uaseg.inference.model import LoadedModel, load_model
 from uaseg.inference.segment import segment_file
 from uaseg.io import write_json
@@ -109,6 +109,7 @@ def predict_files(
     per-file JSON records."""
     check_threshold_options(coverage, threshold, risk, risk_method)
     dev = _device(device)
+    ckpt = resolve_checkpoint(ckpt)  # a run folder -> its selected checkpoint
     ckpt_path = Path(ckpt).expanduser().resolve() if Path(ckpt).expanduser().exists() else Path(ckpt)
     output = Path(output).expanduser().absolute()
     files, kind = list_inputs(inputs, skip_outputs_in=output)

@@ -38,6 +38,15 @@ def quadrants(dx, dy) -> dict[str, float]:
             "III": 100 * np.sum((dx < 0) & (dy < 0)) / n, "IV": 100 * np.sum((dx > 0) & (dy < 0)) / n}
 
 
+def figure_title(comp, width: int = 70) -> str:
+    """Which data and setting a comparison figure shows: the context (dataset, model, tag,
+    overrides) on the first line(s), the loss setting of the ours arm after it."""
+    import textwrap
+
+    context = describe_context(comp.context) or "(no context recorded)"
+    return "\n".join(textwrap.wrap(context, width)[:2] + [describe_loss(comp.loss)])
+
+
 def fig2(comp, covs, path) -> Path | None:
     """Per-case (coverage, Dice) of ours − baseline, paired by (fold, case_id), one panel per
     coverage, quadrant percentages printed in the quadrants."""
@@ -71,7 +80,7 @@ def fig2(comp, covs, path) -> Path | None:
         ax.set_xlabel("coverage difference c₂ − c₁")
         if i == 0:
             ax.set_ylabel("Dice difference d₂ − d₁ (%)")
-    fig.suptitle(f"Per-case comparison, ours − baseline: {describe_loss(comp.loss)}", fontsize=9)
+    fig.suptitle(f"Per-case comparison, ours − baseline: {figure_title(comp)}", fontsize=9)
     fig.tight_layout()
     save_figure(path, fig)
     return Path(path)
@@ -117,7 +126,7 @@ def fig3(comp, path) -> Path | None:
     ax.set_xlim(GRID[0], GRID[-1])
     ax.set_xlabel("coverage")
     ax.set_ylabel("Dice (%)")
-    ax.set_title(describe_loss(comp.loss), fontsize=9)
+    ax.set_title(figure_title(comp), fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(path, fig)

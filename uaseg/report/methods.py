@@ -149,8 +149,8 @@ def row_values(row: MethodRow, ref: MethodRow | None) -> dict:
     """Every column of one row (fractions converted to the table's units)."""
     v = {
         "aurc_dice": row.metric(lambda s: s.aurc_dice),
-        "eaurc": 1000 * row.metric(lambda s: s.eaurc),
-        "augrc": 1000 * row.metric(lambda s: s.augrc),
+        "eaurc": 100 * row.metric(lambda s: s.eaurc),
+        "augrc": 100 * row.metric(lambda s: s.augrc),
         "dice_full": 100 * row.metric(lambda s: s.dice_full.mean),
         "dice_90": 100 * row.metric(lambda s: s.at_coverage[COV].dice_mean if COV in s.at_coverage else None),
         "dice_p5_90": 100 * row.metric(lambda s: s.at_coverage[COV].dice_p5 if COV in s.at_coverage else None),
@@ -179,7 +179,7 @@ def render_methods(groups) -> tuple[str, list[dict]]:
     for ctx, rows in groups.items():
         ref = next((r for r in rows if r.key == REFERENCE), None)
         lines += [f"### {describe_context(ctx)}", "",
-                  "| Setting | Score | Prediction | AURC (%) | rel. Δ AURC | E-AURC (×10³) | AUGRC (×10³) | "
+                  "| Setting | Score | Prediction | AURC (%) | rel. Δ AURC | E-AURC (%) | AUGRC (%) | "
                   "Dice@1.00 (%) | Dice@0.90 (%) | Dice@5PCTL@0.90 (%) | case AURC (%) | passes | s / case | "
                   "p (cases, Dice@0.90) | runs |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -2,8 +2,9 @@
 
 One row per (comparison, part, metric, coverage).  Parts: ``all`` (the whole test set), then,
 when summaries carry ``groups`` (GlaS testA/testB), each group and ``average`` (per fold the
-plain mean over groups, as the paper averages parts A and B).  Percent metrics are stored in
-percent; voxel ``aurc``/``eaurc``/``augrc`` as fractions, as in summary.json.
+plain mean over groups, as the paper averages parts A and B).  One unit per kind, as everywhere
+uaseg shows numbers: Dice and every AURC-type area in percent (voxel ``aurc``/``eaurc``/``augrc`` are
+fractions in summary.json and converted here), achieved coverage as a fraction.
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from .grouping import describe_context, describe_loss
 
 #: (metric, unit, per-coverage?) in table order
 METRICS = (("aurc_dice", "%", False), ("dice_mean", "%", True), ("dice_std", "%", True),
-           ("dice_p5", "%", True), ("achieved_coverage", "", True), ("aurc", "", False),
-           ("eaurc", "", False), ("augrc", "", False))
+           ("dice_p5", "%", True), ("achieved_coverage", "", True), ("aurc", "%", False),
+           ("eaurc", "%", False), ("augrc", "%", False))
+#: stored as fractions in summary.json, reported in percent
+_FRACTION_AREAS = ("aurc", "eaurc", "augrc")
 COLUMNS = ("comparison", "dataset", "model", "tag", "context", "setting", *LOSS_KEYS, "part",
            "metric", "coverage", "unit", "base_mean", "base_std", "base_n", "ours_mean",
            "ours_std", "ours_n", "delta", "rel_change_pct", "p_value", "test", "n_pairs",
@@ -33,7 +36,8 @@ COLUMNS = ("comparison", "dataset", "model", "tag", "context", "setting", *LOSS_
 def metric_value(part: SelectiveResult, metric: str, cov: str | None):
     """One number of one result (or one group of it), in the report's unit; None when absent."""
     if cov is None:
-        return getattr(part, metric)
+        v = getattr(part, metric)
+        return 100.0 * v if metric in _FRACTION_AREAS and v is not None else v
     if cov != FULL_COVERAGE and cov not in part.at_coverage:
         return None
     v = getattr(part.point(cov), metric)

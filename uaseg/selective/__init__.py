@@ -11,7 +11,7 @@ Dice risk: conformal risk control, Learn-then-Test, and the Monte-Carlo check of
 from .accumulator import SelectiveAccumulator
 from .case_level import CASE_AGGREGATIONS, register_case_aggregation
 from .dice_curve import dice_risk_coverage
-from .format import format_risk_control, format_table
+from .format import display_metric, format_risk_control, format_table
 from .metric import SelectiveSegmentationMetric
 from .outputs import save_case_arrays, write_outputs, write_score_outputs
 from .plots import plot_case_panel, plot_dice_coverage, plot_risk_coverage
@@ -21,6 +21,6 @@ from .voxel_rc import voxel_risk_coverage
 __all__ = [
     "dice_risk_coverage", "voxel_risk_coverage", "SelectiveAccumulator", "SelectiveResult",
     "ThresholdGrid", "FULL_COVERAGE", "SelectiveSegmentationMetric", "write_outputs", "write_score_outputs",
-    "save_case_arrays", "format_table", "format_risk_control", "plot_risk_coverage", "plot_dice_coverage",
+    "save_case_arrays", "format_table", "format_risk_control", "display_metric", "plot_risk_coverage", "plot_dice_coverage",
     "plot_case_panel", "coverage_key", "CASE_AGGREGATIONS", "register_case_aggregation",
 ]

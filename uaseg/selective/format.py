@@ -1,9 +1,41 @@
-"""Console table shaped like a row of the paper's Table 1 (values in percent)."""
+"""Console table shaped like a row of the paper's Table 1 (values in percent).
+
+One unit per kind wherever a number is shown (console, progress, summary table, report): **Dice and
+every AURC-type area (Dice AURC, voxel AURC, E-AURC, AUGRC, case AURC) in percent**; coverage, the
+Dice risk 1 - Dice, alpha, delta and thresholds as fractions in [0, 1]. What is *stored*
+(``summary.json``, ``metrics.json``, ``csv/metrics.csv``) keeps the library's units: Dice and voxel
+AURC / E-AURC / AUGRC as fractions, ``aurc_dice`` and ``case_level.aurc`` in percent; every display
+converts with :func:`display_metric`.
+"""
 from __future__ import annotations
 
 import io
+import math
 
 from .result import FULL_COVERAGE, SelectiveResult
+
+
+#: stored metric names (the last ``/`` part) already in percent
+_PERCENT_STORED = ("aurc_dice", "case_aurc")
+#: stored fractions shown in percent: Dice and the voxel-level areas
+_FRACTION_SHOWN_AS_PERCENT = ("dice", "aurc", "eaurc", "augrc")
+
+
+def display_metric(name: str, value: float) -> str:
+    """``value`` of the logged/stored metric ``name`` (``val/dice``, ``test/aurc_dice``,
+    ``test/dice@0.90``, ``train/loss``) in its display unit: Dice and AURC-type areas as ``"88.76 %"``,
+    anything else (losses, coverage, counts) as a plain number."""
+    base = name.rsplit("/", 1)[-1].split("@", 1)[0]
+    v = float(value)
+    if not math.isfinite(v):
+        return str(v)
+    if base in _PERCENT_STORED:
+        return f"{v:.3f} %"
+    if base.startswith("dice"):
+        return f"{100 * v:.2f} %"
+    if base in _FRACTION_SHOWN_AS_PERCENT:
+        return f"{100 * v:.3f} %"
+    return f"{v:.4g}"
 
 
 def _rows(result: SelectiveResult, name: str) -> list[list[str]]:
@@ -33,9 +65,9 @@ def format_table(result: SelectiveResult, title: str = "Selective segmentation")
         for row in _rows(res, g):
             table.add_row(*row)
     cl = result.case_level
-    vox = (f"voxel AURC {result.aurc:.4f}  E-AURC {result.eaurc:.4f}  "
-           f"AUGRC {result.augrc:.4f}  |  case AURC ({cl.aggregation}) "
-           f"{cl.aurc:.2f} %  95% CI [{cl.ci95[0]:.2f}, {cl.ci95[1]:.2f}]")
+    vox = (f"voxel AURC {100 * result.aurc:.3f} %  E-AURC {100 * result.eaurc:.3f} %  "
+           f"AUGRC {100 * result.augrc:.3f} %  |  case AURC ({cl.aggregation}) "
+           f"{cl.aurc:.2f} %  95% CI [{cl.ci95[0]:.2f}, {cl.ci95[1]:.2f}] %")
     buf = io.StringIO()
     console = Console(file=buf, width=110, force_terminal=False, color_system=None)
     console.print(table)

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from uaseg.io import save_figure  # noqa: E402
+from uaseg.io import class_colour, save_figure  # noqa: E402
 
 from .result import SelectiveResult  # noqa: E402
 
@@ -64,12 +64,23 @@ def _slice(a: np.ndarray, idx, spatial_ndim: int):
     return a[..., idx] if spatial_ndim == 3 else a
 
 
+def class_colormap(num_classes: int):
+    """The colours of classes 0..num_classes-1 (:func:`uaseg.io.class_colour`, as in the written
+    segmentation PNGs) as a matplotlib colormap for integer label images."""
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap([np.asarray(class_colour(i)) / 255.0 for i in range(max(num_classes, 2))])
+
+
 def plot_case_panel(image, label, prediction, uncertainty, threshold, path,
-                    title: str = "") -> Path:
-    """Row of image | label | prediction | error | uncertainty | referred (u > threshold).
+                    title: str = "", class_names=None) -> Path:
+    """Row of image | label | prediction | error | uncertainty | referred (u > threshold), with a
+    legend of the class colours (``class_names``: the foreground classes 1..K, else "class k").
 
     ``image`` may be (*spatial), (C, *spatial) with C in {1, 3}; spatial is 2-D or 3-D.
     """
+    from matplotlib.patches import Patch
+
     from .case_stats import to_numpy
 
     img, y, p, u = (to_numpy(a) for a in (image, label, prediction, uncertainty))
@@ -85,9 +96,11 @@ def plot_case_panel(image, label, prediction, uncertainty, threshold, path,
     if img.ndim == 3 and img.dtype != np.uint8:
         lo, hi = float(img.min()), float(img.max())
         img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img, dtype=float)
-    k = max(int(y.max()), int(p.max()), 1)
-    panels = [("image", img, "gray", None), ("label", y, "tab10", (0, max(k, 9))),
-              ("prediction", p, "tab10", (0, max(k, 9))), ("error", (p != y), "Reds", (0, 1)),
+    names = list(class_names or [])
+    k = max(int(y.max()), int(p.max()), len(names), 1)
+    cmap = class_colormap(k + 1)
+    panels = [("image", img, "gray", None), ("label", y, cmap, (-0.5, k + 0.5)),
+              ("prediction", p, cmap, (-0.5, k + 0.5)), ("error", (p != y), "Reds", (0, 1)),
               ("uncertainty", u, "viridis", None),
               (f"referred (u > {threshold:.3g})", u > threshold, "Greys", (0, 1))]
     fig, axes = plt.subplots(1, 6, figsize=(18, 3.4))
@@ -100,11 +113,19 @@ def plot_case_panel(image, label, prediction, uncertainty, threshold, path,
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.suptitle(title + (f"  (slice {idx})" if idx is not None else ""))
-    return _save(fig, path)
+    shown = sorted(set(np.unique(y).tolist()) | set(np.unique(p).tolist()) | {0})
+    handles = [Patch(facecolor=np.asarray(class_colour(int(c))) / 255.0, edgecolor="grey",
+                     label="background" if c == 0 else (names[c - 1] if c - 1 < len(names) else f"class {c}"))
+               for c in shown]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False,
+               title="label / prediction colours", title_fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return _save(fig, path, tight=False)
 
 
-def _save(fig, path) -> Path:
-    fig.tight_layout()
+def _save(fig, path, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout()
     try:
         return save_figure(path, fig, dpi=100)
     finally:

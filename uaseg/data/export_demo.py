@@ -1,0 +1,75 @@
+"""``uaseg export-demo <folder>``: the built-in dataset's cases as the image files ``predict.py`` reads,
+so prediction can be tried right after the quick start without any data of one's own.
+
+The demo cases are generated into the cache as ``.npz`` arrays (``uaseg/data/demo.py``); this writes the
+cases of one split (by default the test split a default run tests: same ``data_seed``, ``num_folds``,
+``fold`` and ``val_fraction``) as
+
+* ``demo2d``: 8-bit RGB PNG ``<case>.png`` (the tile scaled by 255, as ``predict.py`` scales it back);
+* ``demo3d``: NIfTI ``<case>.nii.gz`` in HU (int16), 1 mm voxels, identity affine;
+
+and their ground truth beside them in ``<folder>/labels/`` (palette PNG / uint8 NIfTI, values = class
+indices), which ``predict.py`` does not read (it takes the files directly inside the folder).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from uaseg.errors import ConfigError
+
+DATASETS = ("demo2d", "demo3d")
+SPLITS = ("test", "val", "train", "all")
+CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
+
+
+def demo_datamodule(dataset: str = "demo2d", overrides: Sequence[str] = (), cache_dir: str | Path | None = None):
+    """The datamodule of ``conf/dataset/<dataset>.yaml`` with ``key=value`` overrides (``num_cases=120``,
+    ``dataset.fold=1``: the ``dataset.`` prefix is optional) and the cache train.py uses by default
+    (``$UASEG_CACHE``, else ``./.cache``)."""
+    from omegaconf import OmegaConf
+
+    from uaseg.data import build_datamodule
+
+    if dataset not in DATASETS:
+        raise ConfigError(f"export-demo: dataset {dataset!r}: choose from {list(DATASETS)}")
+    cfg = OmegaConf.load(CONF / f"{dataset}.yaml")
+    cfg.cache_dir = str(cache_dir or os.environ.get("UASEG_CACHE") or Path.cwd() / ".cache")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"export-demo: overrides are key=value, got {bad}")
+    dotlist = [o[len("dataset."):] if o.startswith("dataset.") else o for o in overrides]
+    unknown = [o.split("=", 1)[0] for o in dotlist if o.split("=", 1)[0].split(".")[0] not in cfg]
+    if unknown:
+        raise ConfigError(f"export-demo: unknown dataset key(s) {unknown}; keys: {sorted(k for k in cfg if k != 'meta')}")
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    return build_datamodule(cfg)
+
+
+def export_demo(folder: str | Path, dataset: str = "demo2d", split: str = "test", overrides: Sequence[str] = (),
+                cache_dir: str | Path | None = None) -> list[Path]:
+    """Write the cases of ``split`` into ``folder`` (labels into ``folder/labels``); returns the image files."""
+    from uaseg.io import save_label_png, save_nifti, save_png
+
+    if split not in SPLITS:
+        raise ConfigError(f"export-demo: split {split!r}: choose from {list(SPLITS)}")
+    dm = demo_datamodule(dataset, overrides, cache_dir)
+    dm.setup()
+    cases = [c for s in ("train", "val", "test") for c in dm.splits[s]] if split == "all" else dm.splits[split]
+    folder = Path(folder)
+    written = []
+    for case in cases:
+        image, label = np.asarray(case["image"]), np.asarray(case["label"])[0]
+        if dm.spatial_dims == 2:
+            # MONAI reads a 2-D file as (width, height): the file holds the array transposed
+            rgb = np.round(np.clip(np.moveaxis(image, 0, -1), 0, 1) * 255).astype(np.uint8).transpose(1, 0, 2)
+            written.append(save_png(folder / f"{case['case_id']}.png", rgb))
+            save_label_png(folder / "labels" / f"{case['case_id']}.png", label.T)
+        else:
+            written.append(save_nifti(folder / f"{case['case_id']}.nii.gz", image[0].astype(np.int16)))
+            save_nifti(folder / "labels" / f"{case['case_id']}.nii.gz", label.astype(np.uint8))
+    return written
