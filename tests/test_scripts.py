@@ -81,6 +81,10 @@ SMOKE = {
                               "## run_a: 12 cases"),
     "report.py": (lambda t: [str(_report_runs(t / "multirun")), "--no-figures"], "wrote "),
     "one_pass_study.sh": (lambda t: ["demo2d", str(t / "study"), *TINY_TRAIN], "wrote "),
+    "multiclass_study.sh": (lambda t: [str(t / "mc"), "dataset.num_cases=10", "dataset.image_size=32",
+                                       "dataset.patch_size=[16,16,16]", "trainer.max_epochs=1",
+                                       "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                                       "eval.bootstrap=20", "eval.figures=false", "trainer.accelerator=cpu"], "wrote "),
 }
 
 
@@ -90,7 +94,7 @@ def test_every_script_has_a_smoke_run():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in SMOKE if n != "one_pass_study.sh"])
+@pytest.mark.parametrize("name", [n for n in SMOKE if not n.endswith(".sh")])
 def test_script_runs_at_tiny_size(name, tmp_path):
     args, expected = SMOKE[name]
     proc = subprocess.run([sys.executable, str(SCRIPTS / name), *args(tmp_path)], cwd=tmp_path, env=_env(tmp_path),
@@ -113,3 +117,19 @@ def test_one_pass_study_runs_at_tiny_size(tmp_path):
     assert (tmp_path / "study" / "base" / ".done").is_file()
     ensembles = list((tmp_path / "study" / "base" / "ensembles").glob("*/summary.json"))
     assert len(ensembles) == 2 and json.loads(ensembles[0].read_text())["method"] == "ensemble"
+
+
+@pytest.mark.slow
+def test_multiclass_study_runs_at_tiny_size(tmp_path):
+    """The multi-class study with two arms of one seed on demo3d, then the report with learning curves."""
+    args, expected = SMOKE["multiclass_study.sh"]
+    env = {**_env(tmp_path), "DATASETS": "demo3d", "ARMS": "base steer_balance", "SEEDS": "1", "JOBS": "1"}
+    proc = subprocess.run(["bash", str(SCRIPTS / "multiclass_study.sh"), *args(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    study = tmp_path / "mc"
+    assert expected in out and (study / "report.md").is_file(), out[-4000:]
+    assert {p.parent.name for p in study.glob("demo3d/*/.done")} == {"base", "steer_balance"}
+    config = next((study / "demo3d" / "steer_balance").glob("*/.hydra/config.yaml")).read_text()
+    assert "steer: true" in config and "balance: 1\n" in config and "early_stopping" in config
