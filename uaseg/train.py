@@ -22,6 +22,8 @@ from uaseg.inference.calibrate import RiskControlSettings, calibrate_checkpoint,
 from uaseg.io import WriteError, check_checkpoint_file, update_checkpoint, write_json
 from uaseg.models import SelectiveSegModule
 from uaseg.runfolder import claim_run_folder, release_run_folder, retire_failure
+from uaseg.trust import check_checkpoint_file as check_checkpoint_targets
+from uaseg.trust import check_targets
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,13 @@ _LIGHTNING_ALIASES = ("last", "best", "hpc", "registry")
 
 
 def _resolve_ckpt(cfg: DictConfig, out: Path) -> str | None:
-    """``resume``'s last checkpoint, or an explicit ``ckpt_path`` (checked readable before any work).
-    Whether this run may use its folder was decided by :func:`uaseg.runfolder.claim_run_folder`."""
+    """``resume``'s last checkpoint, or an explicit ``ckpt_path`` (checked readable, and naming only
+    classes uaseg configures, before any work). Whether this run may use its folder was decided by
+    :func:`uaseg.runfolder.claim_run_folder`."""
     if cfg.get("resume"):
-        return str(out / "checkpoints" / "last.ckpt")
+        last = out / "checkpoints" / "last.ckpt"
+        check_checkpoint_targets(last, trust=bool(cfg.get("trust_checkpoint")))
+        return str(last)
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return None
@@ -74,6 +79,7 @@ def _resolve_ckpt(cfg: DictConfig, out: Path) -> str | None:
     if not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt}: file not found")
     check_checkpoint_file(ckpt, what="ckpt_path")
+    check_checkpoint_targets(ckpt, trust=bool(cfg.get("trust_checkpoint")))
     return str(ckpt)
 
 
@@ -88,6 +94,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
         raise RunFolderError(f"resume={folder}: {saved} not found (is this a uaseg run folder?)") from None
     except Exception as e:  # a damaged YAML file
         raise ConfigError(f"resume={folder}: cannot read {saved} ({describe(e)})") from None
+    check_targets(resumed, saved, trust=bool(cfg.get("trust_checkpoint")))  # before anything resolves or builds
     extra = []
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -216,7 +223,7 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if risk_control is not None and best:
         # every rank computes (same weights, same cases), rank 0 writes, all load it in trainer.test
         calibrate_checkpoint(best, risk_control, datamodule, trainer.strategy.root_device,
-                             write=trainer.is_global_zero)
+                             write=trainer.is_global_zero, trust_checkpoint=bool(cfg.get("trust_checkpoint")))
         trainer.strategy.barrier()
     if cfg.get("test", True):
         if not best:
@@ -234,7 +241,9 @@ def _fit_temperature(model: SelectiveSegModule, ckpt: str, datamodule, cfg: Dict
                      own_checkpoint: bool) -> None:
     """Temperature of the ``temperature`` score: fitted on the validation cases with the weights that
     will be tested, kept on ``model`` and, for a checkpoint this run wrote, in that checkpoint."""
-    source = SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True) if ckpt else model
+    source = (SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
+                                                      trust_checkpoint=bool(cfg.get("trust_checkpoint")))
+              if ckpt else model)
     model.temperature, n = fit_temperature_on_validation(source, datamodule, int(cfg.eval.temperature_voxels),
                                                          seed=int(cfg.get("seed") or 0),
                                                          device=trainer.strategy.root_device)
