@@ -212,3 +212,41 @@ def test_resume_refuses_a_crafted_last_checkpoint(base, make_cfg, tmp_path):
     with pytest.raises(CheckpointError, match=rf"last\.ckpt: hyper_parameters\.inferer\._target_='{EVIL}'"):
         train(make_cfg("demo2d", f"resume={out}", "eval.scores=[max_softmax,temperature]"))
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------- dataset folders
+@pytest.mark.parametrize("entry", ["../outside.nii.gz", "ABSOLUTE"])
+def test_decathlon_entries_must_stay_in_the_dataset_folder(tmp_path, entry):
+    import json
+
+    from layoutfiles import make_decathlon
+
+    from uaseg.data.decathlon import DecathlonDataModule
+    from uaseg.errors import DatasetError
+
+    root = make_decathlon(tmp_path / "Task01", n_test=0)
+    outside = tmp_path / "outside.nii.gz"  # exists: only the rule refuses it
+    outside.write_bytes((root / "labelsTr" / "BRATS_001.nii.gz").read_bytes())
+    entry = str(outside) if entry == "ABSOLUTE" else entry
+    d = json.loads((root / "dataset.json").read_text())
+    d["training"][1]["label"] = entry
+    (root / "dataset.json").write_text(json.dumps(d))
+    with pytest.raises(DatasetError, match=rf"dataset\.json: training entry 1 label '{entry}' is (an absolute path|a path "
+                                           r"out of the dataset folder); entries must be relative paths inside"):
+        DecathlonDataModule.discover(root, DecathlonDataModule.read_info(root))
+
+
+def test_a_symlink_out_of_the_dataset_folder_is_allowed_and_logged_once(tmp_path, caplog):
+    from layoutfiles import make_decathlon
+
+    from uaseg.data.decathlon import DecathlonDataModule
+
+    root = make_decathlon(tmp_path / "Task01", n_test=0)
+    for name in ("BRATS_001.nii.gz", "BRATS_002.nii.gz"):
+        label = root / "labelsTr" / name
+        label.rename(tmp_path / name)
+        label.symlink_to(tmp_path / name)
+    with caplog.at_level(logging.INFO, logger="uaseg.data.layouts"):
+        cases = DecathlonDataModule.discover(root, DecathlonDataModule.read_info(root))
+    assert len(cases) == 5
+    assert caplog.text.count("outside the dataset folder") == 1 and "BRATS_001" in caplog.text
