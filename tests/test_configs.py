@@ -74,12 +74,12 @@ def test_append_override_reaches_the_trainer(make_cfg):
     assert trainer.gradient_clip_val == 1.0
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["dataset=mmwhs"], "dataset.root=..."),
-    (["dataset=glas", "dataset.root=/does/not/exist"], "the expected layout"),
-    (["dataset=decathlon", "dataset.root=/does/not/exist"], "the expected layout"),  # raised in a resolver
+@pytest.mark.parametrize("overrides,message,folder", [
+    (["dataset=mmwhs"], "dataset.root=...", False),  # refused with the config values: no run folder
+    (["dataset=glas", "dataset.root=/does/not/exist"], "the expected layout", True),  # by the datamodule
+    (["dataset=decathlon", "dataset.root=/does/not/exist"], "the expected layout", False),  # raised in a resolver
 ])
-def test_user_errors_are_one_clear_line(tmp_path, overrides, message):
+def test_user_errors_are_one_clear_line(tmp_path, overrides, message, folder):
     proc = subprocess.run(
         [sys.executable, "train.py", *overrides, f"hydra.run.dir={tmp_path}/run"],
         cwd=ROOT, capture_output=True, text=True, timeout=1800,
@@ -87,4 +87,4 @@ def test_user_errors_are_one_clear_line(tmp_path, overrides, message):
     assert proc.returncode == 1
     assert message in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert (tmp_path / "run" / "failed.json").exists()
+    assert (tmp_path / "run" / "failed.json").exists() == folder and (tmp_path / "run").exists() == folder

@@ -36,6 +36,8 @@ def add_ensemble(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="a multirun folder; runs that differ only in seed become ensembles")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--force", action="store_true", help="rebuild ensemble folders that already exist")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load checkpoints that name classes uaseg does not configure (only files you trust)")
 
 
 def run_ensemble(args) -> int:
@@ -64,7 +66,7 @@ def run_ensemble(args) -> int:
             shutil.rmtree(folder)
         try:
             summary = write_ensemble(folder, [(r.path, r.summary) for r in members], members[0].overrides,
-                                     device=args.device)
+                                     device=args.device, trust_checkpoint=args.trust_checkpoint)
         except (UserError, FileExistsError) as e:
             print(f"uaseg ensemble: error: {e}", file=sys.stderr)
             return 2
@@ -73,7 +75,7 @@ def run_ensemble(args) -> int:
     return 0
 
 
-CALIBRATE_KEYS = ("alpha", "method", "delta", "overwrite", "device")
+CALIBRATE_KEYS = ("alpha", "method", "delta", "overwrite", "device", "trust_checkpoint")
 
 
 def add_calibrate(p: argparse.ArgumentParser) -> None:
@@ -81,13 +83,15 @@ def add_calibrate(p: argparse.ArgumentParser) -> None:
                                "single checkpoints/best-*.ckpt) or a checkpoint file")
     p.add_argument("options", nargs="*", metavar="key=value",
                    help="alpha=0.05 or alpha=[0.02,0.05] (required), method=crc|ltt|[crc,ltt] (crc), "
-                        "delta=0.1 (ltt), overwrite=true (replace an existing calibration), device=cpu|cuda")
+                        "delta=0.1 (ltt), overwrite=true (replace an existing calibration), device=cpu|cuda, "
+                        "trust_checkpoint=true (a checkpoint naming classes uaseg does not configure)")
 
 
 def run_calibrate(args) -> int:
     """Exit 0 when the checkpoint was calibrated, 2 on a user error (one line, no traceback)."""
     from omegaconf import OmegaConf
 
+    from .config_check import check_config
     from .errors import UserError
     from .inference.calibrate import RiskControlSettings, calibrate_checkpoint, find_best_checkpoint
     from .selective.risk_control import Calibration, alpha_key
@@ -102,9 +106,11 @@ def run_calibrate(args) -> int:
             where="uaseg calibrate")
         if settings is None:
             raise UserError("uaseg calibrate needs alpha=<Dice risk in (0, 1)> (or a list, alpha=[0.02,0.05])")
+        check_config({k: opts[k] for k in ("overwrite", "trust_checkpoint") if k in opts})  # true or false
         ckpt = find_best_checkpoint(args.run)
         record, changes = calibrate_checkpoint(ckpt, settings, device=opts.get("device", "cpu"),
-                                               overwrite=bool(opts.get("overwrite", False)))
+                                               overwrite=bool(opts.get("overwrite", False)),
+                                               trust_checkpoint=opts.get("trust_checkpoint", False))
     except (UserError, FileNotFoundError) as e:
         print(f"uaseg calibrate: error: {e}", file=sys.stderr)
         return 2

@@ -212,8 +212,59 @@ def _rule_windows(get) -> str | None:
     return None
 
 
+def _rule_patch_stride(get) -> str | None:
+    """The U-Net halves the patch at each downsampling and joins the skips back: every axis of the
+    patch must be a multiple of the product of the strides (else a tensor-size error in the first step)."""
+    patch, strides = get("dataset.patch_size"), get("model.net.strides")
+    if not (isinstance(patch, list) and isinstance(strides, list) and all(isinstance(p, int) for p in patch)):
+        return None
+    total = [1] * len(patch)
+    for s in strides:
+        per = s if isinstance(s, list) else [s] * len(patch)
+        if len(per) != len(patch) or not all(isinstance(x, int) and x > 0 for x in per):
+            return None  # another shape of strides: the network checks it
+        total = [t * x for t, x in zip(total, per)]
+    if all(p % t == 0 for p, t in zip(patch, total)):
+        return None
+    fit = [max(t, p // t * t) for p, t in zip(patch, total)]
+    downs = sum(1 for s in strides if (max(s) if isinstance(s, list) else s) > 1)
+    return (f"dataset.patch_size={_show(patch)}: each entry must be a multiple of {_show(total)}, the network's total "
+            f"stride ({downs} downsamplings, model.net.strides={_show(strides)}); e.g. dataset.patch_size={_show(fit)}")
+
+
+def _rule_start_epoch(get) -> str | None:
+    lam, start, epochs = get("loss.lambda"), get("loss.start_epoch"), get("trainer.max_epochs")
+    if isinstance(lam, (int, float)) and lam > 0 and isinstance(start, int) and isinstance(epochs, int) and start >= epochs:
+        return (f"loss.start_epoch={start}: the ranking term (loss.lambda={_show(lam)}) would never run, as "
+                f"trainer.max_epochs={epochs} trains epochs 0..{epochs - 1}; lower loss.start_epoch, raise "
+                "trainer.max_epochs, or set loss.lambda=0 for the baseline")
+    return None
+
+
+def _rule_test_scores(get) -> str | None:
+    """The test-time scores' own needs, checked before training rather than at test time."""
+    from uaseg.uncertainty.scores import SCORES
+    from uaseg.uncertainty.tta import flip_sets
+
+    scores, dropout = get("eval.scores"), get("model.dropout")
+    mc = [n for n in scores or () if n in SCORES and SCORES[n].family == "mc"]
+    if mc and dropout is not None and dropout == 0:
+        return (f"eval.scores={_show(scores)}: {', '.join(mc)} sample(s) dropout, but model.dropout=0 (the paper's "
+                "network has none); train with e.g. model.dropout=0.1, or drop it from eval.scores")
+    flips, dims = get("eval.tta_flips"), get("dataset.meta.spatial_dims")
+    if flips is not None and isinstance(dims, int):
+        try:
+            flip_sets(dims, flips)
+        except ConfigError as e:
+            return str(e)
+        except (TypeError, ValueError):
+            return f"eval.tta_flips={_show(flips)}: expected 'all' or a list of axis lists like [[], [0]]"
+    return None
+
+
 #: rules between keys, each ``get -> message or None`` (run after every key passed its own domain)
-RULES: tuple[Callable[[Callable[[str], Any]], str | None], ...] = (_rule_fold, _rule_batch, _rule_patch_dims, _rule_windows)
+RULES: tuple[Callable[[Callable[[str], Any]], str | None], ...] = (
+    _rule_fold, _rule_batch, _rule_patch_dims, _rule_windows, _rule_patch_stride, _rule_start_epoch, _rule_test_scores)
 
 
 def check_config(cfg: Mapping | DictConfig) -> None:
@@ -235,3 +286,28 @@ def check_config(cfg: Mapping | DictConfig) -> None:
         message = rule(get)
         if message:
             raise ConfigError(message)
+
+
+def unresolved_missing_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """The ``???`` keys of ``cfg``, found without resolving interpolations (``OmegaConf.missing_keys``
+    resolves them, and a resolver such as the dataset plan cannot run before ``dataset.root`` is set)."""
+    out: list[str] = []
+    keys = cfg.keys() if isinstance(cfg, DictConfig) else range(len(cfg)) if isinstance(cfg, ListConfig) else []
+    for key in keys:
+        node = cfg._get_node(key)
+        name = f"{prefix}{key}" if isinstance(cfg, DictConfig) else f"{prefix.rstrip('.')}[{key}]"
+        if node is None or node._is_interpolation():
+            continue
+        if node._is_missing():
+            out.append(name)
+        elif isinstance(node, (DictConfig, ListConfig)):
+            out += unresolved_missing_keys(node, f"{name}.")
+    return out
+
+
+def check_missing(cfg: DictConfig) -> None:
+    """A :class:`ConfigError` listing the mandatory (``???``) values the user has not set."""
+    missing = sorted(unresolved_missing_keys(cfg))
+    if missing:
+        raise ConfigError("missing mandatory config values: " + ", ".join(f"{k}=..." for k in missing)
+                          + " (e.g. dataset.root=/path/to/the/downloaded/dataset)")

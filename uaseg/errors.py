@@ -30,12 +30,18 @@ class RunFolderError(UserError):
 
 
 class CheckpointError(UserError):
-    """A checkpoint file that cannot be read (truncated, corrupted, not a checkpoint)."""
+    """A checkpoint file that cannot be read (truncated, corrupted, not a checkpoint), or a checkpoint
+    or run folder that names a class uaseg does not configure (:mod:`uaseg.trust`)."""
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training stopped at a non-finite loss; the message says where, on which cases, and which
     checkpoint is the last good one. Not the user's input, but theirs to act on: shown as one line."""
+
+
+class TerminatedError(RuntimeError):
+    """Training stopped by a signal (SIGTERM: a scheduler's preemption or time limit); the message says
+    so and how to resume from the last checkpoint. Shown as one line."""
 
 
 def describe(exc: BaseException) -> str:

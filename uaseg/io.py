@@ -276,16 +276,35 @@ def load_nifti(path: str | Path):
         raise DatasetError(f"{path}: cannot read the NIfTI header ({describe(e)})") from e
 
 
+def affine_problem(affine: Any, spatial_axes: int = 3) -> str | None:
+    """What makes a voxel-to-world matrix unusable (NaN/infinite entries, an axis of zero spacing),
+    or None. Such a header breaks orientation, resampling and the grid comparison of image and label."""
+    a = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(a).all():
+        return "its affine (voxel-to-world matrix) holds NaN or infinite values"
+    n = min(spatial_axes, a.shape[0] - 1, a.shape[1] - 1)
+    zero = [i for i in range(n) if not np.linalg.norm(a[:n, i]) > 0]
+    if zero:
+        return (f"its affine (voxel-to-world matrix) gives axis {', '.join(map(str, zero))} a zero voxel spacing "
+                "(pixdim / sform column of zeros)")
+    return None
+
+
 def read_nifti_header(path: str | Path) -> NiftiHeader:
-    """Shape, affine and spacing from the header only (voxels are not read)."""
+    """Shape, affine and spacing from the header only (voxels are not read); a header whose affine
+    is unusable (:func:`affine_problem`) is a :class:`DatasetError` naming the file."""
     img = load_nifti(path)
     try:
         shape = tuple(int(s) for s in img.shape)
         zooms = tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
         names = img.get_data_dtype().names
-        return NiftiHeader(shape, np.asarray(img.affine, dtype=np.float64), zooms, len(names) if names else 1)
+        header = NiftiHeader(shape, np.asarray(img.affine, dtype=np.float64), zooms, len(names) if names else 1)
     except Exception as e:
         raise DatasetError(f"{path}: cannot read the NIfTI header ({describe(e)})") from e
+    problem = affine_problem(header.affine, len(shape))
+    if problem:
+        raise DatasetError(f"{path}: bad NIfTI header: {problem}; fix the header (e.g. with nibabel or 3D Slicer)")
+    return header
 
 
 def read_image_header(path: str | Path) -> tuple[tuple[int, int], str]:

@@ -5,8 +5,10 @@ Scalars go through ``LightningModule.log``; this covers what Lightning has no co
 images (W&B, TensorBoard) and the curve as a W&B table with a line plot.
 
 :class:`CSVLogger` (``logger=csv``): Lightning's own deletes an existing ``metrics.csv`` when it
-starts, so ``resume=`` lost every row logged before the kill. Ours keeps them and appends; when new
-columns appear, the file is rewritten with the wider header through :mod:`uaseg.io` (atomically).
+starts, so ``resume=`` lost every row logged before the kill. Ours keeps them and appends, with an
+``attempt`` column (a resumed run logs the killed attempt's last epoch again: filter on the last
+attempt per (epoch, step) to plot); when new columns appear, the file is rewritten with the wider
+header through :mod:`uaseg.io` (atomically).
 TensorBoard and W&B write new event files / runs beside the old ones, so they keep theirs.
 """
 
@@ -61,20 +63,31 @@ def log_test_report(loggers: Sequence[Logger], result: SelectiveResult, figures:
 
 
 class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, continuing an existing ``metrics.csv`` instead of deleting it."""
+    """Lightning's CSV writer, continuing an existing ``metrics.csv`` instead of deleting it. Each row
+    says which ``attempt`` of the run logged it (1, then 2 after the first ``resume=``, ...): a killed
+    attempt's last epoch is logged again by the next, with the same (epoch, step)."""
 
     def __init__(self, log_dir: str) -> None:
         super().__init__(log_dir)
+        self.attempt = 1
         if os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as f:
-                self.metrics_keys = list(next(csv.reader(f), []))
+                reader = csv.DictReader(f)
+                self.metrics_keys = list(reader.fieldnames or [])
+                self.attempt = 1 + max((int(r.get("attempt") or 1) for r in reader), default=0)
 
     def _check_log_dir_exists(self) -> None:  # Lightning deletes metrics.csv here
         pass
 
+    def log_metrics(self, metrics_dict, step=None) -> None:
+        super().log_metrics(metrics_dict, step)
+        self.metrics[-1]["attempt"] = self.attempt
+
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         with open(self.metrics_file_path, newline="") as f:
             rows = list(csv.DictReader(f))
+        for r in rows:  # a file from before the column: its rows are the first attempt's
+            r["attempt"] = r.get("attempt") or "1"
         text = io.StringIO(newline="")
         writer = csv.DictWriter(text, fieldnames=fieldnames)
         writer.writeheader()

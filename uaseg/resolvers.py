@@ -75,6 +75,11 @@ def dataset_plan(target: str, root: str, cache_dir, spacing, orientation: str, m
     class ``target`` reads its ``dataset.json`` and fingerprint (see ``uaseg/data/fingerprint.py``)."""
     from hydra.utils import get_class
 
+    from uaseg.errors import ConfigError
+    from uaseg.trust import is_allowed
+
+    if not (str(target).startswith("uaseg.") and is_allowed(target)):  # importing any other module runs its code
+        raise ConfigError(f"uaseg.dataset_plan: {target!r} is not a uaseg datamodule")
     plain = lambda v: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v  # noqa: E731
     return get_class(target).make_plan(str(root), cache_dir, plain(spacing), orientation, plain(max_patch_size_2d),
                                        plain(max_patch_size_3d))

@@ -126,6 +126,20 @@ def release_run_folder(folder: str | Path) -> None:
         os.close(fd)  # closing the last descriptor drops the flock
 
 
+def discard_unused_folder(folder: str | Path) -> bool:
+    """Remove ``folder`` if it holds nothing but this process's released lock file (a run refused
+    before any work); only for a folder the run itself created. Returns whether it was removed."""
+    folder = Path(folder)
+    try:
+        if {p.name for p in folder.iterdir()} - {LOCK_NAME}:
+            return False
+        (folder / LOCK_NAME).unlink(missing_ok=True)
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
+
+
 def claim_sweep_folder(folder: str | Path) -> bool:
     """A new multirun needs a sweep folder that holds no earlier multirun (``multirun.yaml``, whose
     job folders it would overwrite); locked like a run folder."""

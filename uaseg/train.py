@@ -10,18 +10,23 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import uaseg.resolvers  # noqa: F401  (registers ${uaseg.*} config resolvers)
 from uaseg.callbacks import EpochLog, SelectiveReportWriter
 from uaseg.data import build_datamodule
-from uaseg.config_check import check_config
-from uaseg.errors import ConfigError, NonFiniteLossError, RunFolderError, UserError, describe, root_cause
+from uaseg.config_check import check_config, check_missing, unresolved_missing_keys  # noqa: F401 (re-exported)
+from uaseg.errors import (
+    ConfigError, NonFiniteLossError, RunFolderError, TerminatedError, UserError, describe, root_cause,
+)
 from uaseg.identity import run_identity
 from uaseg.inference.calibrate import RiskControlSettings, calibrate_checkpoint, fit_temperature_on_validation
 from uaseg.io import WriteError, check_checkpoint_file, update_checkpoint, write_json
 from uaseg.models import SelectiveSegModule
-from uaseg.runfolder import claim_run_folder, release_run_folder, retire_failure
+from uaseg.runfolder import claim_run_folder, discard_unused_folder, release_run_folder, retire_failure
+from uaseg.trust import check_checkpoint_file as check_checkpoint_targets
+from uaseg.trust import check_targets
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +65,13 @@ _LIGHTNING_ALIASES = ("last", "best", "hpc", "registry")
 
 
 def _resolve_ckpt(cfg: DictConfig, out: Path) -> str | None:
-    """``resume``'s last checkpoint, or an explicit ``ckpt_path`` (checked readable before any work).
-    Whether this run may use its folder was decided by :func:`uaseg.runfolder.claim_run_folder`."""
+    """``resume``'s last checkpoint, or an explicit ``ckpt_path`` (checked readable, and naming only
+    classes uaseg configures, before any work). Whether this run may use its folder was decided by
+    :func:`uaseg.runfolder.claim_run_folder`."""
     if cfg.get("resume"):
-        return str(out / "checkpoints" / "last.ckpt")
+        last = out / "checkpoints" / "last.ckpt"
+        check_checkpoint_targets(last, trust=bool(cfg.get("trust_checkpoint")))
+        return str(last)
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return None
@@ -75,6 +83,7 @@ def _resolve_ckpt(cfg: DictConfig, out: Path) -> str | None:
     if not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt}: file not found")
     check_checkpoint_file(ckpt, what="ckpt_path")
+    check_checkpoint_targets(ckpt, trust=bool(cfg.get("trust_checkpoint")))
     return str(ckpt)
 
 
@@ -89,6 +98,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
         raise RunFolderError(f"resume={folder}: {saved} not found (is this a uaseg run folder?)") from None
     except Exception as e:  # a damaged YAML file
         raise ConfigError(f"resume={folder}: cannot read {saved} ({describe(e)})") from None
+    check_targets(resumed, saved, trust=bool(cfg.get("trust_checkpoint")))  # before anything resolves or builds
     extra = []
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -117,48 +127,26 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def unresolved_missing_keys(cfg: Any, prefix: str = "") -> list[str]:
-    """The ``???`` keys of ``cfg``, found without resolving interpolations (``OmegaConf.missing_keys``
-    resolves them, and a resolver such as the dataset plan cannot run before ``dataset.root`` is set)."""
-    from omegaconf import DictConfig, ListConfig
-
-    out: list[str] = []
-    keys = cfg.keys() if isinstance(cfg, DictConfig) else range(len(cfg)) if isinstance(cfg, ListConfig) else []
-    for key in keys:
-        node = cfg._get_node(key)
-        name = f"{prefix}{key}" if isinstance(cfg, DictConfig) else f"{prefix.rstrip('.')}[{key}]"
-        if node is None or node._is_interpolation():
-            continue
-        if node._is_missing():
-            out.append(name)
-        elif isinstance(node, (DictConfig, ListConfig)):
-            out += unresolved_missing_keys(node, f"{name}.")
-    return out
-
-
 #: errors that are the user's to fix or act on: a one-line message is more useful than a traceback
-USER_ERRORS = (UserError, FileExistsError, FileNotFoundError, NonFiniteLossError, WriteError)
+USER_ERRORS = (UserError, FileExistsError, FileNotFoundError, NonFiniteLossError, TerminatedError, WriteError)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; a failure is recorded in the run folder, then re-raised
     (so a multirun goes on with its other jobs and reports this one as failed). The run folder is
-    claimed first (:mod:`uaseg.runfolder`), then every config value is checked, before any work."""
+    claimed first (:mod:`uaseg.runfolder`), then every config value is checked, before any work. A
+    value refused before any work leaves no run folder behind when this call created it."""
     out = Path(cfg.paths.output_dir)
-    claimed = False
+    new_folder = not out.exists()
+    claimed = started = False
     try:
         claimed = claim_run_folder(out, resume=cfg.get("resume"), hydra_files=_hydra_running())
-        missing = sorted(unresolved_missing_keys(cfg))
-        if missing:
-            raise ConfigError(
-                "missing mandatory config values: "
-                + ", ".join(f"{k}=..." for k in missing)
-                + " (e.g. dataset.root=/path/to/the/downloaded/dataset)"
-            )
+        check_missing(cfg)
         if cfg.get("resume"):
             cfg = resumed_config(cfg)
             retire_failure(out)
         check_config(cfg)
+        started = True
         return _train(cfg, out)
     except RunFolderError:
         raise  # never write into a folder this run may not use
@@ -167,12 +155,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _record_failure(out, error)
         raise error from e
     except BaseException as e:
+        if not started and new_folder and isinstance(e, UserError):
+            raise  # refused before any work: the folder is removed below, nothing to record
+        if isinstance(e, SIGTERMException):  # Lightning's, raised without a message
+            e = TerminatedError(f"terminated by SIGTERM (e.g. a cluster scheduler's preemption or time limit); "
+                                f"{_checkpoint_status(out)}")
+            _record_failure(out, e)
+            raise e from None
         _record_failure(out, e)
         raise
     finally:
         _close_wandb()
         if claimed:
             release_run_folder(out)
+        if claimed and new_folder and not started:
+            discard_unused_folder(out)
 
 
 def _hydra_running() -> bool:
@@ -231,7 +228,7 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if risk_control is not None and best:
         # every rank computes (same weights, same cases), rank 0 writes, all load it in trainer.test
         calibrate_checkpoint(best, risk_control, datamodule, trainer.strategy.root_device,
-                             write=trainer.is_global_zero)
+                             write=trainer.is_global_zero, trust_checkpoint=bool(cfg.get("trust_checkpoint")))
         trainer.strategy.barrier()
     if cfg.get("test", True):
         if not best:
@@ -274,7 +271,9 @@ def _fit_temperature(model: SelectiveSegModule, ckpt: str, datamodule, cfg: Dict
                      own_checkpoint: bool) -> None:
     """Temperature of the ``temperature`` score: fitted on the validation cases with the weights that
     will be tested, kept on ``model`` and, for a checkpoint this run wrote, in that checkpoint."""
-    source = SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True) if ckpt else model
+    source = (SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
+                                                      trust_checkpoint=bool(cfg.get("trust_checkpoint")))
+              if ckpt else model)
     model.temperature, n = fit_temperature_on_validation(source, datamodule, int(cfg.eval.temperature_voxels),
                                                          seed=int(cfg.get("seed") or 0),
                                                          device=trainer.strategy.root_device)

@@ -10,7 +10,8 @@ Layout::
     <root>/imagesTs/*.nii.gz     optional, unlabelled: segmented by predict.py, never evaluated
 
 The ``training`` list is read with ``monai.data.load_decathlon_datalist``; every file it names must
-exist (files it does not name, like the macOS ``._*`` copies in the released archives, are ignored).
+be a relative path inside ``<root>`` (no ``../``, not absolute; a symlink out is logged) and exist
+(files it does not name, like the macOS ``._*`` copies in the released archives, are ignored).
 Case ids are the image file names without ``.nii.gz``; every case has ``group="all"``. Class names
 come from ``labels`` in the order of their values, which must be 0..K-1; channel names (and so the
 normalisation: ``CT`` or per-case z-score) from ``modality``.
@@ -26,8 +27,8 @@ from typing import Any
 
 from uaseg.data.checks import check_multimodal_pair, natural_key
 from uaseg.data.layouts import (
-    NIFTI_ENDINGS, DatasetInfo, StandardLayoutDataModule, class_names_from, count_matches, indexed_names,
-    read_dataset_json, require_keys,
+    NIFTI_ENDINGS, DatasetInfo, StandardLayoutDataModule, check_inside_root, class_names_from, count_matches,
+    indexed_names, read_dataset_json, require_keys,
 )
 from uaseg.errors import DatasetError
 
@@ -68,6 +69,10 @@ def find_decathlon_cases(root: Path, info: DatasetInfo) -> list[dict[str, Any]]:
     raw = json.loads(path.read_text())["training"]
     if not isinstance(raw, list) or not all(isinstance(e, dict) and {"image", "label"} <= set(e) for e in raw):
         raise DatasetError(f"{path}: 'training' must be a list of {{\"image\": ..., \"label\": ...}} entries")
+    for i, entry in enumerate(raw):
+        for key in ("image", "label"):
+            for name in entry[key] if isinstance(entry[key], list) else [entry[key]]:
+                check_inside_root(root, name, path, f"training entry {i} {key}")
     items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key="training", base_dir=str(root))
     cases, seen = [], {}
     for i, (entry, item) in enumerate(zip(raw, items)):

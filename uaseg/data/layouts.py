@@ -108,6 +108,27 @@ def count_matches(path: Path, num_training: Any, found: int, what: str) -> int:
     return num_training
 
 
+_OUTSIDE_LOGGED: set[str] = set()
+
+
+def check_inside_root(root: Path, entry: str, source: Path, what: str) -> Path:
+    """``root / entry`` for a path that ``source`` (e.g. ``dataset.json``) names: an absolute or
+    ``../`` entry is a :class:`DatasetError` naming it (a shared dataset must not read files beyond
+    its folder); a symlink out of the folder is allowed and logged once per dataset."""
+    import os
+
+    text = str(entry)
+    if Path(text).is_absolute() or os.path.normpath(text).split(os.sep)[0] == "..":
+        kind = "an absolute path" if Path(text).is_absolute() else "a path out of the dataset folder"
+        raise DatasetError(f"{source}: {what} {text!r} is {kind}; entries must be relative paths inside {root}")
+    path = Path(root) / text
+    real, home = path.resolve(), Path(root).resolve()
+    if real != home and home not in real.parents and str(home) not in _OUTSIDE_LOGGED:
+        _OUTSIDE_LOGGED.add(str(home))
+        log.info("%s: %s is a symbolic link to %s, outside the dataset folder (allowed; logged once)", source, path, real)
+    return path
+
+
 def class_names_from(labels: Mapping[int, str], source: Path) -> tuple[str, ...]:
     """Foreground names from ``value -> name``; the values must be 0 (background) .. K-1."""
     values = sorted(labels)

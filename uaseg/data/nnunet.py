@@ -30,8 +30,8 @@ from typing import Any
 
 from uaseg.data.checks import check_channel_files, expected_layout_error, natural_key
 from uaseg.data.layouts import (
-    IMAGE_ENDINGS, NIFTI_ENDINGS, DatasetInfo, StandardLayoutDataModule, class_names_from, count_matches,
-    indexed_names, read_dataset_json, require_keys,
+    IMAGE_ENDINGS, NIFTI_ENDINGS, DatasetInfo, StandardLayoutDataModule, check_inside_root, class_names_from,
+    count_matches, indexed_names, read_dataset_json, require_keys,
 )
 from uaseg.errors import DatasetError, PredictError
 
@@ -120,6 +120,8 @@ def find_nnunet_cases(root: Path, info: DatasetInfo) -> list[dict[str, Any]]:
             if ch not in channels[cid]:
                 raise DatasetError(f"case {cid}: channel {ch} ({info.channel_names[ch]}) file "
                                    f"{images / f'{cid}_{ch:04d}{ending}'} is missing")
+        for f in [*channels[cid].values(), label_files[cid]]:  # listed inside root; a symlink out is logged
+            check_inside_root(root, str(f.relative_to(root)), root, "file")
         cases.append({"case_id": cid, "group": "all", "image": [str(channels[cid][ch]) for ch in range(n)],
                       "label": str(label_files[cid])})
     if not cases:

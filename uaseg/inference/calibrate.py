@@ -138,13 +138,15 @@ def _describe(m: str, key: str, d: dict) -> str:
 
 def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamodule=None,
                          device: str | torch.device = "cpu", overwrite: bool = False,
-                         write: bool = True) -> tuple[dict, list[str]]:
+                         write: bool = True, trust_checkpoint: bool = False) -> tuple[dict, list[str]]:
     """Calibrate ``ckpt`` on its validation cases and add the result to it.
 
     ``datamodule``: the run's (default: rebuilt from the dataset config in the checkpoint). An
     existing calibration of the same (method, alpha) is replaced only with ``overwrite``. Returns the
     stored record and one line per change; ``write=False`` computes without writing (DDP ranks > 0).
+    The classes the checkpoint names are checked before any is built (:mod:`uaseg.trust`).
     """
+    from uaseg.trust import check_checkpoint
     from uaseg.data import build_datamodule
     from uaseg.models.module import RISK_CONTROL_KEY, SelectiveSegModule
 
@@ -152,6 +154,7 @@ def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamo
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    check_checkpoint(checkpoint, path, trust=trust_checkpoint)
     old = checkpoint.get(RISK_CONTROL_KEY) or {}
     old_cals = old.get("calibrations") or {}
     clash = [f"{m} alpha={alpha_key(a)}" for m, a in settings.pairs() if alpha_key(a) in old_cals.get(m, {})]
@@ -164,7 +167,8 @@ def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamo
         datamodule = build_datamodule(dataset_cfg)
     datamodule.setup()
     settings.check_size(len(datamodule.splits["val"]))   # before any segmentation
-    module = SelectiveSegModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=True)
+    module = SelectiveSegModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=True,
+                                                     trust_checkpoint=trust_checkpoint)
     stats = validation_stats(module, datamodule, device)
     losses = case_losses(stats)
     cals = {m: dict(by) for m, by in old_cals.items()}

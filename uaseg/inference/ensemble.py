@@ -35,10 +35,18 @@ ENSEMBLE_SCORES = ("ensemble", "ensemble_entropy", "ensemble_mutual_information"
 
 
 def member_checkpoint(run_dir: Path, summary: dict) -> Path:
-    """The checkpoint a run tested (recorded in its summary), else its ``best-*.ckpt``."""
-    if summary.get("checkpoint") and Path(summary["checkpoint"]).is_file():
-        return Path(summary["checkpoint"])
-    best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
+    """The checkpoint a run tested, found by its name in the run's *own* ``checkpoints/`` (the path
+    in ``summary.json`` may point into the original folder of a copied multirun, or at any file),
+    else the run's ``best-*.ckpt``."""
+    folder = Path(run_dir) / "checkpoints"
+    name = Path(str(summary.get("checkpoint") or "")).name
+    if name:
+        own = folder / name
+        if not own.is_file():
+            raise UserError(f"{run_dir}: checkpoints/{name} not found (the checkpoint its summary.json says was "
+                            "tested); this member cannot be re-run")
+        return own
+    best = sorted(folder.glob("best-*.ckpt"))
     if not best:
         raise UserError(f"{run_dir}: no checkpoint to re-run (checkpoints/best-*.ckpt)")
     return best[-1]
@@ -96,12 +104,14 @@ def evaluate_ensemble(members: list[LoadedModel], device: str | torch.device = "
     }
 
 
-def write_ensemble(folder: Path, members: list[tuple[Path, dict]], overrides: list[str], device="cpu") -> dict:
+def write_ensemble(folder: Path, members: list[tuple[Path, dict]], overrides: list[str], device="cpu",
+                   trust_checkpoint: bool = False) -> dict:
     """Evaluate the ensemble of ``members`` (run folder, summary) and write its run folder;
     ``overrides``: the members' shared Hydra overrides (the report groups by them)."""
     if folder.exists():
         raise FileExistsError(f"{folder} already exists; remove it or pass --force to rebuild it")
-    models = [load_model(member_checkpoint(path, summary), device) for path, summary in members]
+    checkpoints = [member_checkpoint(path, summary) for path, summary in members]  # all found before any load
+    models = [load_model(c, device, trust_checkpoint=trust_checkpoint) for c in checkpoints]
     out = evaluate_ensemble(models, device)
     first_summary = members[0][1]
     from uaseg.identity import IDENTITY_KEYS

@@ -77,8 +77,10 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_check
         raise PredictError(str(e)) from None
     try:
         module = SelectiveSegModule.load_from_checkpoint(
-            str(path), map_location="cpu", weights_only=not trust_checkpoint
+            str(path), map_location="cpu", weights_only=not trust_checkpoint, trust_checkpoint=trust_checkpoint
         )
+    except CheckpointError as e:  # a class uaseg does not configure (uaseg.trust): one line
+        raise PredictError(str(e)) from None
     except pickle.UnpicklingError as e:
         raise PredictError(
             f"{path}: the checkpoint holds objects that torch.load(weights_only=True) refuses to unpickle "

@@ -124,6 +124,15 @@ class SelectiveSegModule(L.LightningModule):
         #: calibrated referral thresholds loaded from the checkpoint (evaluated at test)
         self.risk_calibration: dict | None = None
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, trust_checkpoint: bool = False, **kwargs):
+        """Lightning's, after :func:`uaseg.trust.check_checkpoint_file`: the stored hyper-parameters
+        are instantiated, so a file naming any other class is refused unless ``trust_checkpoint``."""
+        from uaseg.trust import check_checkpoint_file
+
+        check_checkpoint_file(checkpoint_path, trust=trust_checkpoint)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     @property
     def dataset_cfg(self) -> dict | None:
         """The resolved ``dataset`` config of training: prediction preprocesses new images with it."""

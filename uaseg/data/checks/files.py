@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from uaseg.errors import DatasetError
-from uaseg.io import read_image_header, read_nifti_header
+from uaseg.io import affine_problem, read_image_header, read_nifti_header
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ def check_same_geometry(
         )
     if affine_i is not None and affine_l is not None:
         a, b = np.asarray(affine_i, dtype=np.float64), np.asarray(affine_l, dtype=np.float64)
+        for f, m in ((image_file, a), (label_file, b)):
+            problem = affine_problem(m, len(tuple(shape_i)))
+            if problem:  # never "different affines" for two identical broken matrices
+                raise DatasetError(f"{f}: bad NIfTI header: {problem}; fix the header (e.g. with nibabel or 3D Slicer)")
         if a.shape != b.shape or not np.allclose(a, b, atol=atol, rtol=1e-4):
             raise DatasetError(
                 f"image {image_file} and its label {label_file} have different affines "
