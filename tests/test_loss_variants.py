@@ -155,7 +155,7 @@ def test_training_step_gives_the_loss_the_flipped_back_view(make_cfg, monkeypatc
     module.net = torch.nn.Conv2d(3, 2, 1)
     seen = {}
 
-    def spy(logits, target, epoch=None, view_logits=None):
+    def spy(logits, target, epoch=None, view_logits=None, measure=False):
         seen["logits"], seen["view"] = logits.detach(), view_logits
         return logits.sum() * 0, {}
 

@@ -73,7 +73,7 @@ def _cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
                            "trainer.limit_test_batches=1", "dataset.num_cases=10", "dataset.image_size=48",
                            "dataset.batch_size=2", "dataset.samples_per_image=1", "callbacks.progress_bar=null",
                            "trainer.accelerator=cpu", *rest],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env)
 
 
 def test_train_py_refuses_a_value_before_hydra_makes_the_run_folder(tmp_path):

@@ -41,16 +41,18 @@ class Demo3DDataModule(DemoDataModule):
             ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
         ] + ([EnsureTyped("label", dtype=torch.long)] if label else [])
 
+    def _crop(self, keys: list[str]):
+        """How training patches are drawn: half centred on foreground, half anywhere."""
+        return RandCropByPosNegLabeld(keys, "label", self.patch_size, pos=1, neg=1, num_samples=self.samples_per_image)
+
     def train_transforms(self) -> Compose:
         keys = ["image", "label"]
-        # no flips: left/right heart structures have distinct labels
+        # no flips: left/right structures have distinct labels
         return Compose(
             self._normalise()
             + [
                 SpatialPadd(keys, self.patch_size),
-                RandCropByPosNegLabeld(
-                    keys, "label", self.patch_size, pos=1, neg=1, num_samples=self.samples_per_image
-                ),
+                self._crop(keys),
                 RandScaleIntensityd("image", factors=0.1, prob=0.5),
                 RandShiftIntensityd("image", offsets=0.05, prob=0.5),
             ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from monai.transforms import Compose, RandCropByLabelClassesd, RandScaleIntensityd, RandShiftIntensityd, SpatialPadd
+from monai.transforms import RandCropByLabelClassesd
 
 from uaseg.data.demo3d import Demo3DDataModule
 from uaseg.data.synth_abdomen import ABDOMEN_CLASSES, ABDOMEN_SPACING, abdomen_volume
@@ -23,23 +23,12 @@ class Demo3DAbdomenDataModule(Demo3DDataModule):
     #: voxel size (x, y, z) relative to the in-plane voxel
     spacing = ABDOMEN_SPACING
 
-    def train_transforms(self) -> Compose:
-        keys = ["image", "label"]
-        # patch centres drawn class-balanced (background included): the ureters and lesions are a
-        # few hundred voxels, so positive/negative sampling would rarely show them. No flips: the
-        # liver is on the right, the spleen on the left.
-        return Compose(
-            self._normalise()
-            + [
-                SpatialPadd(keys, self.patch_size),
-                RandCropByLabelClassesd(
-                    keys, "label", self.patch_size, ratios=[1] * self.num_classes,
-                    num_classes=self.num_classes, num_samples=self.samples_per_image, warn=False,
-                ),
-                RandScaleIntensityd("image", factors=0.1, prob=0.5),
-                RandShiftIntensityd("image", offsets=0.05, prob=0.5),
-            ]
-        )
+    def _crop(self, keys: list[str]):
+        """Patch centres drawn class-balanced (background included): the ureters and lesions are a few
+        hundred voxels, so positive/negative sampling would rarely show them. No flips either: the liver
+        is on the right, the spleen on the left."""
+        return RandCropByLabelClassesd(keys, "label", self.patch_size, ratios=[1] * self.num_classes,
+                                       num_classes=self.num_classes, num_samples=self.samples_per_image, warn=False)
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"spacing": list(self.spacing)}
