@@ -73,7 +73,7 @@ def test_every_numeric_key_of_every_config_has_a_domain():
     for dataset in ("demo2d", "demo3d", "demo3d_abdomen", "mmwhs", "glas"):
         for extra in ([], ["loss/seg_loss=dice_ce", "trainer=ddp"]):
             with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-                cfg = compose("train", overrides=[f"dataset={dataset}", "dataset.root=/data", "paths.output_dir=/o",
+                cfg = compose("train", overrides=[f"dataset={dataset}", f"dataset.root={CONF}", "paths.output_dir=/o",
                                                   "paths.cache_dir=/c", *extra])
             flat = _leaves(OmegaConf.to_container(cfg, resolve=True))
             for key, value in flat.items():

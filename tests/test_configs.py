@@ -76,7 +76,7 @@ def test_append_override_reaches_the_trainer(make_cfg):
 
 @pytest.mark.parametrize("overrides,message,folder", [
     (["dataset=mmwhs"], "dataset.root=...", False),  # refused with the config values: no run folder
-    (["dataset=glas", "dataset.root=/does/not/exist"], "the expected layout", True),  # by the datamodule
+    (["dataset=glas", "dataset.root=/does/not/exist"], "dataset.root=/does/not/exist: no such folder", False),
     (["dataset=decathlon", "dataset.root=/does/not/exist"], "the expected layout", False),  # raised in a resolver
 ])
 def test_user_errors_are_one_clear_line(tmp_path, overrides, message, folder):

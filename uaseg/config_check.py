@@ -11,6 +11,7 @@ own keys). Rules between keys (a fold below the number of folds, ...) are in :da
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -241,6 +242,18 @@ def _rule_start_epoch(get) -> str | None:
     return None
 
 
+def _rule_dataset_root(get) -> str | None:
+    """A dataset folder that does not exist is refused with the values, before a run folder is made
+    (the datamodule's own layout check reads the folder's contents later)."""
+    root, target = get("dataset.root"), str(get("dataset._target_") or "")
+    if target.startswith("uaseg.data.demo"):  # generated into the cache: root is unused
+        return None
+    if isinstance(root, str) and root and not Path(root).expanduser().is_dir():
+        name = target.rsplit(".", 1)[-1] or "the dataset"
+        return f"dataset.root={root}: no such folder ({name} reads its files from there)"
+    return None
+
+
 def _rule_test_scores(get) -> str | None:
     """The test-time scores' own needs, checked before training rather than at test time."""
     from uaseg.uncertainty.scores import SCORES
@@ -264,7 +277,8 @@ def _rule_test_scores(get) -> str | None:
 
 #: rules between keys, each ``get -> message or None`` (run after every key passed its own domain)
 RULES: tuple[Callable[[Callable[[str], Any]], str | None], ...] = (
-    _rule_fold, _rule_batch, _rule_patch_dims, _rule_windows, _rule_patch_stride, _rule_start_epoch, _rule_test_scores)
+    _rule_fold, _rule_batch, _rule_patch_dims, _rule_windows, _rule_patch_stride, _rule_start_epoch,
+    _rule_dataset_root, _rule_test_scores)
 
 
 def check_config(cfg: Mapping | DictConfig) -> None:
