@@ -14,6 +14,7 @@
 # every run and win over the protocol. JOBS (default 2) runs that many jobs at once, one thread each.
 # A finished arm (.done) is skipped; an unfinished one is an error (never average fewer seeds silently).
 set -euo pipefail
+set -f  # no globbing: the protocol's [32,32,32] must reach Hydra as written
 out=${1:-outputs/study/multiclass}
 shift $(( $# > 0 ? 1 : 0 ))
 datasets=${DATASETS:-demo3d demo3d_abdomen demo2d}

@@ -95,9 +95,9 @@ def attempts(rows: list[dict]) -> list[tuple]:
     return out
 
 
-def epoch_values(rows: list[dict], column: str) -> dict[int, list[float]]:
+def epoch_values(rows: list[dict], column: str, keys: list[tuple] | None = None) -> dict[int, list[float]]:
     """epoch -> the column's values, one per step, of the last attempt that logged that epoch."""
-    keys = attempts(rows)
+    keys = attempts(rows) if keys is None else keys  # ``keys``: attempts(rows), computed once per file
     best: dict[int, tuple] = {}
     picked: dict[int, dict] = {}
     for r, key in zip(rows, keys):
@@ -141,6 +141,7 @@ def run_curves(run) -> dict[str, dict[int, float]] | None:
     except (OSError, csv.Error, UnicodeDecodeError):
         return None
     out = {}
+    keys = attempts(rows)
     logged_weighted = any(_float(r.get("train/rank_weighted")) is not None for r in rows)
     for c in CURVES:
         column, factor = c.column, c.factor
@@ -148,7 +149,7 @@ def run_curves(run) -> dict[str, dict[int, float]] | None:
             column, factor = ("train/rank_weighted", 1.0) if logged_weighted else (column, ranking_weight(run))
         if factor is None:
             continue
-        per_epoch = {e: factor * float(np.mean(v)) for e, v in epoch_values(rows, column).items()}
+        per_epoch = {e: factor * float(np.mean(v)) for e, v in epoch_values(rows, column, keys).items()}
         if per_epoch:
             out[c.name] = per_epoch
     return out or None
