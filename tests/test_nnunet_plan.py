@@ -185,3 +185,17 @@ def test_a_non_square_2d_patch_says_its_axes_are_width_height(tmp_path, make_cfg
     with caplog.at_level(logging.WARNING, logger="uaseg.data.layouts"):
         dm_of(make_cfg, root, "dataset.patch_size=[16,16]")
     assert not caplog.records
+
+
+def test_the_check_script_accepts_both_datasets(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("check_dataset", Path(__file__).resolve().parents[1] / "scripts" / "check_dataset.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for root, case in ((make_aniso_ct(tmp_path / "Dataset010_Aniso", n_test=0), "ct_004"),
+                       (make_zero_background_mr(tmp_path / "Dataset011_Brain", n_test=0), "mr_004")):
+        assert mod.main(["--dataset", "nnunet", "--root", str(root)]) == 0
+        out = capsys.readouterr().out
+        assert case in out and "OK" in out
