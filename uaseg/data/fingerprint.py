@@ -188,6 +188,8 @@ def load_or_compute_fingerprint(path: Path, root: Path, cases: list[dict], files
             log.warning("%s was written by an older uaseg (fingerprint version 1, without the non-zero crop); "
                         "recomputing it from the same files (the old one is kept as %s; checkpoints keep the "
                         "plan they were trained with)", path, old.name)
+            for case in cases:
+                check(case)
             fp = compute_fingerprint(cases, spatial_dims, channel_names, n_classes, stamps)
             if not old.exists():
                 write_json(old, json.loads(path.read_text()))
