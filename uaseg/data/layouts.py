@@ -37,8 +37,8 @@ from monai.transforms import (
 
 from uaseg.data.checks import CheckChannelsd, CheckFinited, CheckLabelValuesd, CheckSameGeometryd, LoadImageNamedd
 from uaseg.data.filebased import FileSegDataModule, cache_base_for, persisted_path, root_writable
-from uaseg.data.resample import ResampleToSpacingd, nonzero
 from uaseg.data.fingerprint import FINGERPRINT_FILE, describe_plan, file_stamps, load_or_compute_fingerprint, make_plan
+from uaseg.data.resample import ResampleToSpacingd, nonzero
 from uaseg.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
