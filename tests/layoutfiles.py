@@ -135,3 +135,72 @@ def make_decathlon(root: Path, modalities=("FLAIR", "T1w"), n_cases: int = 5, n_
         "labels": {"0": "background", "1": "edema", "2": "enhancing tumour"},
         "numTraining": n_cases, "numTest": n_test, "training": training, "test": test})
     return root
+
+
+# ---------------------------------------------------------------------- nnU-Net planning cases
+#: in-plane and slice spacing of each case of make_aniso_ct (median 1 x 1 x 5: anisotropic)
+ANISO_SPACINGS = ((1.0, 1.0, 5.0), (0.9, 0.9, 4.5), (1.1, 1.1, 5.5), (1.0, 1.0, 4.0), (1.0, 1.0, 6.0))
+ANISO_SHAPE = (24, 24, 6)
+
+
+def slab_boxes(shape=ANISO_SHAPE, seed: int = 0) -> np.ndarray:
+    """uint8 label for thin volumes: a class-1 box through 4 slices with a class-2 box inside it."""
+    rng = np.random.default_rng(seed)
+    lab = np.zeros(shape, np.uint8)
+    x, y = (int(v) for v in rng.integers(2, shape[0] - 12, 2))
+    lab[x:x + 10, y:y + 10, 1:5] = 1
+    lab[x + 3:x + 7, y + 3:y + 7, 2:4] = 2
+    return lab
+
+
+def make_aniso_ct(root: Path, n_test: int = 1) -> Path:
+    """Anisotropic CT in nnU-Net's layout: 24 x 24 x 6 voxels at ``ANISO_SPACINGS`` (int16 HU)."""
+    root = Path(root)
+    for i, spacing in enumerate(ANISO_SPACINGS[:5] + ANISO_SPACINGS[:n_test]):
+        cid = f"ct_{i:03d}"
+        lab = slab_boxes(seed=i)
+        folder = "imagesTr" if i < 5 else "imagesTs"
+        save_nifti(image_for(lab, 0, i).astype(np.int16), affine_for(spacing), root / folder / f"{cid}_0000.nii.gz")
+        if i < 5:
+            save_nifti(lab, affine_for(spacing), root / "labelsTr" / f"{cid}.nii.gz")
+    write_json(root / "dataset.json", {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "lesion": 2},
+                                       "numTraining": 5, "file_ending": ".nii.gz"})
+    return root
+
+
+MR_SHAPE = (20, 20, 16)
+
+
+def head_mask(shape=MR_SHAPE, seed: int = 0) -> np.ndarray:
+    """The non-zero region of a zero-background MR case: a box without one corner column, shifted per
+    case (so its bounding box is the box, and the cut corner is zero inside it)."""
+    rng = np.random.default_rng(seed)
+    m = np.zeros(shape, bool)
+    x, y, z = (int(v) for v in rng.integers(1, 4, 3))
+    m[x:x + 12, y:y + 10, z:z + 9] = True
+    m[x:x + 3, y:y + 3, :] = False
+    return m
+
+
+def make_zero_background_mr(root: Path, n_test: int = 1) -> Path:
+    """BraTS-like two-channel MR (T1, T2): intensities only inside ``head_mask`` (zero elsewhere), one
+    zero voxel inside it (a hole that nnU-Net's mask fills), two foreground classes inside the head."""
+    root = Path(root)
+    for i in range(5 + n_test):
+        cid = f"mr_{i:03d}"
+        head = head_mask(seed=i)
+        lab = np.zeros(MR_SHAPE, np.uint8)
+        x, y, z = (int(np.flatnonzero(head.any(axis=a))[0]) for a in ((1, 2), (0, 2), (0, 1)))
+        lab[x + 4:x + 9, y + 4:y + 9, z + 2:z + 7] = 1
+        lab[x + 5:x + 7, y + 5:y + 7, z + 3:z + 5] = 2
+        folder = "imagesTr" if i < 5 else "imagesTs"
+        aff = affine_for((1.0, 1.0, 1.0))
+        for c in range(2):
+            img = np.where(head, image_for(lab, c, i, base=(300.0, 600.0, 900.0)), 0.0)
+            img[x + 10, y + 8, z + 4] = 0.0  # a hole inside the head
+            save_nifti(img.astype(np.float32), aff, root / folder / f"{cid}_{c:04d}.nii.gz")
+        if i < 5:
+            save_nifti(lab, aff, root / "labelsTr" / f"{cid}.nii.gz")
+    write_json(root / "dataset.json", {"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "tumour": 1,
+                                       "core": 2}, "numTraining": 5, "file_ending": ".nii.gz"})
+    return root

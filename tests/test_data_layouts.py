@@ -54,7 +54,8 @@ def test_decathlon_4d_modalities_become_channels(tmp_path, make_cfg):
     dm.setup()
     ids = sorted(c["case_id"] for s in dm.splits.values() for c in s)
     assert ids == [f"BRATS_{i:03d}" for i in range(5)]  # the ._ copy is not a case
-    assert dm.plan["normalization"] == [{"channel": "FLAIR", "scheme": "zscore"}, {"channel": "T1w", "scheme": "zscore"}]
+    assert dm.plan["normalization"] == [{"channel": "FLAIR", "scheme": "zscore", "use_nonzero_mask": False},
+                                        {"channel": "T1w", "scheme": "zscore", "use_nonzero_mask": False}]
     # BRATS_001 has the median spacing (1 x 1 x 1.25): no resampling, so channel c is the z-scored
     # modality c of the 4-D file
     case = next(c for s in dm.splits.values() for c in s if c["case_id"] == "BRATS_001")
@@ -105,9 +106,11 @@ def test_fingerprint_matches_numbers_computed_by_hand(tmp_path, make_cfg, caplog
     stamp = fp_file.stat().st_mtime_ns
     dm2, cfg2 = dm_of(make_cfg, "nnunet", root, "dataset.spacing=[0.5,0.5,1.0]")
     assert fp_file.stat().st_mtime_ns == stamp
-    # median shape at 0.5 x 0.5 x 1: x 16*1.2/0.5 = 38.4 -> 48, y 32, z (32, 40, 32, 48, 32) -> 32
-    assert dm2.plan["target_spacing"] == [0.5, 0.5, 1.0] and dm2.patch_size == (48, 32, 32)
-    assert list(cfg2.model.inferer.roi_size) == [48, 32, 32]
+    # median shape at 0.5 x 0.5 x 1 (nnU-Net rounds each case's): x 16*1.2/0.5 = 38.4 -> 38 (3 cases),
+    # 32, 25.6 -> 26: median 38, up to a multiple of unet_small's total stride 8 -> 40; y 32;
+    # z (32, 40, 32, 48, 32) -> 32
+    assert dm2.plan["target_spacing"] == [0.5, 0.5, 1.0] and dm2.patch_size == (40, 32, 32)
+    assert dm2.plan["network_stride"] == [8, 8, 8] and list(cfg2.model.inferer.roi_size) == [40, 32, 32]
     dm3, cfg3 = dm_of(make_cfg, "nnunet", root, "dataset.patch_size=[32,32,16]")
     assert dm3.patch_size == (32, 32, 16) and list(cfg3.model.inferer.roi_size) == [32, 32, 16]
 

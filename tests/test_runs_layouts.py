@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from layoutfiles import make_decathlon, make_nnunet_2d, make_nnunet_3d
+from layoutfiles import make_aniso_ct, make_decathlon, make_nnunet_2d, make_nnunet_3d, make_zero_background_mr
 from PIL import Image
 
 from uaseg.errors import PredictError
@@ -26,6 +26,10 @@ LAYOUTS = {
     "nnunet-3d-two-channels": ("nnunet", lambda p: make_nnunet_3d(p / "Dataset002_Two", channels=("T1", "T2")),
                                ["liver", "tumour"]),
     "nnunet-2d-png": ("nnunet", lambda p: make_nnunet_2d(p / "Dataset003_Png"), ["gland", "lumen"]),
+    # nnU-Net's planning: separate-z resampling (anisotropic CT), non-zero crop and masked z-score (MR)
+    "nnunet-3d-anisotropic-ct": ("nnunet", lambda p: make_aniso_ct(p / "Dataset010_Aniso"), ["organ", "lesion"]),
+    "nnunet-3d-zero-background-mr": ("nnunet", lambda p: make_zero_background_mr(p / "Dataset011_Brain"),
+                                     ["tumour", "core"]),
     "decathlon-4d": ("decathlon", lambda p: make_decathlon(p / "Task01_BrainTumour"), ["edema", "enhancing tumour"]),
 }
 

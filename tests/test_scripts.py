@@ -71,6 +71,7 @@ TINY_TRAIN = ["dataset.num_cases=10", "dataset.image_size=48", "dataset.patch_si
 SMOKE = {
     "bench_selective.py": (lambda t: ["--sizes", "2e3", "--cases", "2", "--naive-points", "5"], "AURC% exact / quant"),
     "bench_loss.py": (lambda t: ["--batch", "1", "--size", "16", "--repeats", "1", "--error-rate", "0.5"], "ranking term computed over all"),
+    "bench_resample.py": (lambda t: ["--shape", "24", "24", "6", "--repeats", "1"], "MONAI Spacingd "),
     "bench_train.py": (lambda t: ["--size", "16", "--steps", "1", "--warmup", "1", "--rounds", "1", "--prewarm", "0",
                                   "--model", "unet_small", "--cache-dir", str(t / "cache"),
                                   "--override", "dataset.num_cases=10", "--override", "dataset.image_size=32"],

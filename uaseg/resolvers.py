@@ -70,9 +70,10 @@ def hydra_subdir(resume: str | None) -> str:
 
 
 def dataset_plan(target: str, root: str, cache_dir, spacing, orientation: str, max_patch_size_2d,
-                 max_patch_size_3d) -> dict:
+                 max_patch_size_3d, strides=None) -> dict:
     """The preprocessing plan of a dataset in a standard layout (nnU-Net, Decathlon): the datamodule
-    class ``target`` reads its ``dataset.json`` and fingerprint (see ``uaseg/data/fingerprint.py``)."""
+    class ``target`` reads its ``dataset.json`` and fingerprint (see ``uaseg/data/fingerprint.py``);
+    ``strides`` (``model.net.strides``) decide what the patch sides are multiples of."""
     from hydra.utils import get_class
 
     from uaseg.errors import ConfigError
@@ -82,7 +83,7 @@ def dataset_plan(target: str, root: str, cache_dir, spacing, orientation: str, m
         raise ConfigError(f"uaseg.dataset_plan: {target!r} is not a uaseg datamodule")
     plain = lambda v: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v  # noqa: E731
     return get_class(target).make_plan(str(root), cache_dir, plain(spacing), orientation, plain(max_patch_size_2d),
-                                       plain(max_patch_size_3d))
+                                       plain(max_patch_size_3d), plain(strides))
 
 
 def divide(total, parts) -> float:

@@ -14,9 +14,11 @@ the labelled cases (:meth:`~StandardLayoutDataModule.discover`) and how to check
   checkpoint's dataset config alone preprocesses new images at prediction; it logs the plan once,
   when a run first sets it up.
 * transforms: load (one file per channel, or a 4-D file whose last axis holds the channels) -> checks
-  (channels, image/label grid, label values in ``0..K-1``) -> per-channel normalisation (before
-  resampling, as nnU-Net) -> 3-D: reorient to ``orientation``, resample to the target spacing (image
-  linear, label nearest) -> pad to the patch; training adds ``RandCropByPosNegLabeld`` and augmentation (``augment``, as MM-WHS).
+  (channels, image/label grid, label values in ``0..K-1``) -> crop to the non-zero region -> per-channel
+  normalisation (before resampling, as nnU-Net) -> 3-D: reorient to ``orientation``, resample to the
+  target spacing as nnU-Net (:mod:`uaseg.data.resample`) -> pad to the patch; training adds
+  ``RandCropByPosNegLabeld`` and augmentation (``augment``, as MM-WHS). A plan of an older uaseg (no
+  ``crop_to_nonzero`` / ``resampling`` key) keeps its own preprocessing: no crop, ``Spacingd`` bilinear.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from typing import Any, Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.transforms import (
-    CastToTyped, Compose, EnsureChannelFirstd, EnsureTyped, MapTransform, Orientationd, RandAffined,
+    CastToTyped, Compose, CropForegroundd, EnsureChannelFirstd, EnsureTyped, MapTransform, Orientationd, RandAffined,
     RandCropByPosNegLabeld, RandFlipd, RandScaleIntensityd, RandShiftIntensityd, Spacingd, SpatialPadd,
 )
 
 from uaseg.data.checks import CheckChannelsd, CheckFinited, CheckLabelValuesd, CheckSameGeometryd, LoadImageNamedd
 from uaseg.data.filebased import FileSegDataModule, cache_base_for, persisted_path, root_writable
 from uaseg.data.fingerprint import FINGERPRINT_FILE, describe_plan, file_stamps, load_or_compute_fingerprint, make_plan
+from uaseg.data.resample import ResampleToSpacingd, nonzero
 from uaseg.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -139,7 +142,10 @@ def class_names_from(labels: Mapping[int, str], source: Path) -> tuple[str, ...]
 
 
 class NormalizeChannelsd(MapTransform):
-    """Per-channel intensity normalisation of the plan (:mod:`uaseg.data.fingerprint`)."""
+    """Per-channel intensity normalisation of the plan (:mod:`uaseg.data.fingerprint`). A z-score
+    channel with ``use_nonzero_mask`` is normalised with the mean and std of the voxels inside the
+    non-zero mask (non-zero in any channel, holes filled: nnU-Net's ``create_nonzero_mask``) and set to
+    0 outside it, as nnU-Net's ``ZScoreNormalization(use_mask_for_norm=True)``."""
 
     def __init__(self, keys: Any, schemes: Sequence[Mapping[str, Any]]) -> None:
         super().__init__(keys)
@@ -150,10 +156,17 @@ class NormalizeChannelsd(MapTransform):
         for key in self.key_iterator(d):
             img = d[key].float()
             out = img.clone()
+            mask = nonzero_mask(img) if any(s.get("use_nonzero_mask") for s in self.schemes) else None
             for c, s in enumerate(self.schemes):
                 x = img[c]
                 if s["scheme"] == "ct":
                     out[c] = (x.clamp(s["clip"][0], s["clip"][1]) - s["mean"]) / s["std"]
+                elif s["scheme"] == "zscore" and s.get("use_nonzero_mask"):
+                    inside = x[mask]
+                    z = torch.zeros_like(x)
+                    if inside.numel():
+                        z[mask] = (inside - inside.mean()) / max(float(inside.std(unbiased=False)), 1e-8)
+                    out[c] = z
                 elif s["scheme"] == "zscore":
                     out[c] = (x - x.mean()) / max(float(x.std(unbiased=False)), 1e-8)
                 elif s["scheme"] == "rescale_to_0_1":
@@ -162,6 +175,14 @@ class NormalizeChannelsd(MapTransform):
                     out[c] = (x / 255.0).clamp(0.0, 1.0)
             d[key] = out
         return d
+
+
+def nonzero_mask(img: torch.Tensor) -> torch.Tensor:
+    """``(C, *spatial)`` -> spatial bool mask: non-zero in any channel, holes filled (nnU-Net)."""
+    from scipy.ndimage import binary_fill_holes
+
+    mask = (torch.as_tensor(img) != 0).any(0).cpu().numpy()
+    return torch.as_tensor(binary_fill_holes(mask), device=img.device)
 
 
 class StandardLayoutDataModule(FileSegDataModule):
@@ -188,8 +209,10 @@ class StandardLayoutDataModule(FileSegDataModule):
     # ------------------------------------------------------------------ the plan (config time)
     @classmethod
     def make_plan(cls, root: str, cache_dir: str | None, spacing: Any, orientation: str,
-                  max_patch_size_2d: Sequence[int], max_patch_size_3d: Sequence[int]) -> dict[str, Any]:
-        """The preprocessing plan of the dataset at ``root`` (fingerprint computed on first use)."""
+                  max_patch_size_2d: Sequence[int], max_patch_size_3d: Sequence[int],
+                  strides: Any = None) -> dict[str, Any]:
+        """The preprocessing plan of the dataset at ``root`` (fingerprint computed on first use) for a
+        network with ``strides`` (``model.net.strides``; None: patch sides multiples of 16)."""
         root_path = Path(root).expanduser()
         info = cls.read_info(root_path)
         cases = cls.discover(root_path, info)
@@ -199,13 +222,13 @@ class StandardLayoutDataModule(FileSegDataModule):
         files = [info.json_path] + [f for c in cases for f in _files_of(c)]
         settings = {"spacing": spacing, "orientation": str(orientation),
                     "max_patch_size_2d": list(max_patch_size_2d), "max_patch_size_3d": list(max_patch_size_3d)}
-        key = (cls.__qualname__, str(root_path), str(path), repr(settings),
+        key = (cls.__qualname__, str(root_path), str(path), repr(settings), repr(strides),
                tuple((f, tuple(v)) for f, v in file_stamps(root_path, [*files, *([path] if path.exists() else [])]).items()))
         if key not in _PLANS:
             fp = load_or_compute_fingerprint(
                 path, root_path, cases, files, info.spatial_dims, info.channel_names, len(info.class_names) + 1,
                 check=lambda c: cls.check_headers(c, info.spatial_dims, len(info.channel_names)))
-            _PLANS[key] = make_plan(fp, info.meta(), settings, str(info.json_path), str(path))
+            _PLANS[key] = make_plan(fp, info.meta(), settings, str(info.json_path), str(path), strides)
         return _PLANS[key]
 
     # ------------------------------------------------------------------ the datamodule
@@ -223,6 +246,10 @@ class StandardLayoutDataModule(FileSegDataModule):
         self.class_names = tuple(meta["class_names"])
         self.channel_names = tuple(meta["channel_names"])
         super().__init__(patch_size=self.plan["patch_size"] if patch_size is None else patch_size, **kwargs)
+        if self.spatial_dims == 2 and len(set(self.patch_size)) > 1:
+            w, h = self.patch_size
+            log.warning("dataset.patch_size=[%d, %d] is (width, height): 2-D images are read with PIL's axis order, "
+                        "the reverse of nnU-Net's (height, width); nnU-Net's patch [%d, %d] is this one", w, h, h, w)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:  # once per datamodule, i.e. once per run
@@ -241,8 +268,8 @@ class StandardLayoutDataModule(FileSegDataModule):
         self.check_headers(case, self.spatial_dims, self.in_channels)
 
     def preprocessing_config(self) -> dict[str, Any]:
-        return {k: self.plan[k] for k in ("meta", "target_spacing", "orientation", "normalization")} | {
-            "patch_size": list(self.patch_size)}
+        keys = ("meta", "target_spacing", "orientation", "normalization", "crop_to_nonzero", "resampling")
+        return {k: self.plan[k] for k in keys if k in self.plan} | {"patch_size": list(self.patch_size)}
 
     # ------------------------------------------------------------------ transforms
     def _deterministic(self, label: bool = True) -> list:
@@ -254,10 +281,15 @@ class StandardLayoutDataModule(FileSegDataModule):
             t += [CheckChannelsd(keys="label", n=1, what="label"),
                   CheckSameGeometryd("image", "label", check_affine=self.spatial_dims == 3),
                   CheckLabelValuesd(keys="label", allowed=range(self.num_classes))]
+        if self.plan.get("crop_to_nonzero"):
+            t.append(CropForegroundd(keys=keys, source_key="image", select_fn=nonzero, margin=0, allow_smaller=True))
         t.append(NormalizeChannelsd(keys="image", schemes=self.plan["normalization"]))
         if self.spatial_dims == 3:
-            t += [Orientationd(keys=keys, axcodes=self.plan["orientation"], labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-                  Spacingd(keys=keys, pixdim=self.plan["target_spacing"], mode=("bilinear", "nearest")[: len(keys)])]
+            t.append(Orientationd(keys=keys, axcodes=self.plan["orientation"], labels=(("L", "R"), ("P", "A"), ("I", "S"))))
+            if self.plan.get("resampling") == "nnunet":
+                t.append(ResampleToSpacingd(keys=keys, pixdim=self.plan["target_spacing"]))
+            else:  # a plan of an older uaseg: the preprocessing its checkpoint was trained with
+                t.append(Spacingd(keys=keys, pixdim=self.plan["target_spacing"], mode=("bilinear", "nearest")[: len(keys)]))
         return t + [SpatialPadd(keys=keys, spatial_size=self.patch_size)]
 
     def _finish(self, label: bool = True) -> list:

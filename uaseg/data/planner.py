@@ -1,0 +1,74 @@
+"""nnU-Net v2's planning rules (``ExperimentPlanner``), simplified where uaseg's network is fixed.
+
+* :func:`target_spacing` -- ``determine_fullres_target_spacing``: the median spacing, except on strongly
+  anisotropic data (coarsest median spacing > 3 x the others' and its median size x 3 < the others'),
+  where the coarse axis takes the 10th percentile of its spacings (never finer than the other axes).
+* :func:`plan_patch` -- ``get_plans_for_configuration``: start from a patch with the spacing's aspect
+  ratio (256³ voxels in 3-D, 2048² in 2-D), clip it to the median shape, round every axis up to a
+  multiple of the network's total stride, then -- while it exceeds the voxel budget -- take one stride
+  off the axis that is largest relative to the median shape. Differences: the network is uaseg's
+  (``model.net.strides``, the same downsampling on every axis, so every axis is a multiple of the
+  total stride where nnU-Net adapts the pooling per axis), and the budget is a voxel count
+  (``dataset.max_patch_size_*``) where nnU-Net estimates GPU memory.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+#: nnU-Net's ANISO_THRESHOLD
+ANISO_THRESHOLD = 3.0
+#: patch sides when the network's strides are unknown (every conf/model: at most 4 downsamplings)
+DEFAULT_STRIDE = 16
+
+
+def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(target spacing, anisotropic?)`` from per-case spacings and (cropped) shapes, ``(cases, 3)``."""
+    target = np.percentile(spacings, 50, axis=0)
+    size = np.percentile(shapes, 50, axis=0)
+    worst = int(np.argmax(target))
+    others = [i for i in range(len(target)) if i != worst]
+    aniso_spacing = target[worst] > ANISO_THRESHOLD * max(target[i] for i in others)
+    aniso_voxels = size[worst] * ANISO_THRESHOLD < min(size[i] for i in others)
+    if not (aniso_spacing and aniso_voxels):
+        return target, False
+    coarse = float(np.percentile(spacings[:, worst], 10))
+    finest_allowed = max(target[i] for i in others)
+    if coarse < finest_allowed:
+        coarse = max(finest_allowed, coarse) + 1e-5
+    target = target.copy()
+    target[worst] = coarse
+    return target, True
+
+
+def total_stride(strides: Any, dims: int) -> list[int]:
+    """Per axis, the product of the network's strides (``model.net.strides``: ints or per-axis lists)."""
+    if strides is None:
+        return [DEFAULT_STRIDE] * dims
+    total = [1] * dims
+    for s in strides:
+        per = list(s) if isinstance(s, (list, tuple)) else [s] * dims
+        total = [t * int(p) for t, p in zip(total, per)]
+    return total
+
+
+def plan_patch(spacing: Sequence[float], median_shape: Sequence[float], stride: Sequence[int],
+               cap: Sequence[int]) -> list[int]:
+    """The training patch (module docstring); ``cap``: per-axis maximum, its product the voxel budget."""
+    dims = len(median_shape)
+    inv = 1.0 / np.asarray(spacing, dtype=np.float64)
+    start = 256 ** 3 if dims == 3 else 2048 ** 2
+    patch = np.minimum([round(v) for v in inv * (start / np.prod(inv)) ** (1 / dims)], median_shape)
+    patch = [max(s, int(math.ceil(round(float(p), 6) / s)) * s) for p, s in zip(patch, stride)]
+    patch = [min(p, max(s, c // s * s)) for p, s, c in zip(patch, stride, cap)]
+    budget = int(np.prod([int(c) for c in cap]))
+    while int(np.prod(patch)) > budget:
+        ratio = [p / m if p > s else -1.0 for p, m, s in zip(patch, median_shape, stride)]
+        axis = int(np.argsort(ratio, kind="stable")[-1])
+        if ratio[axis] < 0:
+            break
+        patch[axis] -= stride[axis]
+    return [int(p) for p in patch]
