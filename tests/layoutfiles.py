@@ -87,25 +87,42 @@ def make_nnunet_3d(root: Path, channels=("CT",), n_cases: int = 5, spacings=CT_S
     return root
 
 
-def make_nnunet_2d(root: Path, n_cases: int = 5, size=(24, 20), n_test: int = 1) -> Path:
+def make_nnunet_2d(root: Path, n_cases: int = 5, size=(24, 20), n_test: int = 1, channels: str = "gray",
+                   ignore: bool = False) -> Path:
     """2-D nnU-Net dataset: 8-bit grayscale ``imagesTr/img_NNN_0000.png`` (channel ``"gray"``: z-score)
-    and ``labelsTr/img_NNN.png`` (mode L, values 0/1/2). ``size`` is (width, height) like PIL."""
+    and ``labelsTr/img_NNN.png`` (mode L, values 0/1/2). ``size`` is (width, height) like PIL.
+    ``channels="rgb"``: one RGB ``img_NNN_0000.png`` per case for ``channel_names`` R, G, B (nnU-Net's
+    natural-image convention; channel c is :func:`image_for` channel c); ``"rgb-split"``: the same
+    three channels as three grayscale files ``_0000`` .. ``_0002``. ``ignore``: ``labels`` gets
+    ``"ignore": 3`` and every label its first 6 rows (and a 3x3 block of case 0's lumen) set to 3."""
     from PIL import Image
 
     root = Path(root)
+    n_ch = 1 if channels == "gray" else 3
     for i in range(n_cases + n_test):
         w, h = size[0] + 4 * (i % 2), size[1]
         lab = boxes((h, w), seed=i)
-        img = np.clip(image_for(lab, 0, i, base=(40.0, 140.0, 220.0)), 0, 255).astype(np.uint8)
+        base = (40.0, 140.0, 220.0) if n_ch == 1 else (30.0, 60.0, 80.0)
+        img = np.stack([np.clip(image_for(lab, c, i, base=base), 0, 255).astype(np.uint8) for c in range(n_ch)], axis=-1)
         folder = "imagesTr" if i < n_cases else "imagesTs"
         (root / folder).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img, "L").save(root / folder / f"img_{i:03d}_0000.png")
+        if channels == "rgb":
+            Image.fromarray(img, "RGB").save(root / folder / f"img_{i:03d}_0000.png")
+        else:
+            for c in range(n_ch):
+                Image.fromarray(img[..., c], "L").save(root / folder / f"img_{i:03d}_{c:04d}.png")
+        if ignore:
+            lab[:6] = 3
+            if i == 0:
+                y, x = np.argwhere(lab == 2)[0]
+                lab[y:y + 3, x:x + 3] = 3
         if i < n_cases:
             (root / "labelsTr").mkdir(parents=True, exist_ok=True)
             Image.fromarray(lab, "L").save(root / "labelsTr" / f"img_{i:03d}.png")
+    names = {"0": "gray"} if channels == "gray" else {"0": "R", "1": "G", "2": "B"}
+    labels = {"background": 0, "gland": 1, "lumen": 2, **({"ignore": 3} if ignore else {})}
     write_json(root / "dataset.json", {
-        "channel_names": {"0": "gray"}, "labels": {"background": 0, "gland": 1, "lumen": 2},
-        "numTraining": n_cases, "file_ending": ".png"})
+        "channel_names": names, "labels": labels, "numTraining": n_cases, "file_ending": ".png"})
     return root
 
 

@@ -26,6 +26,8 @@ LAYOUTS = {
     "nnunet-3d-two-channels": ("nnunet", lambda p: make_nnunet_3d(p / "Dataset002_Two", channels=("T1", "T2")),
                                ["liver", "tumour"]),
     "nnunet-2d-png": ("nnunet", lambda p: make_nnunet_2d(p / "Dataset003_Png"), ["gland", "lumen"]),
+    "nnunet-2d-rgb": ("nnunet", lambda p: make_nnunet_2d(p / "Dataset004_Rgb", channels="rgb"), ["gland", "lumen"]),
+    "nnunet-2d-ignore": ("nnunet", lambda p: make_nnunet_2d(p / "Dataset005_Sparse", ignore=True), ["gland", "lumen"]),
     "decathlon-4d": ("decathlon", lambda p: make_decathlon(p / "Task01_BrainTumour"), ["edema", "enhancing tumour"]),
 }
 
@@ -42,7 +44,7 @@ def _grid(path: Path) -> tuple:
 def test_train_test_and_predict_from_the_checkpoint_alone(tmp_path, make_cfg, layout):
     dataset, make, classes = LAYOUTS[layout]
     root = make(tmp_path)
-    figures = "2d" in layout  # the figures are the same code for every dataset: drawn once, for time
+    figures = layout in ("nnunet-2d-png", "nnunet-2d-ignore")  # the same code for every dataset: drawn twice, for time
     cfg = make_cfg(dataset, f"dataset.root={root}", "dataset.num_workers=0", "eval.export=true", f"eval.figures={figures}")
     train(cfg)
     run = tmp_path / "run"
@@ -58,6 +60,7 @@ def test_train_test_and_predict_from_the_checkpoint_alone(tmp_path, make_cfg, la
     # prediction from the checkpoint alone: dataset.root (and its fingerprint.json) are gone
     ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
     trained_plan = build_datamodule(cfg.dataset).plan
+    patch = trained_plan["patch_size"]  # whole images are padded (with background) to the patch
     moved = root.rename(tmp_path / "moved")
     assert load_model(ckpt).datamodule.plan == trained_plan
     (rec,) = predict_files(ckpt, moved / "imagesTs", tmp_path / "pred", coverage=0.9)
@@ -66,6 +69,16 @@ def test_train_test_and_predict_from_the_checkpoint_alone(tmp_path, make_cfg, la
     assert rec["outputs"]["seg"].endswith(f"{name}_seg{'.png' if source.suffix == '.png' else '.nii.gz'}")
     for key in ("seg", "uncertainty", "refer"):
         assert _grid(Path(rec["outputs"][key])) == _grid(source)
+    if layout == "nnunet-2d-rgb":  # one RGB file is the case's three channels
+        assert "channel_files" not in rec and source.name == "img_005_0000.png"
+    if layout == "nnunet-2d-ignore":  # unannotated voxels were left out of every test number
+        for case in summary["cases"]:
+            with Image.open(moved / "labelsTr" / f"{case['case_id']}.png") as im:
+                lab = np.asarray(im)
+            padded = np.prod([max(a, b) for a, b in zip(lab.shape[::-1], patch)])
+            assert case["n_voxels"] == padded - int((lab == 3).sum()) < padded
+        with Image.open(rec["outputs"]["seg"]) as im:  # the network has no output for "ignore"
+            assert np.asarray(im).max() < 3 and sorted(rec["voxel_counts"]) == ["background", "gland", "lumen"]
     if layout == "nnunet-3d-two-channels":  # a case's channels are its files beside each other
         assert [Path(f).name for f in rec["channel_files"]] == ["case_005_0000.nii.gz", "case_005_0001.nii.gz"]
         lone = tmp_path / "lone"
