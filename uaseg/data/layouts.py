@@ -190,7 +190,7 @@ class AnnotatedIndicesd(MapTransform):
 
         d = dict(data)
         for key in self.key_iterator(d):
-            lab = torch.as_tensor(d[key])[0]
+            lab = torch.as_tensor(d[key])  # channel-first (1, *spatial), as map_binary_to_indices wants
             fg, _ = map_binary_to_indices((lab > 0) & (lab != self.ignore_label))
             bg, _ = map_binary_to_indices(lab == 0)
             if len(fg) == 0 and len(bg) == 0:

@@ -32,7 +32,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from uaseg.data.checks import check_channel_files, expected_layout_error, image_file_channels, natural_key
+from uaseg.data.checks import (
+    check_channel_files, check_file_channels, expected_layout_error, image_file_channels, natural_key,
+)
 from uaseg.data.layouts import (
     IMAGE_ENDINGS, NIFTI_ENDINGS, DatasetInfo, StandardLayoutDataModule, check_inside_root, class_names_from,
     count_matches, indexed_names, read_dataset_json, require_keys,
@@ -114,6 +116,11 @@ def case_image(cid: str, files: dict[int, Path], info: DatasetInfo, folder: Path
             raise error(str(e)) from e
         if k == n:
             return str(files[0])
+        if k > 1:
+            try:
+                check_file_channels([str(files[0])], n, info.channel_names)
+            except DatasetError as e:
+                raise error(str(e)) from e
     for ch in range(n):
         if ch not in files:
             raise error(f"case {cid}: channel {ch} ({info.channel_names[ch]}) file "

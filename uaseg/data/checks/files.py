@@ -252,7 +252,7 @@ def check_file_channels(files: Sequence[str], n_channels: int, names: Sequence[s
 
 
 def check_channel_files(images: Sequence[str] | str, label: str | None, spatial_dims: int,
-                        n_channels: int | None = None) -> None:
+                        n_channels: int | None = None, names: Sequence[str] | None = None) -> None:
     """Header-only check of an nnU-Net case: every file readable, all channels on the grid of
     channel 0 (shape, and affine for NIfTI), and the label (if given) on that grid too (spacing;
     origin and direction may differ, with a warning: :func:`check_same_geometry`). 3-D: one
@@ -270,7 +270,7 @@ def check_channel_files(images: Sequence[str] | str, label: str | None, spatial_
         if label:
             check_same_geometry(images[0], label, h0.shape, heads[label].shape, h0.affine, heads[label].affine)
         return
-    check_file_channels(images, len(images) if n_channels is None else n_channels)
+    check_file_channels(images, len(images) if n_channels is None else n_channels, names)
     sizes = {f: read_image_header(f)[0] for f in images}
     if label:
         sizes[label], mode = read_image_header(label)
