@@ -61,6 +61,19 @@ def test_train_test_and_predict_from_the_checkpoint_alone(tmp_path, make_cfg, la
     ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
     trained_plan = build_datamodule(cfg.dataset).plan
     patch = trained_plan["patch_size"]  # whole images are padded (with background) to the patch
+    if layout == "nnunet-2d-ignore":  # risk control and temperature calibrate on annotated voxels only
+        from uaseg.inference.calibrate import fit_temperature_on_validation, validation_stats
+
+        dm, module = build_datamodule(cfg.dataset), load_model(ckpt).module
+        stats = validation_stats(module, dm)
+        assert stats and all(s.n < np.prod(patch) for s in stats)
+        annotated = 0
+        for s in stats:
+            with Image.open(root / "labelsTr" / f"{s.case_id}.png") as im:
+                lab = np.asarray(im)
+            assert s.n == np.prod([max(a, b) for a, b in zip(lab.shape[::-1], patch)]) - int((lab == 3).sum())
+            annotated += s.n
+        assert fit_temperature_on_validation(module, dm, max_voxels=10**6)[1] == annotated
     moved = root.rename(tmp_path / "moved")
     assert load_model(ckpt).datamodule.plan == trained_plan
     (rec,) = predict_files(ckpt, moved / "imagesTs", tmp_path / "pred", coverage=0.9)
