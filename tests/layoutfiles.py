@@ -65,11 +65,13 @@ def write_json(path: Path, obj) -> Path:
 
 # ------------------------------------------------------------------------------------------ nnU-Net
 def make_nnunet_3d(root: Path, channels=("CT",), n_cases: int = 5, spacings=CT_SPACINGS, swapped: int | None = SWAPPED,
-                   n_test: int = 1, labels=None) -> Path:
+                   n_test: int = 1, labels=None, sparse: bool = False) -> Path:
     """``root/dataset.json``, ``imagesTr/case_NNN_000C.nii.gz``, ``labelsTr/case_NNN.nii.gz`` and
-    ``n_test`` unlabelled cases in ``imagesTs/``. Channel 0 of a CT dataset is int16 (HU)."""
+    ``n_test`` unlabelled cases in ``imagesTs/``. Channel 0 of a CT dataset is int16 (HU).
+    ``sparse``: nnU-Net's ``"ignore": 3`` in ``labels``, the last 4 slices of every label ignored, and
+    case 1's label 0.5 mm off its image's origin and 1 degree off its direction."""
     root = Path(root)
-    labels = labels or {"background": 0, "liver": 1, "tumour": 2}
+    labels = labels or {"background": 0, "liver": 1, "tumour": 2, **({"ignore": 3} if sparse else {})}
     for i in range(n_cases + n_test):
         cid = f"case_{i:03d}"
         lab = boxes(seed=i)
@@ -79,6 +81,14 @@ def make_nnunet_3d(root: Path, channels=("CT",), n_cases: int = 5, spacings=CT_S
             img = image_for(lab, c, i)
             img = img.astype(np.int16) if name.lower() == "ct" else img.astype(np.float32)
             save_nifti(img, aff, root / folder / f"{cid}_{c:04d}.nii.gz")
+        if sparse:
+            lab[..., -4:] = 3
+            if i == 1:
+                a = np.deg2rad(1.0)
+                rot = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+                aff = aff.copy()
+                aff[:3, :3] = rot @ aff[:3, :3]
+                aff[:3, 3] += 0.5
         if i < n_cases:
             save_nifti(lab, aff, root / "labelsTr" / f"{cid}.nii.gz")
     write_json(root / "dataset.json", {

@@ -25,6 +25,7 @@ LAYOUTS = {
     "nnunet-3d-ct": ("nnunet", lambda p: make_nnunet_3d(p / "Dataset001_CT"), ["liver", "tumour"]),
     "nnunet-3d-two-channels": ("nnunet", lambda p: make_nnunet_3d(p / "Dataset002_Two", channels=("T1", "T2")),
                                ["liver", "tumour"]),
+    "nnunet-3d-sparse-shifted": ("nnunet", lambda p: make_nnunet_3d(p / "Dataset007_Sparse", sparse=True), ["liver", "tumour"]),
     "nnunet-2d-png": ("nnunet", lambda p: make_nnunet_2d(p / "Dataset003_Png"), ["gland", "lumen"]),
     "nnunet-2d-rgb": ("nnunet", lambda p: make_nnunet_2d(p / "Dataset004_Rgb", channels="rgb"), ["gland", "lumen"]),
     "nnunet-2d-ignore": ("nnunet", lambda p: make_nnunet_2d(p / "Dataset005_Sparse", ignore=True), ["gland", "lumen"]),
@@ -61,6 +62,10 @@ def test_train_test_and_predict_from_the_checkpoint_alone(tmp_path, make_cfg, la
     ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
     trained_plan = build_datamodule(cfg.dataset).plan
     patch = trained_plan["patch_size"]  # whole images are padded (with background) to the patch
+    if layout == "nnunet-3d-sparse-shifted":  # test cases' annotated voxels on the evaluated (resampled) grid
+        dm = build_datamodule(cfg.dataset)
+        dm.setup()
+        annotated_3d = {c["case_id"]: int((dm.eval_transforms()(dict(c))["label"] != 3).sum()) for c in dm.splits["test"]}
     if layout == "nnunet-2d-ignore":  # risk control and temperature calibrate on annotated voxels only
         from uaseg.inference.calibrate import fit_temperature_on_validation, validation_stats
 
@@ -82,6 +87,9 @@ def test_train_test_and_predict_from_the_checkpoint_alone(tmp_path, make_cfg, la
     assert rec["outputs"]["seg"].endswith(f"{name}_seg{'.png' if source.suffix == '.png' else '.nii.gz'}")
     for key in ("seg", "uncertainty", "refer"):
         assert _grid(Path(rec["outputs"][key])) == _grid(source)
+    if layout == "nnunet-3d-sparse-shifted":  # ignore label on a resampled grid; case 1's label off its origin
+        assert np.asarray(nib.load(rec["outputs"]["seg"]).dataobj).max() < 3
+        assert {c["case_id"]: c["n_voxels"] for c in summary["cases"]} == annotated_3d
     if layout == "nnunet-2d-rgb":  # one RGB file is the case's three channels
         assert "channel_files" not in rec and source.name == "img_005_0000.png"
     if layout == "nnunet-2d-ignore":  # unannotated voxels were left out of every test number
