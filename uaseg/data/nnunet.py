@@ -129,7 +129,8 @@ def case_image(cid: str, files: dict[int, Path], info: DatasetInfo, folder: Path
 
 
 def find_nnunet_cases(root: Path, info: DatasetInfo) -> list[dict[str, Any]]:
-    """Labelled cases of ``imagesTr/`` + ``labelsTr/``: ``{case_id, group, image: [channel files], label}``."""
+    """Labelled cases of ``imagesTr/`` + ``labelsTr/``: ``{case_id, group, image, label}``, ``image`` the
+    list of channel files or one RGB file (:func:`case_image`)."""
     ending, n = info.file_ending, len(info.channel_names)
     images, labels = _folder(root, "imagesTr"), _folder(root, "labelsTr")
     pattern = channel_pattern(ending)
