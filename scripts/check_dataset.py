@@ -8,7 +8,9 @@ layout, before training.
     python scripts/check_dataset.py --dataset decathlon --root /data/Task02_Heart
 
 Reads every file completely (not only headers) and prints one row per case: shape, spacing /
-orientation (3-D) or size / mode (GlaS), label values and per-class voxel counts. The checks are
+orientation (3-D) or size / mode (GlaS), per channel the intensity range (nnU-Net / Decathlon: one
+``chN min/max`` column per channel, also for 4-D files and RGB images), label values and per-class
+voxel counts (and the ignore label's, when ``dataset.json`` has one). The checks are
 those of training (:mod:`uaseg.data.checks`): NaN / infinite voxels, label values that are not exact
 integers of the dataset's code list; all-background labels are noted. For nnU-Net and Decathlon
 folders it also checks ``dataset.json`` against the files (numTraining, a channel file for every
@@ -139,8 +141,11 @@ def scan_layout(cls) -> Callable[[Path], tuple[list[Row], list[str]]]:
         info = cls.read_info(root)
         cases = cls.discover(root, info)
         dims, n_classes = info.spatial_dims, len(info.class_names) + 1
+        ignore = getattr(info, "ignore_label", None)
+        allowed = range(n_classes + (ignore is not None))
         print(f"{info.json_path}: {dims}-D, channels {', '.join(info.channel_names)}; "
-              f"classes {', '.join(info.class_names)} (label values 1..{n_classes - 1})\n")
+              f"classes {', '.join(info.class_names)} (label values 1..{n_classes - 1})"
+              + (f"; ignore label {ignore} (not annotated)" if ignore is not None else "") + "\n")
         rows, problems = [], []
         for c in cases:
             row: Row = {"case": c["case_id"]}
@@ -152,10 +157,14 @@ def scan_layout(cls) -> Callable[[Path], tuple[list[Row], list[str]]]:
                 if dims == 3:
                     row["spacing"] = "x".join(f"{z:.3g}" for z in geom["spacing"])
                     row["orient"] = geom["axcodes"]
-                for i, f in enumerate(images):
+                channel = 0
+                for f in images:
                     img = _voxels(f, dims)
-                    if i == 0:
-                        row["ch0 min/max"] = f"{np.nanmin(img):.4g}/{np.nanmax(img):.4g}"
+                    # a 4-D Decathlon volume or an RGB image holds its channels in the last axis
+                    parts = np.moveaxis(img, -1, 0) if img.ndim == dims + 1 else img[None]
+                    for part in parts:
+                        row[f"ch{channel} min/max"] = f"{np.nanmin(part):.4g}/{np.nanmax(part):.4g}"
+                        channel += 1
                     problem = nonfinite_problem(f, img)
                     if problem:
                         problems.append(problem)
@@ -164,10 +173,12 @@ def scan_layout(cls) -> Callable[[Path], tuple[list[Row], list[str]]]:
                 by_value = dict(zip(values.tolist(), counts.tolist()))
                 for k, name in enumerate(info.class_names, start=1):
                     row[name] = str(by_value.get(k, 0))
-                bad = [v for v in values.tolist() if v not in range(n_classes)]
+                if ignore is not None:
+                    row["ignore"] = str(by_value.get(ignore, 0))
+                bad = [v for v in values.tolist() if v not in allowed]
                 if bad:
                     problems.append(f"{c['label']}: unexpected label values {describe_values(bad)}; "
-                                    f"allowed are {describe_values(range(n_classes))} (labels of {info.json_path})")
+                                    f"allowed are {describe_values(allowed)} (labels of {info.json_path})")
             except DatasetError as e:
                 problems.append(str(e))
             rows.append(row)

@@ -65,11 +65,13 @@ def write_json(path: Path, obj) -> Path:
 
 # ------------------------------------------------------------------------------------------ nnU-Net
 def make_nnunet_3d(root: Path, channels=("CT",), n_cases: int = 5, spacings=CT_SPACINGS, swapped: int | None = SWAPPED,
-                   n_test: int = 1, labels=None) -> Path:
+                   n_test: int = 1, labels=None, sparse: bool = False) -> Path:
     """``root/dataset.json``, ``imagesTr/case_NNN_000C.nii.gz``, ``labelsTr/case_NNN.nii.gz`` and
-    ``n_test`` unlabelled cases in ``imagesTs/``. Channel 0 of a CT dataset is int16 (HU)."""
+    ``n_test`` unlabelled cases in ``imagesTs/``. Channel 0 of a CT dataset is int16 (HU).
+    ``sparse``: nnU-Net's ``"ignore": 3`` in ``labels``, the last 4 slices of every label ignored, and
+    case 1's label 0.5 mm off its image's origin and 1 degree off its direction."""
     root = Path(root)
-    labels = labels or {"background": 0, "liver": 1, "tumour": 2}
+    labels = labels or {"background": 0, "liver": 1, "tumour": 2, **({"ignore": 3} if sparse else {})}
     for i in range(n_cases + n_test):
         cid = f"case_{i:03d}"
         lab = boxes(seed=i)
@@ -79,6 +81,14 @@ def make_nnunet_3d(root: Path, channels=("CT",), n_cases: int = 5, spacings=CT_S
             img = image_for(lab, c, i)
             img = img.astype(np.int16) if name.lower() == "ct" else img.astype(np.float32)
             save_nifti(img, aff, root / folder / f"{cid}_{c:04d}.nii.gz")
+        if sparse:
+            lab[..., -4:] = 3
+            if i == 1:
+                a = np.deg2rad(1.0)
+                rot = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+                aff = aff.copy()
+                aff[:3, :3] = rot @ aff[:3, :3]
+                aff[:3, 3] += 0.5
         if i < n_cases:
             save_nifti(lab, aff, root / "labelsTr" / f"{cid}.nii.gz")
     write_json(root / "dataset.json", {
@@ -87,25 +97,42 @@ def make_nnunet_3d(root: Path, channels=("CT",), n_cases: int = 5, spacings=CT_S
     return root
 
 
-def make_nnunet_2d(root: Path, n_cases: int = 5, size=(24, 20), n_test: int = 1) -> Path:
+def make_nnunet_2d(root: Path, n_cases: int = 5, size=(24, 20), n_test: int = 1, channels: str = "gray",
+                   ignore: bool = False) -> Path:
     """2-D nnU-Net dataset: 8-bit grayscale ``imagesTr/img_NNN_0000.png`` (channel ``"gray"``: z-score)
-    and ``labelsTr/img_NNN.png`` (mode L, values 0/1/2). ``size`` is (width, height) like PIL."""
+    and ``labelsTr/img_NNN.png`` (mode L, values 0/1/2). ``size`` is (width, height) like PIL.
+    ``channels="rgb"``: one RGB ``img_NNN_0000.png`` per case for ``channel_names`` R, G, B (nnU-Net's
+    natural-image convention; channel c is :func:`image_for` channel c); ``"rgb-split"``: the same
+    three channels as three grayscale files ``_0000`` .. ``_0002``. ``ignore``: ``labels`` gets
+    ``"ignore": 3`` and every label its first 6 rows (and a 3x3 block of case 0's lumen) set to 3."""
     from PIL import Image
 
     root = Path(root)
+    n_ch = 1 if channels == "gray" else 3
     for i in range(n_cases + n_test):
         w, h = size[0] + 4 * (i % 2), size[1]
         lab = boxes((h, w), seed=i)
-        img = np.clip(image_for(lab, 0, i, base=(40.0, 140.0, 220.0)), 0, 255).astype(np.uint8)
+        base = (40.0, 140.0, 220.0) if n_ch == 1 else (30.0, 60.0, 80.0)
+        img = np.stack([np.clip(image_for(lab, c, i, base=base), 0, 255).astype(np.uint8) for c in range(n_ch)], axis=-1)
         folder = "imagesTr" if i < n_cases else "imagesTs"
         (root / folder).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img, "L").save(root / folder / f"img_{i:03d}_0000.png")
+        if channels == "rgb":
+            Image.fromarray(img, "RGB").save(root / folder / f"img_{i:03d}_0000.png")
+        else:
+            for c in range(n_ch):
+                Image.fromarray(img[..., c], "L").save(root / folder / f"img_{i:03d}_{c:04d}.png")
+        if ignore:
+            lab[:6] = 3
+            if i == 0:
+                y, x = np.argwhere(lab == 2)[0]
+                lab[y:y + 3, x:x + 3] = 3
         if i < n_cases:
             (root / "labelsTr").mkdir(parents=True, exist_ok=True)
             Image.fromarray(lab, "L").save(root / "labelsTr" / f"img_{i:03d}.png")
+    names = {"0": "gray"} if channels == "gray" else {"0": "R", "1": "G", "2": "B"}
+    labels = {"background": 0, "gland": 1, "lumen": 2, **({"ignore": 3} if ignore else {})}
     write_json(root / "dataset.json", {
-        "channel_names": {"0": "gray"}, "labels": {"background": 0, "gland": 1, "lumen": 2},
-        "numTraining": n_cases, "file_ending": ".png"})
+        "channel_names": names, "labels": labels, "numTraining": n_cases, "file_ending": ".png"})
     return root
 
 

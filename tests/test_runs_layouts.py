@@ -25,7 +25,10 @@ LAYOUTS = {
     "nnunet-3d-ct": ("nnunet", lambda p: make_nnunet_3d(p / "Dataset001_CT"), ["liver", "tumour"]),
     "nnunet-3d-two-channels": ("nnunet", lambda p: make_nnunet_3d(p / "Dataset002_Two", channels=("T1", "T2")),
                                ["liver", "tumour"]),
+    "nnunet-3d-sparse-shifted": ("nnunet", lambda p: make_nnunet_3d(p / "Dataset007_Sparse", sparse=True), ["liver", "tumour"]),
     "nnunet-2d-png": ("nnunet", lambda p: make_nnunet_2d(p / "Dataset003_Png"), ["gland", "lumen"]),
+    "nnunet-2d-rgb": ("nnunet", lambda p: make_nnunet_2d(p / "Dataset004_Rgb", channels="rgb"), ["gland", "lumen"]),
+    "nnunet-2d-ignore": ("nnunet", lambda p: make_nnunet_2d(p / "Dataset005_Sparse", ignore=True), ["gland", "lumen"]),
     # nnU-Net's planning: separate-z resampling (anisotropic CT), non-zero crop and masked z-score (MR)
     "nnunet-3d-anisotropic-ct": ("nnunet", lambda p: make_aniso_ct(p / "Dataset010_Aniso"), ["organ", "lesion"]),
     "nnunet-3d-zero-background-mr": ("nnunet", lambda p: make_zero_background_mr(p / "Dataset011_Brain"),
@@ -46,7 +49,7 @@ def _grid(path: Path) -> tuple:
 def test_train_test_and_predict_from_the_checkpoint_alone(tmp_path, make_cfg, layout):
     dataset, make, classes = LAYOUTS[layout]
     root = make(tmp_path)
-    figures = "2d" in layout  # the figures are the same code for every dataset: drawn once, for time
+    figures = layout in ("nnunet-2d-png", "nnunet-2d-ignore")  # the same code for every dataset: drawn twice, for time
     cfg = make_cfg(dataset, f"dataset.root={root}", "dataset.num_workers=0", "eval.export=true", f"eval.figures={figures}")
     train(cfg)
     run = tmp_path / "run"
@@ -62,6 +65,24 @@ def test_train_test_and_predict_from_the_checkpoint_alone(tmp_path, make_cfg, la
     # prediction from the checkpoint alone: dataset.root (and its fingerprint.json) are gone
     ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
     trained_plan = build_datamodule(cfg.dataset).plan
+    patch = trained_plan["patch_size"]  # whole images are padded (with background) to the patch
+    if layout == "nnunet-3d-sparse-shifted":  # test cases' annotated voxels on the evaluated (resampled) grid
+        dm = build_datamodule(cfg.dataset)
+        dm.setup()
+        annotated_3d = {c["case_id"]: int((dm.eval_transforms()(dict(c))["label"] != 3).sum()) for c in dm.splits["test"]}
+    if layout == "nnunet-2d-ignore":  # risk control and temperature calibrate on annotated voxels only
+        from uaseg.inference.calibrate import fit_temperature_on_validation, validation_stats
+
+        dm, module = build_datamodule(cfg.dataset), load_model(ckpt).module
+        stats = validation_stats(module, dm)
+        assert stats and all(s.n < np.prod(patch) for s in stats)
+        annotated = 0
+        for s in stats:
+            with Image.open(root / "labelsTr" / f"{s.case_id}.png") as im:
+                lab = np.asarray(im)
+            assert s.n == np.prod([max(a, b) for a, b in zip(lab.shape[::-1], patch)]) - int((lab == 3).sum())
+            annotated += s.n
+        assert fit_temperature_on_validation(module, dm, max_voxels=10**6)[1] == annotated
     moved = root.rename(tmp_path / "moved")
     assert load_model(ckpt).datamodule.plan == trained_plan
     (rec,) = predict_files(ckpt, moved / "imagesTs", tmp_path / "pred", coverage=0.9)
@@ -70,6 +91,19 @@ def test_train_test_and_predict_from_the_checkpoint_alone(tmp_path, make_cfg, la
     assert rec["outputs"]["seg"].endswith(f"{name}_seg{'.png' if source.suffix == '.png' else '.nii.gz'}")
     for key in ("seg", "uncertainty", "refer"):
         assert _grid(Path(rec["outputs"][key])) == _grid(source)
+    if layout == "nnunet-3d-sparse-shifted":  # ignore label on a resampled grid; case 1's label off its origin
+        assert np.asarray(nib.load(rec["outputs"]["seg"]).dataobj).max() < 3
+        assert {c["case_id"]: c["n_voxels"] for c in summary["cases"]} == annotated_3d
+    if layout == "nnunet-2d-rgb":  # one RGB file is the case's three channels
+        assert "channel_files" not in rec and source.name == "img_005_0000.png"
+    if layout == "nnunet-2d-ignore":  # unannotated voxels were left out of every test number
+        for case in summary["cases"]:
+            with Image.open(moved / "labelsTr" / f"{case['case_id']}.png") as im:
+                lab = np.asarray(im)
+            padded = np.prod([max(a, b) for a, b in zip(lab.shape[::-1], patch)])
+            assert case["n_voxels"] == padded - int((lab == 3).sum()) < padded
+        with Image.open(rec["outputs"]["seg"]) as im:  # the network has no output for "ignore"
+            assert np.asarray(im).max() < 3 and sorted(rec["voxel_counts"]) == ["background", "gland", "lumen"]
     if layout == "nnunet-3d-two-channels":  # a case's channels are its files beside each other
         assert [Path(f).name for f in rec["channel_files"]] == ["case_005_0000.nii.gz", "case_005_0001.nii.gz"]
         lone = tmp_path / "lone"

@@ -275,10 +275,24 @@ def _rule_test_scores(get) -> str | None:
     return None
 
 
+def _rule_ignore_label(get) -> str | None:
+    """A dataset with nnU-Net's ignore label needs a loss that leaves those voxels out (the default
+    ``loss.ignore_index`` follows ``dataset.meta.ignore_label``)."""
+    ignore = get("dataset.meta.ignore_label")
+    if ignore is None:
+        return None
+    for key in ("loss.ignore_index", "loss.seg_loss.ignore_index"):
+        value = get(key)
+        if value != ignore and not (key == "loss.seg_loss.ignore_index" and get("loss.seg_loss") is None):
+            return (f"{key}={_show(value)}: the dataset marks unannotated voxels with its ignore label {ignore} "
+                    f"(dataset.json \"ignore\"), which the loss must leave out; leave {key} to its default or set it to {ignore}")
+    return None
+
+
 #: rules between keys, each ``get -> message or None`` (run after every key passed its own domain)
 RULES: tuple[Callable[[Callable[[str], Any]], str | None], ...] = (
     _rule_fold, _rule_batch, _rule_patch_dims, _rule_windows, _rule_patch_stride, _rule_start_epoch,
-    _rule_dataset_root, _rule_test_scores)
+    _rule_dataset_root, _rule_test_scores, _rule_ignore_label)
 
 
 def check_config(cfg: Mapping | DictConfig) -> None:

@@ -138,7 +138,7 @@ class SelectiveReportWriter(Callback):
                     p["image"], p["label"], p["prediction"], p["uncertainty"], threshold,
                     fig_dir / f"case_{group}_{p['case_id']}.png",
                     title=f"{p['case_id']} ({group}), referral at coverage {self.panel_coverage}",
-                    class_names=names,
+                    class_names=list(names or []) + (["ignore (not annotated)"] if getattr(pl_module, "ignore_label", None) is not None else []),
                 )
             curves = run_figure(out, fig_dir / "learning_curves.png", pl_module.run_identity)
             if curves is not None:

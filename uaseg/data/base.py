@@ -7,7 +7,8 @@ LightningModule never needs to know which dataset it is training on.
 
 Batches are dicts:
   * ``image``: float tensor ``(B, C, *spatial)`` (a MONAI ``MetaTensor`` carrying the affine),
-  * ``label``: integer tensor ``(B, 1, *spatial)`` with classes ``0..num_classes-1``,
+  * ``label``: integer tensor ``(B, 1, *spatial)`` with classes ``0..num_classes-1`` (and
+    ``ignore_label`` = ``num_classes`` for unannotated voxels, when the dataset has one),
   * ``case_id``: list of ``str``; ``group``: list of ``str`` (e.g. GlaS test part ``testA``).
 Training batches hold random patches; validation and test batches hold one whole image each,
 segmented by the module with sliding-window inference.
@@ -51,6 +52,9 @@ class SegDataModule(L.LightningDataModule):
     class_names: tuple[str, ...] = ()
     #: 2-D datasets read from image files: the Pillow modes accepted, in training and in prediction
     image_modes: tuple[str, ...] | None = None
+    #: label value of unannotated voxels (nnU-Net's ``ignore`` label, = ``num_classes``), or None: such
+    #: voxels take no part in the loss or the selective evaluation
+    ignore_label: int | None = None
 
     def __init__(
         self,

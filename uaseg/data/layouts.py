@@ -13,11 +13,13 @@ the labelled cases (:meth:`~StandardLayoutDataModule.discover`) and how to check
 * the datamodule preprocesses only from its ``plan`` argument (never from ``dataset.root``), so a
   checkpoint's dataset config alone preprocesses new images at prediction; it logs the plan once,
   when a run first sets it up.
-* transforms: load (one file per channel, or a 4-D file whose last axis holds the channels) -> checks
-  (channels, image/label grid, label values in ``0..K-1``) -> crop to the non-zero region -> per-channel
-  normalisation (before resampling, as nnU-Net) -> 3-D: reorient to ``orientation``, resample to the
-  target spacing as nnU-Net (:mod:`uaseg.data.resample`) -> pad to the patch; training adds
-  ``RandCropByPosNegLabeld`` and augmentation (``augment``, as MM-WHS). A plan of an older uaseg (no
+* transforms: load (one file per channel, one RGB file, or a 4-D file whose last axis holds the
+  channels) -> checks (channels, image/label grid: the label takes the image's affine, label values in
+  ``0..K-1``, plus ``K`` = nnU-Net's ignore label when ``dataset.json`` has one) -> crop to the non-zero
+  region -> per-channel normalisation (before resampling, as nnU-Net) -> 3-D: reorient to ``orientation``,
+  resample to the target spacing as nnU-Net (:mod:`uaseg.data.resample`) -> pad to the patch; training
+  adds ``RandCropByPosNegLabeld`` (with an ignore label: centred on labelled voxels only,
+  :class:`AnnotatedIndicesd`) and augmentation (``augment``, as MM-WHS). A plan of an older uaseg (no
   ``crop_to_nonzero`` / ``resampling`` key) keeps its own preprocessing: no crop, ``Spacingd`` bilinear.
 """
 
@@ -59,11 +61,19 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     file_ending: str
     num_training: int | None
+    #: nnU-Net's ``"ignore"`` label value (= the number of classes) or None
+    ignore_label: int | None = None
 
     def meta(self) -> dict[str, Any]:
         return {"spatial_dims": self.spatial_dims, "in_channels": len(self.channel_names),
                 "num_classes": len(self.class_names) + 1, "class_names": list(self.class_names),
-                "channel_names": list(self.channel_names), "file_ending": self.file_ending}
+                "channel_names": list(self.channel_names), "file_ending": self.file_ending,
+                "ignore_label": self.ignore_label}
+
+    @property
+    def label_values(self) -> int:
+        """How many label values a label file may hold: the classes, plus the ignore label."""
+        return len(self.class_names) + 1 + (self.ignore_label is not None)
 
 
 def read_dataset_json(root: Path, layout: str, layout_text: str) -> tuple[Path, dict[str, Any]]:
@@ -185,6 +195,30 @@ def nonzero_mask(img: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(binary_fill_holes(mask), device=img.device)
 
 
+class AnnotatedIndicesd(MapTransform):
+    """Crop centres for ``RandCropByPosNegLabeld`` (its ``fg_indices_key`` / ``bg_indices_key``) that
+    leave out nnU-Net's ignore label: positives are the labelled foreground (``0 < label <
+    ignore``), negatives the labelled background (``label == 0``); a case without either is sampled
+    anywhere."""
+
+    def __init__(self, key: str, ignore_label: int) -> None:
+        super().__init__([key])
+        self.ignore_label = int(ignore_label)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        from monai.transforms.utils import map_binary_to_indices
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            lab = torch.as_tensor(d[key])  # channel-first (1, *spatial), as map_binary_to_indices wants
+            fg, _ = map_binary_to_indices((lab > 0) & (lab != self.ignore_label))
+            bg, _ = map_binary_to_indices(lab == 0)
+            if len(fg) == 0 and len(bg) == 0:
+                bg, _ = map_binary_to_indices(torch.ones_like(lab, dtype=torch.bool))
+            d[f"{key}_fg_indices"], d[f"{key}_bg_indices"] = fg, bg
+        return d
+
+
 class StandardLayoutDataModule(FileSegDataModule):
     """Base of :class:`~uaseg.data.nnunet.NnUNetDataModule` and
     :class:`~uaseg.data.decathlon.DecathlonDataModule` (see the module docstring)."""
@@ -226,7 +260,7 @@ class StandardLayoutDataModule(FileSegDataModule):
                tuple((f, tuple(v)) for f, v in file_stamps(root_path, [*files, *([path] if path.exists() else [])]).items()))
         if key not in _PLANS:
             fp = load_or_compute_fingerprint(
-                path, root_path, cases, files, info.spatial_dims, info.channel_names, len(info.class_names) + 1,
+                path, root_path, cases, files, info.spatial_dims, info.channel_names, info.label_values,
                 check=lambda c: cls.check_headers(c, info.spatial_dims, len(info.channel_names)))
             _PLANS[key] = make_plan(fp, info.meta(), settings, str(info.json_path), str(path), strides)
         return _PLANS[key]
@@ -245,6 +279,7 @@ class StandardLayoutDataModule(FileSegDataModule):
         self.in_channels = int(meta["in_channels"])
         self.class_names = tuple(meta["class_names"])
         self.channel_names = tuple(meta["channel_names"])
+        self.ignore_label = meta.get("ignore_label")
         super().__init__(patch_size=self.plan["patch_size"] if patch_size is None else patch_size, **kwargs)
         if self.spatial_dims == 2 and len(set(self.patch_size)) > 1:
             w, h = self.patch_size
@@ -253,8 +288,18 @@ class StandardLayoutDataModule(FileSegDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:  # once per datamodule, i.e. once per run
-            log.info("%s", describe_plan(self.plan))
+            log.info("%s", self.describe_plan())
         super().setup(stage)
+
+    def describe_plan(self) -> str:
+        """The plan as logged at the start of a run, with the patch size this run uses (the planned
+        one unless ``dataset.patch_size`` overrides it, which is then said)."""
+        planned = [int(p) for p in self.plan["patch_size"]]
+        text = describe_plan({**self.plan, "patch_size": list(self.patch_size)})
+        if list(self.patch_size) != planned:
+            text += (f"\n  patch size {' x '.join(map(str, self.patch_size))} set by dataset.patch_size "
+                     f"(the plan's: {' x '.join(map(str, planned))})")
+        return text
 
     def find_cases(self) -> list[dict]:
         assert self.root is not None
@@ -280,7 +325,7 @@ class StandardLayoutDataModule(FileSegDataModule):
         if label:
             t += [CheckChannelsd(keys="label", n=1, what="label"),
                   CheckSameGeometryd("image", "label", check_affine=self.spatial_dims == 3),
-                  CheckLabelValuesd(keys="label", allowed=range(self.num_classes))]
+                  CheckLabelValuesd(keys="label", allowed=range(self.num_classes + (self.ignore_label is not None)))]
         if self.plan.get("crop_to_nonzero"):
             t.append(CropForegroundd(keys=keys, source_key="image", select_fn=nonzero, margin=0, allow_smaller=True))
         t.append(NormalizeChannelsd(keys="image", schemes=self.plan["normalization"]))
@@ -297,10 +342,13 @@ class StandardLayoutDataModule(FileSegDataModule):
             [CastToTyped(keys="label", dtype=torch.int64)] if label else [])
 
     def train_transforms(self) -> Compose:
+        indices = {} if self.ignore_label is None else {"fg_indices_key": "label_fg_indices",
+                                                         "bg_indices_key": "label_bg_indices"}
         crop = RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=self.patch_size,
                                       pos=self.fg_fraction, neg=1.0 - self.fg_fraction,
-                                      num_samples=self.samples_per_image, allow_smaller=False)
-        return Compose(self._deterministic() + [crop] + self._augmentation() + self._finish())
+                                      num_samples=self.samples_per_image, allow_smaller=False, **indices)
+        centres = [] if self.ignore_label is None else [AnnotatedIndicesd("label", self.ignore_label)]
+        return Compose(self._deterministic() + centres + [crop] + self._augmentation() + self._finish())
 
     def _augmentation(self) -> list:
         a, keys, n = self.augment, ["image", "label"], self.spatial_dims

@@ -27,8 +27,8 @@ class _CaseReader(TorchDataset):
     """Case ``i`` of a uaseg dataset -> ``(case id, label file, has foreground, error message)``:
     tiny results, and errors as values (a DataLoader worker would wrap them in its traceback)."""
 
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: Any, ignore_label: int | None = None) -> None:
+        self.dataset, self.ignore_label = dataset, ignore_label
 
     def __len__(self) -> int:
         return len(self.dataset.data)
@@ -43,7 +43,10 @@ class _CaseReader(TorchDataset):
         label = items[0].get("label")
         if label is None:
             return cid, "", True, None
-        return cid, source_name(label), bool(torch.as_tensor(label).gt(0).any()), None
+        lab = torch.as_tensor(label)
+        ignore = self.ignore_label
+        fg = lab.gt(0) if ignore is None else lab.gt(0) & lab.ne(ignore)  # unannotated voxels are no foreground
+        return cid, source_name(label), bool(fg.any()), None
 
 
 def _first(x):
@@ -57,7 +60,7 @@ def read_every_case(datamodule: Any) -> None:
     foreground: dict[str, dict[str, tuple[str, bool]]] = {}
     for split, cases in datamodule.splits.items():
         log.info("reading and checking the %d %s case(s)", len(cases), split)
-        reader = _CaseReader(datamodule.dataset(split))
+        reader = _CaseReader(datamodule.dataset(split), getattr(datamodule, "ignore_label", None))
         loader = DataLoader(reader, batch_size=None, num_workers=datamodule.num_workers, collate_fn=_first)
         for cid, label_file, has_fg, error in loader:
             if error:

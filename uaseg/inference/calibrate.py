@@ -93,13 +93,16 @@ def validation_batches(module, datamodule, device: str | torch.device = "cpu"):
 
 
 def validation_stats(module, datamodule, device: str | torch.device = "cpu") -> list[CaseStats]:
-    """Every validation case, segmented as prediction segments it, reduced to its exact stats."""
-    stats = []
+    """Every validation case, segmented as prediction segments it, reduced to its exact stats (its
+    annotated voxels only, with an ignore label)."""
+    stats, ignore = [], getattr(module, "ignore_label", None)
     for image, label, case_ids in validation_batches(module, datamodule, device):
         u, pred, _ = module.segment(image)
         for i, cid in enumerate(case_ids):
+            if ignore is not None and not bool((label[i] != ignore).any()):
+                continue  # a case without annotated voxels (nnU-Net's ignore label everywhere) has no Dice
             stats.append(make_case_stats(u[i], pred[i], label[i], num_classes=module.num_classes,
-                                         case_id=cid, group="val", aggregations=()))
+                                         case_id=cid, group="val", aggregations=(), ignore_index=ignore))
     return stats
 
 
@@ -120,6 +123,9 @@ def fit_temperature_on_validation(module, datamodule, max_voxels: int, seed: int
         logits = module.inferer(image, module.net)
         z = logits.float().movedim(1, -1).reshape(-1, logits.shape[1]).cpu()
         y = label.reshape(-1)
+        ignore = getattr(module, "ignore_label", None)
+        if ignore is not None:  # unannotated voxels have no label to fit to
+            z, y = z[y != ignore], y[y != ignore]
         if y.numel() > per_case:
             idx = torch.from_numpy(rng.choice(y.numel(), per_case, replace=False))
             z, y = z[idx], y[idx]

@@ -69,7 +69,8 @@ def evaluate_ensemble(members: list[LoadedModel], device: str | torch.device = "
     evaluation = first.module.hparams["evaluation"]
     k = first.num_classes
     accs = {n: SelectiveAccumulator(k, coverages=evaluation["coverages"], quantize_bits=evaluation["quantize_bits"],
-                                    case_aggregation=evaluation["case_aggregation"], bootstrap=evaluation["bootstrap"])
+                                    case_aggregation=evaluation["case_aggregation"], bootstrap=evaluation["bootstrap"],
+                                    ignore_index=getattr(first.module, "ignore_label", None))
             for n in ENSEMBLE_SCORES}
     for m in members:
         m.module.to(device).eval()

@@ -47,6 +47,20 @@ def plain_config(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
+def ignore_label_of(dataset: dict | None, loss: dict | None) -> int | None:
+    """The dataset's ignore label (``dataset.meta.ignore_label``: nnU-Net's ``"ignore"``), which the
+    loss must ignore too (``loss.ignore_index`` follows it by default); a loss that does not is a
+    :class:`ConfigError` naming the key."""
+    ignore = ((dataset or {}).get("meta") or {}).get("ignore_label")
+    if ignore is None:
+        return None
+    if (loss or {}).get("ignore_index") != ignore:
+        raise ConfigError(f"loss.ignore_index={(loss or {}).get('ignore_index')}: the dataset's labels mark "
+                          f"unannotated voxels with the ignore label {ignore}, which the loss must ignore "
+                          f"(leave loss.ignore_index to its default or set it to {ignore})")
+    return int(ignore)
+
+
 @dataclass
 class CaseOutput:
     """One evaluated case, as ``test_step`` hands it to callbacks (tensors on the module's device):
@@ -94,11 +108,14 @@ class SelectiveSegModule(L.LightningModule):
         self.loss = instantiate(loss)
         self.inferer = instantiate(inferer)
         self.num_classes = int(net["out_channels"])
+        #: nnU-Net's ignore label (unannotated voxels: no loss, no metric), from the dataset's meta
+        self.ignore_label = ignore_label_of(dataset, loss)
         metric_args = dict(
             num_classes=self.num_classes,
             coverages=tuple(evaluation["coverages"]),
             quantize_bits=evaluation["quantize_bits"],
             case_aggregation=evaluation["case_aggregation"],
+            ignore_index=self.ignore_label,
         )
         # validation runs every epoch: no bootstrap there, and the one-pass score
         self.val_metric = SelectiveSegmentationMetric(bootstrap=0, **metric_args)

@@ -13,6 +13,8 @@ is numpy's linear-interpolation 5th percentile over cases.  ``at_coverage`` keys
 coverage is nearest the target (ties in distance -> larger coverage).  With several
 case groups (e.g. GlaS testA/testB) ``groups`` holds the same summary per group,
 its threshold global within the group, and ``group_average`` their plain mean.
+With ``ignore_index`` (nnU-Net's ignore label) the voxels so labelled are left out of everything:
+Dice, coverage, the curves, AURC, case aggregates and the risk-control case losses built on these stats.
 """
 from __future__ import annotations
 
@@ -108,7 +110,8 @@ class SelectiveAccumulator:
 
     def __init__(self, num_classes: int, coverages=DEFAULT_COVERAGES,
                  quantize_bits: int | None = None, quantize_range=(0.0, 1.0),
-                 case_aggregation: str = "mean", bootstrap: int = 1000, seed: int = 0):
+                 case_aggregation: str = "mean", bootstrap: int = 1000, seed: int = 0,
+                 ignore_index: int | None = None):
         if num_classes < 2:
             raise ValueError("num_classes must be >= 2 (background + foreground)")
         from .case_level import CASE_AGGREGATIONS
@@ -123,6 +126,8 @@ class SelectiveAccumulator:
         self.case_aggregation = case_aggregation
         self.bootstrap = int(bootstrap)
         self.seed = int(seed)
+        #: label of unannotated voxels, left out of every number (:func:`make_case_stats`)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.reset()
 
     def reset(self) -> None:
@@ -135,7 +140,7 @@ class SelectiveAccumulator:
     def make_stats(self, uncertainty, prediction, label, case_id, group="test") -> CaseStats:
         return make_case_stats(uncertainty, prediction, label, num_classes=self.num_classes,
                                case_id=case_id, group=group, quantizer=self.quantizer,
-                               aggregations=(self.case_aggregation,))
+                               aggregations=(self.case_aggregation,), ignore_index=self.ignore_index)
 
     def add_stats(self, s: CaseStats) -> None:
         if s.case_id in self._ids:

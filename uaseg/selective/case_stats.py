@@ -95,11 +95,19 @@ def class_counts(pred: np.ndarray, label: np.ndarray, num_classes: int) -> np.nd
 
 def make_case_stats(uncertainty, prediction, label, *, num_classes: int, case_id,
                     group: str = "test", quantizer: Quantizer | None = None,
-                    aggregations=("mean",)) -> CaseStats:
+                    aggregations=("mean",), ignore_index: int | None = None) -> CaseStats:
+    """One case's stats. With ``ignore_index``, voxels labelled so (nnU-Net's ignore label: not
+    annotated) are dropped first: every count, the coverage index and the case aggregates see only
+    the annotated voxels, exactly as if the case had no others."""
     u, p, y = to_numpy(uncertainty), to_numpy(prediction), to_numpy(label)
     if not (u.shape == p.shape == y.shape):
         raise ValueError(f"case {case_id!r}: shape mismatch uncertainty {u.shape}, "
                          f"prediction {p.shape}, label {y.shape}")
+    if ignore_index is not None:
+        keep = y != ignore_index
+        u, p, y = u[keep], p[keep], y[keep]
+        if u.size == 0:
+            raise ValueError(f"case {case_id!r}: every voxel is labelled ignore ({ignore_index}); nothing to evaluate")
     if u.size == 0:
         raise ValueError(f"case {case_id!r}: empty arrays")
     if not np.issubdtype(u.dtype, np.floating):

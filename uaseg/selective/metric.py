@@ -12,6 +12,7 @@ a different size) a duplicate id is an error.
 from __future__ import annotations
 
 import functools
+import logging
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ from .accumulator import DEFAULT_COVERAGES, SelectiveAccumulator
 from .case_stats import CaseStats
 from .coverage import HistogramIndex, SortedIndex
 from .result import SelectiveResult
+
+log = logging.getLogger(__name__)
 
 _STATES = ("index_values", "counts", "ev_u", "ev_pred", "ev_label", "aggregate",
            "id_bytes", "group_bytes", "lengths")
@@ -44,10 +47,11 @@ class SelectiveSegmentationMetric(Metric):
 
     def __init__(self, num_classes: int, coverages=DEFAULT_COVERAGES,
                  quantize_bits: int | None = None, case_aggregation: str = "mean",
-                 bootstrap: int = 1000, seed: int = 0, quantize_range=(0.0, 1.0), **kwargs):
+                 bootstrap: int = 1000, seed: int = 0, quantize_range=(0.0, 1.0),
+                 ignore_index: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self._acc = SelectiveAccumulator(num_classes, coverages, quantize_bits,
-                                         quantize_range, case_aggregation, bootstrap, seed)
+                                         quantize_range, case_aggregation, bootstrap, seed, ignore_index)
         for name in _STATES:
             self.add_state(name, default=[], dist_reduce_fx="cat")
         self._local_ids: set[str] = set()
@@ -62,6 +66,10 @@ class SelectiveSegmentationMetric(Metric):
         cid = str(case_id)
         if cid in self._local_ids:
             raise ValueError(f"duplicate case id {cid!r}")
+        ignore = self._acc.ignore_index
+        if ignore is not None and not bool((torch.as_tensor(label) != ignore).any()):
+            log.warning("case %s: every voxel is labelled ignore (%d); it is left out of the evaluation", cid, ignore)
+            return
         s = self._acc.make_stats(uncertainty, prediction, label, cid, group)
         self._local_ids.add(cid)
         idx_vals = s.index.counts if isinstance(s.index, HistogramIndex) else s.index.values

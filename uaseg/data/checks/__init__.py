@@ -6,9 +6,13 @@ skip and never wrong numbers. Everything here raises :class:`~uaseg.errors.Datas
 
 * :func:`natural_key` -- sort ``train_2`` before ``train_10``.
 * :func:`check_nifti_pair` / :func:`check_image_pair` -- header-only checks of an image and its label
-  (readable, dimensions, same grid), run on every case before training.
+  (readable, dimensions, same grid: shape and spacing; an origin or direction that differs is a
+  warning, :func:`check_same_geometry`), run on every case before training.
+* :func:`check_channel_files` / :func:`check_file_channels` -- an nnU-Net case: one file per channel,
+  or one RGB file for three channels.
 * :class:`LoadImageNamedd` -- MONAI ``LoadImaged`` that names the unreadable file.
-* :class:`CheckSameGeometryd` -- image and label must share spatial shape (and affine, for 3-D).
+* :class:`CheckSameGeometryd` -- image and label must share spatial shape (and spacing, for 3-D); the
+  label takes the image's affine.
 * :class:`CheckChannelsd` -- an image must have the expected number of channels.
 * :class:`CheckLabelValuesd` / :func:`check_label_values` -- label values must be exact integers from
   an allowed set (optionally fixing known typos like MM-WHS ``421`` -> ``420`` with a warning).
@@ -22,7 +26,9 @@ skip and never wrong numbers. Everything here raises :class:`~uaseg.errors.Datas
 from uaseg.data.checks.files import (
     COLOUR_MODES,
     GRAY_MODES,
+    MULTICHANNEL_MODES,
     check_channel_files,
+    check_file_channels,
     check_foreground,
     check_image_mode,
     check_image_pair,
@@ -33,6 +39,8 @@ from uaseg.data.checks.files import (
     count_nonfinite,
     describe_values,
     expected_layout_error,
+    geometry_difference,
+    image_file_channels,
     natural_key,
     nonfinite_problem,
     source_name,
@@ -48,7 +56,8 @@ from uaseg.data.checks.transforms import (
 from uaseg.errors import DatasetError
 
 __all__ = [
-    "DatasetError", "COLOUR_MODES", "GRAY_MODES", "check_channel_files", "check_foreground", "check_image_mode",
+    "DatasetError", "COLOUR_MODES", "GRAY_MODES", "MULTICHANNEL_MODES", "check_channel_files", "check_file_channels",
+    "check_foreground", "geometry_difference", "image_file_channels", "check_image_mode",
     "check_image_pair", "check_label_values", "check_multimodal_pair", "check_nifti_pair", "check_same_geometry",
     "count_nonfinite", "describe_values", "expected_layout_error", "natural_key", "nonfinite_problem",
     "source_name", "Binarized", "CheckChannelsd", "CheckFinited", "CheckLabelValuesd", "CheckSameGeometryd",

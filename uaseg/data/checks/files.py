@@ -31,26 +31,67 @@ def source_name(x: Any) -> str:
     return str(name) if name else "<unknown file>"
 
 
+#: Image and label grids (nnU-Net's rule: shape and spacing must agree, origin and direction may
+#: differ with a warning). Spacings (the affine's column norms) agree within ``SPACING_RTOL``
+#: (relative; beyond: refused); origins within ``ORIGIN_ATOL_MM`` and direction cosines within
+#: ``DIRECTION_ATOL`` are the same grid (silent); beyond, a warning names both files and the
+#: differences, and the label is used on the image's grid.
+SPACING_RTOL = 1e-4
+ORIGIN_ATOL_MM = 1e-3
+DIRECTION_ATOL = 1e-4
+_warned_geometry: set[tuple[str, str]] = set()
+
+
+def geometry_difference(affine_i, affine_l, n: int) -> dict[str, Any]:
+    """Spacings, the largest origin offset (mm) and the largest direction-cosine difference of two
+    voxel-to-world matrices (first ``n`` spatial axes)."""
+    a, b = np.asarray(affine_i, dtype=np.float64), np.asarray(affine_l, dtype=np.float64)
+    sa, sb = np.linalg.norm(a[:n, :n], axis=0), np.linalg.norm(b[:n, :n], axis=0)
+    return {"spacing_image": sa, "spacing_label": sb,
+            "origin_mm": float(np.abs(a[:n, -1] - b[:n, -1]).max()),
+            "direction": float(np.abs(a[:n, :n] / sa - b[:n, :n] / sb).max())}
+
+
 def check_same_geometry(
-    image_file: str, label_file: str, shape_i, shape_l, affine_i=None, affine_l=None, atol: float = 1e-3
-) -> None:
-    """Raise naming both files if spatial shapes (or affines) of image and label differ."""
+    image_file: str, label_file: str, shape_i, shape_l, affine_i=None, affine_l=None
+) -> str | None:
+    """Raise naming both files if the spatial shapes (or, with affines, the voxel spacings) of image
+    and label differ. An origin or direction that differs beyond the tolerances above is logged once
+    per pair (the label is then used on the image's grid: :class:`CheckSameGeometryd`) and returned
+    as that warning text; None when the grids agree."""
     if tuple(shape_i) != tuple(shape_l):
         raise DatasetError(
             f"image {image_file} has shape {tuple(shape_i)} but its label {label_file} has shape "
             f"{tuple(shape_l)}; they must be on the same grid"
         )
-    if affine_i is not None and affine_l is not None:
-        a, b = np.asarray(affine_i, dtype=np.float64), np.asarray(affine_l, dtype=np.float64)
-        for f, m in ((image_file, a), (label_file, b)):
-            problem = affine_problem(m, len(tuple(shape_i)))
-            if problem:  # never "different affines" for two identical broken matrices
-                raise DatasetError(f"{f}: bad NIfTI header: {problem}; fix the header (e.g. with nibabel or 3D Slicer)")
-        if a.shape != b.shape or not np.allclose(a, b, atol=atol, rtol=1e-4):
-            raise DatasetError(
-                f"image {image_file} and its label {label_file} have different affines "
-                f"(voxel-to-world matrices):\n{np.round(a, 4)}\nvs\n{np.round(b, 4)}"
-            )
+    if affine_i is None or affine_l is None:
+        return None
+    n = len(tuple(shape_i))
+    a, b = np.asarray(affine_i, dtype=np.float64), np.asarray(affine_l, dtype=np.float64)
+    for f, m in ((image_file, a), (label_file, b)):
+        problem = affine_problem(m, n)
+        if problem:  # never "different affines" for two identical broken matrices
+            raise DatasetError(f"{f}: bad NIfTI header: {problem}; fix the header (e.g. with nibabel or 3D Slicer)")
+    d = geometry_difference(a, b, min(n, a.shape[0] - 1, b.shape[0] - 1))
+    if not np.allclose(d["spacing_image"], d["spacing_label"], rtol=SPACING_RTOL, atol=0.0):
+        raise DatasetError(
+            f"image {image_file} and its label {label_file} have different affines (voxel-to-world matrices) "
+            f"with different voxel spacings: {_fmt_spacing(d['spacing_image'])} vs {_fmt_spacing(d['spacing_label'])} "
+            "mm; a label must be on its image's grid"
+        )
+    if d["origin_mm"] <= ORIGIN_ATOL_MM and d["direction"] <= DIRECTION_ATOL:
+        return None
+    warning = (f"label {label_file} and its image {image_file} differ in origin by up to {d['origin_mm']:.4g} mm "
+               f"and in direction cosines by up to {d['direction']:.4g} (same shape and spacing): the label is "
+               "used on the image's grid, as nnU-Net does")
+    if (image_file, label_file) not in _warned_geometry:
+        _warned_geometry.add((image_file, label_file))
+        log.warning("%s", warning)
+    return warning
+
+
+def _fmt_spacing(s) -> str:
+    return " x ".join(f"{float(v):.6g}" for v in s)
 
 
 def check_nifti_pair(image_file: str, label_file: str, ndim: int = 3) -> None:
@@ -179,10 +220,45 @@ def _same_grid(ref: str, f: str, shape0, shape, affine0=None, affine=None) -> No
         )
 
 
-def check_channel_files(images: Sequence[str], label: str | None, spatial_dims: int) -> None:
-    """Header-only check of an nnU-Net case (one file per channel): every file readable, a
-    single-channel ``spatial_dims``-D image, all channels on the grid of channel 0 (shape, and affine
-    for NIfTI), and the label (if given) on that grid too."""
+#: Pillow modes of a 2-D file that holds several channels, and how many (nnU-Net's natural-image
+#: convention: one ``<case>_0000.png`` in RGB for ``channel_names`` R, G, B)
+MULTICHANNEL_MODES = {"RGB": 3}
+
+
+def image_file_channels(path: str | Path) -> tuple[int, str]:
+    """``(channels, PIL mode)`` of a 2-D channel file from its header: 1 for a grayscale mode, 3 for
+    RGB; any other mode is a :class:`DatasetError` naming the file."""
+    _, mode = read_image_header(path)
+    if mode in GRAY_MODES:
+        return 1, mode
+    if mode in MULTICHANNEL_MODES:
+        return MULTICHANNEL_MODES[mode], mode
+    raise DatasetError(f"{path}: image mode {mode!r} is neither single-channel (grayscale) nor RGB; convert it "
+                       "(e.g. with Pillow: Image.open(f).convert('RGB'))")
+
+
+def check_file_channels(files: Sequence[str], n_channels: int, names: Sequence[str] | None = None) -> None:
+    """The 2-D files of one case must hold ``n_channels`` channels together: one grayscale file per
+    channel, or a single multi-channel (RGB) file holding them all. The error names the file."""
+    found = [(f, *image_file_channels(f)) for f in files]
+    listed = f"{n_channels} channel(s)" + (f" ({', '.join(names)})" if names else "")
+    for f, k, mode in found:
+        if k > 1 and (len(files) > 1 or k != n_channels):
+            alone = "" if len(files) == 1 else f", beside {len(files) - 1} other channel file(s) of its case"
+            raise DatasetError(
+                f"{f}: a {k}-channel ({mode}) image{alone}, but channel_names lists {listed}; a case is either "
+                "one grayscale file per channel (<case>_0000, <case>_0001, ...) or one RGB file for three channels"
+            )
+
+
+def check_channel_files(images: Sequence[str] | str, label: str | None, spatial_dims: int,
+                        n_channels: int | None = None, names: Sequence[str] | None = None) -> None:
+    """Header-only check of an nnU-Net case: every file readable, all channels on the grid of
+    channel 0 (shape, and affine for NIfTI), and the label (if given) on that grid too (spacing;
+    origin and direction may differ, with a warning: :func:`check_same_geometry`). 3-D: one
+    single-channel volume per channel; 2-D: one grayscale file per channel or, with
+    ``n_channels`` = 3, a single RGB file (:func:`check_file_channels`)."""
+    images = [images] if isinstance(images, (str, Path)) else list(images)
     if spatial_dims == 3:
         heads = {f: read_nifti_header(f) for f in [*images, *([label] if label else [])]}
         for f, h in heads.items():
@@ -194,15 +270,12 @@ def check_channel_files(images: Sequence[str], label: str | None, spatial_dims: 
         if label:
             check_same_geometry(images[0], label, h0.shape, heads[label].shape, h0.affine, heads[label].affine)
         return
-    sizes = {}
-    for f in [*images, *([label] if label else [])]:
-        sizes[f], mode = read_image_header(f)
+    check_file_channels(images, len(images) if n_channels is None else n_channels, names)
+    sizes = {f: read_image_header(f)[0] for f in images}
+    if label:
+        sizes[label], mode = read_image_header(label)
         if mode not in GRAY_MODES:
-            what = "label" if f == label else "channel file"
-            raise DatasetError(
-                f"{f}: a {what} must be single-channel (grayscale), this is mode {mode!r}; nnU-Net keeps each "
-                "channel in its own file (<case>_0000, <case>_0001, ... as listed in channel_names)"
-            )
+            raise DatasetError(f"{label}: a label must be single-channel (grayscale), this is mode {mode!r}")
     for f in images[1:]:
         _same_grid(images[0], f, sizes[images[0]], sizes[f])
     if label:

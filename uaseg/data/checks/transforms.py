@@ -8,6 +8,7 @@ from typing import Any, Hashable, Iterable, Mapping
 
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import LoadImaged, MapTransform
 
 from uaseg.data.checks.files import (
@@ -49,7 +50,10 @@ class LoadImageNamedd(MapTransform):
 
 class CheckSameGeometryd(MapTransform):
     """Image and label (already loaded, channel-first) must share spatial shape and, if
-    ``check_affine``, their affine. The error names both files."""
+    ``check_affine``, their voxel spacing; the error names both files. An origin or direction that
+    differs (:func:`~uaseg.data.checks.check_same_geometry`: a warning once per pair) is overridden:
+    the label takes the image's affine, so reorientation and resampling treat both alike (nnU-Net
+    works in array space and ignores the label's geometry)."""
 
     def __init__(self, image_key: str = "image", label_key: str = "label", check_affine: bool = True) -> None:
         super().__init__([image_key, label_key])
@@ -66,6 +70,8 @@ class CheckSameGeometryd(MapTransform):
             getattr(img, "affine", None) if self.check_affine else None,
             getattr(lab, "affine", None) if self.check_affine else None,
         )
+        if self.check_affine and isinstance(img, MetaTensor) and isinstance(lab, MetaTensor):
+            lab.affine = img.affine.clone()  # a freshly loaded tensor: set in place
         return d
 
 
