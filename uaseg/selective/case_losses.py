@@ -20,6 +20,13 @@ wrong; ``min_raw_jump`` records the most negative raw step (0 when monotone).
 
 Pooled over cases the steps (``steps``, ``case``, ``jump``) give the calibration risk of any subset
 of cases at every distinct breakpoint with one cumulative sum (what the split check needs).
+
+**Other kinds, patients** (:func:`risk_losses`). The same per-case count path (:func:`_count_path`:
+exact per-class TP/FP/FN after each tie group) gives every kind of :mod:`.risk_kinds` -- per-class
+``1 - Dice`` (``structure``: one :class:`CaseLosses` per class), the missed foreground fraction
+(``fnr``), the indicator ``1 - Dice > b`` (``tail@b``) -- and, with a case -> patient map, a
+patient's loss: the mean over its cases (a step function on the union of their breakpoints), then
+``tail``'s indicator. A unit's coverage index merges its cases' voxels.
 """
 from __future__ import annotations
 
