@@ -246,28 +246,38 @@ def tail_cases(seed, m=200):
     return stats_of(cases, 2)
 
 
+def empirical_splits(rl, alpha, n_cal, splits, seed=2):
+    """(splits, M) test risks of the plain empirical calibration (calibration mean <= alpha)."""
+    from uaseg.selective.risk_control import threshold_for
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(splits):
+        perm = rng.permutation(rl.n_units)
+        t, _, _ = threshold_for(rl, alpha, "empirical", None, cases=perm[:n_cal])
+        out.append([c.loss_at(t, perm[n_cal:]).mean() for c in rl.components])
+    return np.array(out)
+
+
 @pytest.mark.parametrize("kind", ["structure", "tail@0.2"])
 def test_guarantees_hold_on_random_splits_and_empirical_fails(kind):
+    """CRC with 20 calibration units (where its 1/(n+1) correction matters) and LTT with half the pool:
+    every guarantee holds, not by referring everything; the empirical calibration breaks both bounds."""
     stats = structure_cases(0) if kind == "structure" else tail_cases(0)
     rl = risk_losses(stats, kind)
-    alpha = 0.1
-    rows = check_splits(rl, (alpha,), ("crc", "ltt"), delta=0.1, n_cal=len(stats) // 2, splits=200, seed=1,
-                        pvalues=("hb", "wsr") if kind == "structure" else ("binom", "wsr"))
+    alpha, half = 0.1, len(stats) // 2
+    rows = check_splits(rl, (alpha,), ("crc",), n_cal=20, splits=300, seed=1) + \
+        check_splits(rl, (alpha,), ("ltt",), delta=0.1, n_cal=half, splits=200, seed=1,
+                     pvalues=("hb", "wsr") if kind == "structure" else ("binom", "wsr"))
     print(format_rows(rows))
     for r in rows:
         assert r["holds"], r
         assert r["refer_all"] < 0.5, r
-    crc = next(r for r in rows if r["method"] == "crc")
-    assert crc["mean_test_risk"] >= alpha - 0.03, crc      # nearly tight, not vacuous
-    # the plain empirical calibration (mean calibration loss <= alpha) breaks the bound
-    from uaseg.selective.risk_control import threshold_for
-    rng = np.random.default_rng(2)
-    emp = []
-    for _ in range(200):
-        perm = rng.permutation(rl.n_units)
-        t, _, _ = threshold_for(rl, alpha, "empirical", None, cases=perm[:rl.n_units // 2])
-        emp.append(max(c.loss_at(t, perm[rl.n_units // 2:]).mean() for c in rl.components))
-    assert np.mean(np.array(emp) > alpha) > 0.3
+    assert rows[0]["mean_test_risk"] >= alpha - 0.03, rows[0]      # CRC nearly tight, not vacuous
+    emp = empirical_splits(rl, alpha, 20, 300)                        # CRC's bound, empirically calibrated
+    mean, se = emp.mean(0), emp.std(0, ddof=1) / math.sqrt(len(emp))
+    assert np.any(mean > alpha + 3 * se), mean
+    emp = empirical_splits(rl, alpha, half, 200)                      # LTT's bound
+    assert np.mean((emp > alpha).any(1)) > 0.3
     if kind == "structure":   # controlling the class mean leaves the small structure above alpha
         d = calibrate(stats[:80], alpha, "crc", kind="dice")
         small = risk_losses(stats[80:], "structure").components[1].loss_at(d.threshold).mean()
