@@ -312,8 +312,8 @@ class Calibration:
         tail = "" if self.risk_kind.name == "tail" else "; this bounds the average over " + units + ", not every " + self.unit
         pat = ("" if self.unit == "patient" else
                "; calibrated on images, not patients: for a new patient it holds only if images are exchangeable")
-        if self.risk_kind.name == "structure":
-            tail += f" (all {len(self.components) or 'the'} structures at once" + (
+        if self.risk_kind.name == "structure" and len(self.components) > 1:
+            tail += f" (all {len(self.components)} structures at once" + (
                 f", Bonferroni delta/{len(self.components)} each)" if self.method == "ltt" else ")")
         if self.method == "crc":
             return (f"Conformal risk control on {n} calibration {units}: {where}, and for {new}, in "
