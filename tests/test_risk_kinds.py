@@ -282,3 +282,12 @@ def test_guarantees_hold_on_random_splits_and_empirical_fails(kind):
         d = calibrate(stats[:80], alpha, "crc", kind="dice")
         small = risk_losses(stats[80:], "structure").components[1].loss_at(d.threshold).mean()
         assert small > alpha + 0.02
+
+
+def test_records_written_before_risk_kinds_still_load():
+    """A checkpoint calibrated before this change: the Dice risk, per case, its minimum recomputed."""
+    old = {"method": "crc", "alpha": 0.05, "delta": None, "n_calibration": 10, "threshold": float("-inf"),
+           "feasible": False, "risk": 0.0, "coverage": 0.0, "spread": {}}
+    c = Calibration.from_dict(old)
+    assert (c.kind, c.unit, c.pvalue, c.warning) == ("dice", "case", None, None)
+    assert "at least 19 needed" in c.statement and "Dice risk" in c.statement

@@ -304,7 +304,9 @@ class Calibration:
         what = self.risk_kind.describe(a, self.unit)
         name = self.method if self.method == "crc" else f"ltt ({self.pvalue or 'hb'})"
         if not self.feasible:
-            return (f"{n} calibration {units} cannot certify that {what} with {name} (at least {self.n_min} "
+            need = self.n_min if self.n_min is not None else min_calibration_cases(   # records before n_min
+                a, self.method, self.delta, self.pvalue or "hb", max(1, len(self.components)))
+            return (f"{n} calibration {units} cannot certify that {what} with {name} (at least {need} "
                     "needed): every voxel is referred.")
         where = ("every voxel is referred (no threshold that covers voxels meets the bound)"
                  if self.threshold == NEG_INF else f"voxels with uncertainty above {self.threshold:.6g} are referred")
