@@ -260,6 +260,7 @@ def test_risk_kinds_pvalue_and_patients_reach_calibration_prediction_and_summary
     assert got["unit"] == "patient" and got["n_calibration"] == len(set(units.values())) and got["n_images"] == 8
     assert got["threshold"] == calibrate(stats, 0.4, "crc", units=units).threshold
     assert record["units"] == units
+    assert RiskControlSettings.from_config({"alpha": 0.4, "unit": "case"}).units(dm) is None   # unit=case: per image
     # the run's summary: every kind's realised test value
     summary = json.loads((run / "summary.json").read_text())
     arrays = [np.load(f) for f in sorted((run / "predictions").glob("*.npz"))]
