@@ -165,18 +165,18 @@ def case_losses(stats: list[CaseStats]) -> CaseLosses:
     return risk_losses(stats, "dice").components[0]
 
 
-def _component_losses(indexes: list, unit_bp: list, unit_vals: list) -> CaseLosses:
-    """A :class:`CaseLosses` from each unit's breakpoints (ascending, distinct) and its loss on each
-    interval (``vals[0]`` below every breakpoint = 0, everything referred)."""
-    steps, cases, jumps, worst = [], [], [], 0.0
-    for i, (bp, vals) in enumerate(zip(unit_bp, unit_vals)):
-        raw = np.diff(vals)
-        env = np.diff(np.maximum.accumulate(vals))
-        keep = env > 0
-        steps.append(bp[keep])
-        jumps.append(env[keep])
-        cases.append(np.full(int(keep.sum()), i, dtype=np.int64))
-        worst = min(worst, float(raw.min()) if raw.size else 0.0)
+def _unit_steps(bp: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(breakpoints, envelope jumps > 0, most negative raw jump) of one unit's loss, from its distinct
+    breakpoints ascending and its loss on each interval (``vals[0]`` = 0: everything referred)."""
+    raw = np.diff(vals)
+    env = np.diff(np.maximum.accumulate(vals))
+    keep = env > 0
+    return bp[keep], env[keep], float(min(raw.min(), 0.0)) if raw.size else 0.0
+
+
+def _component_losses(indexes: list, steps: list, jumps: list, worst: float) -> CaseLosses:
+    """A :class:`CaseLosses` from each unit's kept breakpoints and jumps."""
+    cases = [np.full(v.size, i, dtype=np.int64) for i, v in enumerate(steps)]
     steps, cases, jumps = np.concatenate(steps), np.concatenate(cases), np.concatenate(jumps)
     order = np.argsort(steps, kind="stable")
     steps, cases, jumps = steps[order], cases[order], jumps[order]
@@ -231,27 +231,31 @@ def risk_losses(stats: list[CaseStats], kind="dice", units: dict | None = None) 
     unit_of, names = unit_numbers([s.case_id for s in stats], units)
     members = [np.flatnonzero(unit_of == g) for g in range(len(names))]
     m = n_components(kind, stats[0].counts.shape[0] + 1)
-    paths = [_count_path(s) for s in stats]
-    unit_bp, unit_vals = [], []          # per unit: bp (D,), values (D + 1, M)
-    for idx in members:
+    steps = [[] for _ in range(m)]       # per component, per unit: kept breakpoints and jumps
+    jumps = [[] for _ in range(m)]
+    worst = [0.0] * m
+    for idx in members:                  # count paths one unit at a time: (G, C, 3) each, freed after
         if idx.size == 1:                # exact values, no sums of differences
-            bp, counts = paths[idx[0]]
-            unit_bp.append(bp)
-            unit_vals.append(unit_transform(kind, base_values(kind, counts)))
-            continue
-        bps, jumps = [], []
-        for i in idx:
-            bp, counts = paths[i]
-            bps.append(bp)
-            jumps.append(np.diff(base_values(kind, counts), axis=0) / idx.size)
-        bp, jump = np.concatenate(bps), np.concatenate(jumps)
-        order = np.argsort(bp, kind="stable")
-        bp, cum = bp[order], np.cumsum(jump[order], axis=0)
-        ends = np.flatnonzero(np.append(bp[1:] != bp[:-1], True)) if bp.size else np.zeros(0, np.int64)
-        base = np.concatenate([np.zeros((1, m)), cum[ends]])
-        unit_bp.append(bp[ends])
-        unit_vals.append(unit_transform(kind, base))
+            bp, counts = _count_path(stats[idx[0]])
+            vals = unit_transform(kind, base_values(kind, counts))
+        else:
+            bps, diffs = [], []
+            for i in idx:
+                b, counts = _count_path(stats[i])
+                bps.append(b)
+                diffs.append(np.diff(base_values(kind, counts), axis=0) / idx.size)
+            b, d = np.concatenate(bps), np.concatenate(diffs)
+            order = np.argsort(b, kind="stable")
+            b, cum = b[order], np.cumsum(d[order], axis=0)
+            ends = np.flatnonzero(np.append(b[1:] != b[:-1], True)) if b.size else np.zeros(0, np.int64)
+            bp = b[ends]
+            vals = unit_transform(kind, np.concatenate([np.zeros((1, m)), cum[ends]]))
+        for j in range(m):
+            st, ju, w = _unit_steps(bp, vals[:, j])
+            steps[j].append(st)
+            jumps[j].append(ju)
+            worst[j] = min(worst[j], w)
     indexes = [stats[idx[0]].index if idx.size == 1 else SortedIndex.merge([stats[i].index for i in idx])
                for idx in members]
-    comps = [_component_losses(indexes, unit_bp, [v[:, j] for v in unit_vals]) for j in range(m)]
+    comps = [_component_losses(indexes, steps[j], jumps[j], worst[j]) for j in range(m)]
     return RiskLosses(kind, comps, names, np.array([idx.size for idx in members]))
