@@ -203,9 +203,10 @@ def test_report_rows_are_means_over_folds(tmp_path):
     assert len(rows) == 2   # one comparison: baseline and ours, one alpha
     base, ours = ([c.strip() for c in r.split("|")[1:-1]] for r in rows)
     assert base[1] == "baseline λ=0" and base[2:6] == ["dice", "crc", "0.05", "–"] and base[6] == "30"
-    assert base[7].startswith(f"{(0.04 + 0.07) / 2:.4f}") and base[-2] == "1/2"
-    assert ours[7].startswith(f"{(0.03 + 0.045) / 2:.4f}") and ours[-2] == "0/2"
-    assert ours[9] == "0.9000" and ours[11] == "0.250"
+    assert base[7] == "–"                                 # these summaries carry no threshold
+    assert base[8].startswith(f"{(0.04 + 0.07) / 2:.4f}") and base[-2] == "1/2"
+    assert ours[8].startswith(f"{(0.03 + 0.045) / 2:.4f}") and ours[-2] == "0/2"
+    assert ours[10] == "0.9000" and ours[12] == "0.250"
     assert base[-1] == "– / – / – (tail) / –"          # summaries written before every kind was measured
 
 

@@ -16,13 +16,14 @@ NOTE = (
     "foreground fraction). crc bounds the *expected* risk (over calibration and test "
     "draws, so one fold may exceed α); ltt bounds P(risk > α) ≤ δ. Both bound the mean over cases "
     "(patients when the dataset names them), not every case: *cases > α* is the mean fraction of test "
-    "cases above α; *all risks* = the realised test values of every kind at that threshold "
+    "cases above α; *threshold* = the mean over folds of the calibrated u threshold (– when every fold "
+    "refers everything); *all risks* = the realised test values of every kind at that threshold "
     "(Dice risk / worst structure / tail / FNR). *Oracle* = the coverage "
     "the test cases themselves would have allowed at risk α (no guarantee); *lost* = oracle − achieved. "
     "The validation cases also selected the checkpoint, which makes calibration slightly optimistic in "
     "principle."
 )
-FIELDS = ("n_calibration", "test_risk", "test_coverage", "oracle_coverage", "coverage_lost",
+FIELDS = ("n_calibration", "threshold", "test_risk", "test_coverage", "oracle_coverage", "coverage_lost",
           "test_fraction_above_alpha", "values.dice", "values.structure_max", "values.tail", "values.fnr")
 
 
@@ -77,14 +78,15 @@ def risk_rows(comparisons) -> list[dict]:
 
 
 def render_risk_table(rows) -> str:
-    lines = ["| # | Arm | Risk | Method | α | δ | n cal | Test risk | Test coverage | Oracle coverage | "
+    lines = ["| # | Arm | Risk | Method | α | δ | n cal | Threshold | Test risk | Test coverage | Oracle coverage | "
              "Coverage lost | Cases > α | Folds with risk > α | All risks (dice / worst structure / tail / fnr) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         every = " / ".join([_num(r["values.dice"]), _num(r["values.structure_max"]),
                             f"{_num(r['values.tail'], 3)} ({r['tail_name']})", _num(r["values.fnr"])])
         lines.append("| " + " | ".join([
             f"#{r['comparison']}", r["arm"], r["risk"], r["method"], r["alpha"], r["delta"], _num(r["n_calibration"], 0),
+            _num(r["threshold"]),
             _num(r["test_risk"]) + (f" (sd {_num(r['test_risk_std'])})" if r["n_folds"] > 1 else ""),
             _num(r["test_coverage"]), _num(r["oracle_coverage"]), _num(r["coverage_lost"]),
             _num(r["test_fraction_above_alpha"], 3), f"{r['folds_above_alpha']}/{r['n_folds']}", every]) + " |")
