@@ -170,6 +170,11 @@ def test_risk_control_refusals_before_training(tmp_path):
                          (["eval.risk_control.alpha=0.3", "train=false"], "uaseg calibrate"),
                          (["eval.risk_control.alpha=1.5"], r"alpha=1.5: expected"),
                          (["eval.risk_control.alpha=0.3", "eval.risk_control.method=ctt"], "choose from"),
+                         (["eval.risk_control.alpha=0.3", "eval.risk_control.risk=tail@2"], r"eval.risk_control.risk='?tail@2'?: expected"),
+                         (["eval.risk_control.alpha=0.3", "eval.risk_control.pvalue=bh"], r"eval.risk_control.pvalue='?bh'?: expected"),
+                         (["eval.risk_control.alpha=0.3", "eval.risk_control.unit=image"], r"eval.risk_control.unit='?image'?: expected"),
+                         (["eval.risk_control.alpha=0.2", "eval.risk_control.risk=fnr", "eval.risk_control.method=ltt",
+                           "eval.risk_control.pvalue=wsr"], r"fnr ltt alpha=0.2 delta=0.1 needs >= "),
                          (["eval.risk_control.alpha=0.3", "callbacks.model_checkpoint=null", "+trainer.enable_checkpointing=false"],
                           "no checkpoint is saved")]):
         cfg = _cfg(tmp_path / str(i), *extra)
@@ -197,7 +202,73 @@ def test_report_rows_are_means_over_folds(tmp_path):
     rows = [line for line in md.split("## Referral with a guarantee")[1].splitlines() if line.startswith("| #1 ")]
     assert len(rows) == 2   # one comparison: baseline and ours, one alpha
     base, ours = ([c.strip() for c in r.split("|")[1:-1]] for r in rows)
-    assert base[1] == "baseline λ=0" and base[2:5] == ["crc", "0.05", "–"] and base[5] == "30"
-    assert base[6].startswith(f"{(0.04 + 0.07) / 2:.4f}") and base[-1] == "1/2"
-    assert ours[6].startswith(f"{(0.03 + 0.045) / 2:.4f}") and ours[-1] == "0/2"
-    assert ours[8] == "0.9000" and ours[10] == "0.250"
+    assert base[1] == "baseline λ=0" and base[2:6] == ["dice", "crc", "0.05", "–"] and base[6] == "30"
+    assert base[7] == "–"                                 # these summaries carry no threshold
+    assert base[8].startswith(f"{(0.04 + 0.07) / 2:.4f}") and base[-2] == "1/2"
+    assert ours[8].startswith(f"{(0.03 + 0.045) / 2:.4f}") and ours[-2] == "0/2"
+    assert ours[10] == "0.9000" and ours[12] == "0.250"
+    assert base[-1] == "– / – / – (tail) / –"          # summaries written before every kind was measured
+
+
+def test_risk_kinds_pvalue_and_patients_reach_calibration_prediction_and_summary(risk_run, tmp_path, capsys):
+    """uaseg calibrate risk=/pvalue= store one calibration per kind, equal to calibrating the validation
+    stats directly; predict.py risk_kind= uses it and writes the kind, the guarantee and every kind's
+    value; a datamodule naming patients makes n count patients; the run's summary carries every kind's
+    realised test value (FNR against brute force on the saved arrays)."""
+    run, best, cfg = risk_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    ckpt = copy / "checkpoints" / best.name
+    assert cli_main(["calibrate", str(copy), "alpha=0.3", "risk=[structure,tail@0.4,fnr]", "method=ltt",
+                     "delta=0.2", "pvalue=wsr"]) == 0
+    out = capsys.readouterr().out
+    assert "added ltt tail@0.4 alpha=0.3" in out and "Waudby-Smith-Ramdas" in out
+    cals = torch.load(ckpt, map_location="cpu", weights_only=True)[RISK_CONTROL_KEY]["calibrations"]["ltt"]
+    assert {"structure:0.3", "tail@0.4:0.3", "fnr:0.3"} <= set(cals)
+    module = SelectiveSegModule.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu")
+    dm = build_datamodule(cfg.dataset)
+    stats = validation_stats(module, dm)
+    for kind in ("structure", "tail@0.4", "fnr"):
+        stored = cals[f"{kind}:0.3"]
+        assert stored["threshold"] == calibrate(stats, 0.3, "ltt", 0.2, kind=kind, pvalue="wsr").threshold
+        assert stored["kind"] == kind and stored["pvalue"] == "wsr" and stored["unit"] == "case"
+        tail = "tail@0.4" if kind.startswith("tail") else "tail@0.3"    # its own beta, else alpha
+        assert set(stored["values"]) == {"dice", "structure", "structure_max", tail, "fnr"}
+        assert "close to the minimum" in stored["warning"]
+    png = tmp_path / "tile.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)).save(png)
+    (rec,) = predict_files(ckpt, png, tmp_path / "p", risk=0.3, risk_kind="tail@0.4")
+    rc = rec["risk_control"]
+    assert rec["threshold"] == cals["tail@0.4:0.3"]["threshold"] and rc["risk"] == "tail@0.4"
+    assert "below Dice 0.6" in rc["guarantee"] and rc["calibration_values"]["fnr"] == cals["tail@0.4:0.3"]["values"]["fnr"]
+    with pytest.raises(PredictError, match="risk_kind=structure"):
+        predict_files(ckpt, png, tmp_path / "q", risk=0.5, risk_kind="structure")
+    with pytest.raises(PredictError, match="risk_kind"):
+        predict_files(ckpt, png, tmp_path / "q", risk=0.3, risk_kind="dise")
+    assert cli_main(["calibrate", str(copy), "alpha=0.3", "risk=dice", "method=ltt", "pvalue=binom"]) == 2
+    assert "binom is valid only for 0/1 losses" in capsys.readouterr().err
+    # patients: the hook on the datamodule (default none), then a dataset that names two images per patient
+    assert dm.case_units("val") is None
+    for split in dm.splits.values():
+        for i, c in enumerate(split):
+            c["patient"] = f"{c['case_id'][:-1]}"        # case_010..019 -> patient case_01
+    units = dm.case_units("val")
+    assert len(set(units.values())) < len(units) == 8
+    from uaseg.inference.calibrate import RiskControlSettings, calibrate_checkpoint
+    settings = RiskControlSettings.from_config({"alpha": 0.4, "risk": "dice"})
+    record, _ = calibrate_checkpoint(ckpt, settings, dm, write=False, overwrite=True)
+    got = record["calibrations"]["crc"]["0.4"]
+    assert got["unit"] == "patient" and got["n_calibration"] == len(set(units.values())) and got["n_images"] == 8
+    assert got["threshold"] == calibrate(stats, 0.4, "crc", units=units).threshold
+    assert record["units"] == units
+    assert RiskControlSettings.from_config({"alpha": 0.4, "unit": "case"}).units(dm) is None   # unit=case: per image
+    # the run's summary: every kind's realised test value
+    summary = json.loads((run / "summary.json").read_text())
+    arrays = [np.load(f) for f in sorted((run / "predictions").glob("*.npz"))]
+    r = summary["risk_control"]["crc"]["0.3"]
+    t = -np.inf if r["threshold"] is None else r["threshold"]
+    fnr = [np.sum((z["label"] > 0) & (np.where(z["uncertainty"] > t, z["label"], z["prediction"]) != z["label"]))
+           / max(1, np.sum(z["label"] > 0)) for z in arrays]
+    assert r["test_values"]["fnr"] == pytest.approx(np.mean(fnr), abs=1e-9)
+    assert r["test_values"]["tail@0.3"] == pytest.approx(r["test_fraction_above_alpha"])
+    assert r["test_values"]["dice"] == pytest.approx(r["test_risk"])

@@ -75,15 +75,16 @@ def run_ensemble(args) -> int:
     return 0
 
 
-CALIBRATE_KEYS = ("alpha", "method", "delta", "overwrite", "device", "trust_checkpoint")
+CALIBRATE_KEYS = ("alpha", "risk", "method", "delta", "pvalue", "unit", "overwrite", "device", "trust_checkpoint")
 
 
 def add_calibrate(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a run folder (its selected checkpoint: the one it tested, per summary.json, else its "
                                "single checkpoints/best-*.ckpt) or a checkpoint file")
     p.add_argument("options", nargs="*", metavar="key=value",
-                   help="alpha=0.05 or alpha=[0.02,0.05] (required), method=crc|ltt|[crc,ltt] (crc), "
-                        "delta=0.1 (ltt), overwrite=true (replace an existing calibration), device=cpu|cuda, "
+                   help="alpha=0.05 or alpha=[0.02,0.05] (required), risk=dice|structure|tail@0.15|fnr or a list "
+                        "(dice), method=crc|ltt|[crc,ltt] (crc), delta=0.1 (ltt), pvalue=hb|wsr|binom (ltt; hb), "
+                        "unit=patient|case (patient: when the dataset names patients), overwrite=true (replace an existing calibration), device=cpu|cuda, "
                         "trust_checkpoint=true (a checkpoint naming classes uaseg does not configure)")
 
 
@@ -102,10 +103,11 @@ def run_calibrate(args) -> int:
             raise UserError(f"unknown option(s) {bad}; use key=value with keys {list(CALIBRATE_KEYS)}")
         opts = OmegaConf.to_container(OmegaConf.from_dotlist(args.options))
         settings = RiskControlSettings.from_config(
-            {"alpha": opts.get("alpha"), "method": opts.get("method", "crc"), "delta": opts.get("delta", 0.1)},
+            {"alpha": opts.get("alpha"), "method": opts.get("method", "crc"), "delta": opts.get("delta", 0.1),
+             "risk": opts.get("risk", "dice"), "pvalue": opts.get("pvalue", "hb"), "unit": opts.get("unit", "patient")},
             where="uaseg calibrate")
         if settings is None:
-            raise UserError("uaseg calibrate needs alpha=<Dice risk in (0, 1)> (or a list, alpha=[0.02,0.05])")
+            raise UserError("uaseg calibrate needs alpha=<risk level in (0, 1)> (or a list, alpha=[0.02,0.05])")
         check_config({k: opts[k] for k in ("overwrite", "trust_checkpoint") if k in opts})  # true or false
         ckpt = find_best_checkpoint(args.run)
         record, changes = calibrate_checkpoint(ckpt, settings, device=opts.get("device", "cpu"),
@@ -117,8 +119,11 @@ def run_calibrate(args) -> int:
     print(f"{ckpt}: calibrated on {record['n_calibration']} validation cases; everything else in the file kept")
     for c in changes:
         print(f"  {c}")
-    for m, a in settings.pairs():
-        print(f"  {Calibration.from_dict(record['calibrations'][m][alpha_key(a)]).statement}")
+    for k, m, a in settings.triples():
+        cal = Calibration.from_dict(record["calibrations"][m][alpha_key(a, k)])
+        print(f"  {cal.statement}")
+        if cal.warning:
+            print(f"  warning: {cal.warning}")
     print("  (the run's summary.json is unchanged: its test report was written before this calibration)")
     return 0
 
@@ -152,7 +157,7 @@ def run_export_demo(args) -> int:
 COMMANDS = {
     "report": (add_report, run_report, "Table 1, paired tests and figures from a (partial) multirun"),
     "ensemble": (add_ensemble, run_ensemble, "deep ensembles of the runs of a multirun that differ only in seed"),
-    "calibrate": (add_calibrate, run_calibrate, "calibrate a run's selected checkpoint for a Dice risk alpha, with a guarantee"),
+    "calibrate": (add_calibrate, run_calibrate, "calibrate a run's selected checkpoint for a risk level alpha (Dice, per structure, tail, FNR), with a guarantee"),
     "export-demo": (add_export_demo, run_export_demo, "write the built-in dataset's test cases as PNG / NIfTI files for predict.py"),
 }
 

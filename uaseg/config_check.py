@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from uaseg.config_domains import Batches, Choice, Flag, Names, Number, Numbers
+from uaseg.config_domains import Batches, Choice, Flag, Names, Number, Numbers, RiskKinds
 from uaseg.errors import ConfigError, UserError, first_cause
 
 _ABSENT = object()
@@ -58,6 +58,7 @@ DOMAINS: dict[str, Any] = {
     "threshold": Number(null=True, note="refer voxels with uncertainty u > threshold"),
     "risk": Number(0, 1, low_open=True, high_open=True, null=True, note="the Dice risk alpha to control"),
     "risk_method": Choice(("crc", "ltt"), null=True),
+    "risk_kind": RiskKinds(many=False, null=True),
     "overwrite": Flag(),
     "trust_checkpoint": Flag(),
     # loss
@@ -148,6 +149,9 @@ DOMAINS: dict[str, Any] = {
     "eval.risk_control.alpha": Numbers(Number(0, 1, low_open=True, high_open=True), scalar=True, null=True,
                                        note="Dice risk levels"),
     "eval.risk_control.delta": Number(0, 1, low_open=True, high_open=True),
+    "eval.risk_control.risk": RiskKinds(),
+    "eval.risk_control.pvalue": Choice(("hb", "wsr", "binom")),
+    "eval.risk_control.unit": Choice(("patient", "case")),
 }
 
 

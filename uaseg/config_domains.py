@@ -129,3 +129,29 @@ class Names:
     def allows(self, v: Any) -> bool:
         known = set(self.options())
         return isinstance(v, (list, tuple)) and len(v) > 0 and len(set(v)) == len(v) and all(x in known for x in v)
+
+
+@dataclass(frozen=True)
+class RiskKinds:
+    """Risk kinds of risk control (:mod:`uaseg.selective.risk_kinds`): one (``dice``, ``structure``,
+    ``tail@0.15``, ``fnr``) or, with ``many``, a non-empty list of distinct ones."""
+
+    many: bool = True
+    null: bool = False
+
+    def describe(self) -> str:
+        from uaseg.selective.risk_kinds import KIND_HELP
+
+        return ("null or " if self.null else "") + KIND_HELP + (", or a list of them" if self.many else "")
+
+    def allows(self, v: Any) -> bool:
+        from uaseg.selective.risk_kinds import parse_kind
+
+        if v is None:
+            return self.null
+        items = list(v) if (self.many and isinstance(v, (list, tuple))) else [v]
+        try:
+            keys = [parse_kind(x).key for x in items if isinstance(x, str)]
+        except ValueError:
+            return False
+        return len(keys) == len(items) > 0 and len(set(keys)) == len(keys)

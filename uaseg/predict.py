@@ -13,7 +13,7 @@ from uaseg.errors import ConfigError, PredictError
 from uaseg.inference import predict_files
 
 USAGE = ("python predict.py ckpt=<checkpoint> input=<file or folder> output=<folder> coverage=<0..1> "
-         "(or threshold=<u>, or risk=<alpha> with a calibrated checkpoint)")
+         "(or threshold=<u>, or risk=<alpha> [risk_kind=dice|structure|tail@b|fnr] with a calibrated checkpoint)")
 
 
 def main(cfg: Any) -> list[dict]:
@@ -37,4 +37,5 @@ def main(cfg: Any) -> list[dict]:
         trust_checkpoint=cfg.get("trust_checkpoint", False),
         risk=cfg.get("risk"),
         risk_method=cfg.get("risk_method"),
+        risk_kind=cfg.get("risk_kind"),
     )

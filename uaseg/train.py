@@ -21,7 +21,8 @@ from uaseg.errors import (
     ConfigError, NonFiniteLossError, RunFolderError, TerminatedError, UserError, describe, root_cause,
 )
 from uaseg.identity import run_identity
-from uaseg.inference.calibrate import RiskControlSettings, calibrate_checkpoint, fit_temperature_on_validation
+from uaseg.inference.calibrate import (RiskControlSettings, calibrate_checkpoint, count_units,
+                                      fit_temperature_on_validation)
 from uaseg.io import WriteError, check_checkpoint_file, update_checkpoint, write_json
 from uaseg.models import SelectiveSegModule
 from uaseg.runfolder import claim_run_folder, discard_unused_folder, release_run_folder, retire_failure
@@ -296,7 +297,9 @@ def _risk_control_settings(cfg: DictConfig, datamodule) -> RiskControlSettings |
     if "max_softmax" not in cfg.eval.scores:
         raise ConfigError("eval.risk_control calibrates u = 1 - max softmax: list max_softmax in eval.scores")
     datamodule.setup()
-    settings.check_size(len(datamodule.splits["val"]))
+    units = settings.units(datamodule)
+    settings.check_size(count_units([c["case_id"] for c in datamodule.splits["val"]], units),
+                        datamodule.num_classes, "validation patients" if units else "validation cases")
     return settings
 
 

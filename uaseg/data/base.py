@@ -167,6 +167,17 @@ class SegDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._whole_image_loader("test")
 
+    def case_units(self, split: str) -> dict[str, str] | None:
+        """``{case id: patient id}`` of a split, the unit risk control calibrates on (images of one
+        patient are not exchangeable with a new patient's); None when no case names its patient (each
+        case is then its own unit). A dataset names them with a non-empty ``"patient"`` in its case
+        dicts (GlaS: from ``Grade.csv``)."""
+        self.setup()
+        assert self.splits is not None
+        cases = self.splits[split]
+        named = {str(c["case_id"]): str(c["patient"]) for c in cases if c.get("patient")}
+        return named or None
+
     def describe(self) -> dict[str, Any]:
         """Short, JSON-able description for logs and summaries."""
         self.setup()

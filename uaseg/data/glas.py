@@ -19,7 +19,8 @@ the instance ids stay available as ``instances`` (``(B, 1, *spatial)`` int64) fo
 Images are RGB, scaled to [0, 1]. Spatial axes follow MONAI's PIL reader: ``(C, width, height)``.
 
 Splits: ``test`` = parts A and B; ``val`` carved from train (by patient when Grade.csv gives patient
-ids, so one patient's images are never both in train and val; otherwise by image).
+ids, so one patient's images are never both in train and val; otherwise by image). The patient ids are
+also the units risk control calibrates on (:meth:`SegDataModule.case_units`, ``eval.risk_control.unit``).
 ``cv_on_train=True`` instead runs ``num_folds``-fold cross-validation over the 85 training images
 (persisted ``splits_final.json``; ``fold`` picks the test fold, by image), ignoring parts A/B;
 ``fold`` is ignored unless ``cv_on_train`` is set.

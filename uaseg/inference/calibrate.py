@@ -21,9 +21,11 @@ import torch
 
 from uaseg.errors import ConfigError, PredictError, UserError
 from uaseg.io import save_torch
-from uaseg.selective.case_losses import case_losses
 from uaseg.selective.case_stats import CaseStats, make_case_stats
-from uaseg.selective.risk_control import METHODS, Calibration, alpha_key, calibrate, min_calibration_cases
+from uaseg.selective.case_losses import risk_losses, unit_numbers
+from uaseg.selective.risk_control import (METHODS, PVALUES, Calibration, alpha_key, calibrate, min_calibration_cases,
+                                          split_key)
+from uaseg.selective.risk_kinds import KIND_HELP, n_components, parse_kind
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +38,22 @@ def _as_tuple(x: Any) -> tuple:
     return (x,)
 
 
+UNITS = ("patient", "case")
+
+
 @dataclass(frozen=True)
 class RiskControlSettings:
     """The ``eval.risk_control`` group: ``alpha`` (one or a list), ``method`` (``crc``, ``ltt`` or
-    both), ``delta`` (``ltt``)."""
+    both), ``delta`` and ``pvalue`` (``ltt``: hb | wsr | binom), ``risk`` (the kinds to control, one or a
+    list: dice | structure | tail@b | fnr) and ``unit`` (patient: a dataset's patients when it names
+    them, else its cases; case: always cases)."""
 
     alphas: tuple[float, ...]
     methods: tuple[str, ...]
     delta: float
+    kinds: tuple[str, ...] = ("dice",)
+    pvalue: str = "hb"
+    unit: str = "patient"
 
     @classmethod
     def from_config(cls, cfg: Any, where: str = "eval.risk_control") -> "RiskControlSettings | None":
@@ -63,22 +73,56 @@ class RiskControlSettings:
             raise ConfigError(f"{where}.alpha={list(alphas)}: each alpha must be in (0, 1)")
         if not 0 < delta < 1:
             raise ConfigError(f"{where}.delta={delta}: must be in (0, 1)")
-        return cls(alphas, methods, delta)
+        try:
+            kinds = tuple(parse_kind(k).key for k in _as_tuple(cfg.get("risk", "dice")))
+        except ValueError as e:
+            raise ConfigError(f"{where}.risk: {e}") from None
+        if not kinds:
+            raise ConfigError(f"{where}.risk: give at least one of {KIND_HELP}")
+        pvalue = str(cfg.get("pvalue", "hb"))
+        if pvalue not in PVALUES:
+            raise ConfigError(f"{where}.pvalue={pvalue}: choose from {list(PVALUES)}")
+        if pvalue == "binom" and "ltt" in methods and not all(parse_kind(k).binary for k in kinds):
+            raise ConfigError(f"{where}.pvalue=binom is valid only for 0/1 losses: every risk must be tail@<beta> "
+                              "(use hb or wsr for the others)")
+        unit = str(cfg.get("unit", "patient"))
+        if unit not in UNITS:
+            raise ConfigError(f"{where}.unit={unit}: choose from {list(UNITS)}")
+        return cls(alphas, methods, delta, kinds, pvalue, unit)
 
     def pairs(self) -> list[tuple[str, float]]:
         return [(m, a) for m in self.methods for a in self.alphas]
 
-    def check_size(self, n: int) -> None:
-        """A clear error when ``n`` validation cases cannot certify every requested (method, alpha)."""
+    def triples(self) -> list[tuple[str, str, float]]:
+        """(risk kind, method, alpha) of every calibration asked for."""
+        return [(k, m, a) for k in self.kinds for m in self.methods for a in self.alphas]
+
+    def check_size(self, n: int, num_classes: int = 2, what: str = "validation cases") -> None:
+        """A clear error when ``n`` calibration units cannot certify every requested (kind, method, alpha)."""
         if n == 0:
             raise ConfigError("eval.risk_control: the validation split is empty; risk control calibrates on it")
-        short = [(m, a, k) for m, a in self.pairs() if n < (k := min_calibration_cases(a, m, self.delta))]
+        short = []
+        for kind, m, a in self.triples():
+            comps = n_components(parse_kind(kind), num_classes)
+            k = min_calibration_cases(a, m, self.delta, self.pvalue if m == "ltt" else "hb", comps)
+            if n < k:
+                short.append(("" if kind == "dice" else f"{kind} ") + f"{m} alpha={a:g}" + (f" delta={self.delta:g}" if m == "ltt" else "")
+                             + (f" ({comps} structures, Bonferroni)" if comps > 1 and m == "ltt" else "") + f" needs >= {k}")
         if short:
-            need = "; ".join(f"{m} alpha={a:g}" + (f" delta={self.delta:g}" if m == "ltt" else "") + f" needs >= {k}"
-                             for m, a, k in short)
             raise ConfigError(
-                f"eval.risk_control: {n} validation cases are too few ({need}); use more validation cases "
+                f"eval.risk_control: {n} {what} are too few ({'; '.join(short)}); use more validation cases "
                 "(dataset.val_fraction, more data) or a larger alpha (and delta)")
+
+    def units(self, datamodule) -> dict | None:
+        """Case id -> patient id of the validation cases (None: each case its own unit)."""
+        if self.unit != "patient" or not hasattr(datamodule, "case_units"):
+            return None
+        return datamodule.case_units("val")
+
+
+def count_units(case_ids: list, units: dict | None) -> int:
+    """Calibration units among these cases (patients, a case its patient map does not name counting alone)."""
+    return len(unit_numbers([str(c) for c in case_ids], units)[1])
 
 
 def validation_batches(module, datamodule, device: str | torch.device = "cpu"):
@@ -138,18 +182,22 @@ def fit_temperature_on_validation(module, datamodule, max_voxels: int, seed: int
 
 
 def _describe(m: str, key: str, d: dict) -> str:
-    return (f"{m} alpha={key}" + (f" delta={d['delta']:g}" if d.get("delta") is not None else "")
-            + f": threshold {d['threshold']:.6g}, validation coverage {d['coverage']:.4f}, risk {d['risk']:.4f}")
+    kind, alpha = split_key(key)
+    return (f"{m} " + ("" if kind == "dice" else f"{kind} ") + f"alpha={alpha:g}" + (f" delta={d['delta']:g} ({d.get('pvalue') or 'hb'})" if d.get("delta") is not None else "")
+            + f": threshold {d['threshold']:.6g}, validation coverage {d['coverage']:.4f}, risk {d['risk']:.4f}"
+            + f" on {d['n_calibration']} {d.get('unit', 'case')}s"
+            + ("" if d.get("expected_coverage") is None else f" (expected coverage at this n {d['expected_coverage']:.4f})"))
 
 
 def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamodule=None,
                          device: str | torch.device = "cpu", overwrite: bool = False,
                          write: bool = True, trust_checkpoint: bool = False) -> tuple[dict, list[str]]:
-    """Calibrate ``ckpt`` on its validation cases and add the result to it.
+    """Calibrate ``ckpt`` on its validation cases (per patient when the dataset names them and
+    ``settings.unit`` is ``patient``) and add the result to it.
 
     ``datamodule``: the run's (default: rebuilt from the dataset config in the checkpoint). An
-    existing calibration of the same (method, alpha) is replaced only with ``overwrite``. Returns the
-    stored record and one line per change; ``write=False`` computes without writing (DDP ranks > 0).
+    existing calibration of the same (method, risk, alpha) is replaced only with ``overwrite``. Returns
+    the stored record and one line per change; ``write=False`` computes without writing (DDP ranks > 0).
     The classes the checkpoint names are checked before any is built (:mod:`uaseg.trust`).
     """
     from uaseg.trust import check_checkpoint
@@ -163,7 +211,7 @@ def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamo
     check_checkpoint(checkpoint, path, trust=trust_checkpoint)
     old = checkpoint.get(RISK_CONTROL_KEY) or {}
     old_cals = old.get("calibrations") or {}
-    clash = [f"{m} alpha={alpha_key(a)}" for m, a in settings.pairs() if alpha_key(a) in old_cals.get(m, {})]
+    clash = [f"{m} {k} alpha={a:g}" for k, m, a in settings.triples() if alpha_key(a, k) in old_cals.get(m, {})]
     if clash and not overwrite:
         raise UserError(f"{path} is already calibrated for {', '.join(clash)}; pass overwrite=true to replace it")
     if datamodule is None:
@@ -172,24 +220,36 @@ def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamo
             raise UserError(f"{path} holds no dataset config (hyper-parameter 'dataset'); train it with a current train.py")
         datamodule = build_datamodule(dataset_cfg)
     datamodule.setup()
-    settings.check_size(len(datamodule.splits["val"]))   # before any segmentation
+    units = settings.units(datamodule)
+    val_ids = [str(c["case_id"]) for c in datamodule.splits["val"]]
+    what = "validation patients" if units else "validation cases"
+    settings.check_size(count_units(val_ids, units), datamodule.num_classes, what)   # before any segmentation
+    if settings.unit == "patient" and not units:
+        log.info("risk control: the dataset names no patient, so each validation case is its own unit")
     module = SelectiveSegModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=True,
                                                      trust_checkpoint=trust_checkpoint)
     stats = validation_stats(module, datamodule, device)
-    losses = case_losses(stats)
+    names = list(getattr(datamodule, "class_names", []) or [])
+    names = ["background", *names] if len(names) == module.num_classes - 1 else None
     cals = {m: dict(by) for m, by in old_cals.items()}
     changes = []
-    for m, a in settings.pairs():
-        new = calibrate(losses, a, m, settings.delta).to_dict()
-        key = alpha_key(a)
-        prev = cals.setdefault(m, {}).get(key)
-        changes.append(("replaced " if prev else "added ") + _describe(m, key, new)
-                       + (f" (was threshold {prev['threshold']:.6g})" if prev else ""))
-        if not new["feasible"] or new["threshold"] == float("-inf"):
-            log.warning("%s", Calibration.from_dict(new).statement)
-        cals[m][key] = new
+    for kind in settings.kinds:
+        losses = risk_losses(stats, kind, units)
+        for m, a in settings.pairs():
+            cal = calibrate(losses, a, m, settings.delta, pvalue=settings.pvalue, stats=stats, units=units,
+                            expected_coverage=True, class_names=names)
+            new = cal.to_dict()
+            key = alpha_key(a, kind)
+            prev = cals.setdefault(m, {}).get(key)
+            changes.append(("replaced " if prev else "added ") + _describe(m, key, new)
+                           + (f" (was threshold {prev['threshold']:.6g})" if prev else ""))
+            if not cal.feasible or cal.threshold == float("-inf"):
+                log.warning("%s", cal.statement)
+            if cal.warning:
+                log.warning("risk control: %s", cal.warning)
+            cals[m][key] = new
     record = {"score": "u = 1 - max softmax", "split": "val", "n_calibration": len(stats),
-              "case_ids": [s.case_id for s in stats], "calibrations": cals}
+              "case_ids": [s.case_id for s in stats], "units": units, "calibrations": cals}
     if write:
         checkpoint[RISK_CONTROL_KEY] = record
         save_torch(path, checkpoint)
@@ -209,33 +269,42 @@ def find_best_checkpoint(run: str | Path) -> Path:
     return path
 
 
-def risk_threshold(record: dict | None, ckpt: Path, risk: float, method: str | None = None) -> dict:
-    """Prediction's record for ``risk=alpha``: the calibrated threshold and its guarantee."""
+def risk_threshold(record: dict | None, ckpt: Path, risk: float, method: str | None = None,
+                   kind: str | None = None) -> dict:
+    """Prediction's record for ``risk=alpha`` (``risk_kind``: dice by default): the calibrated threshold,
+    its guarantee, and every kind's realised value on the calibration cases."""
+    try:
+        kind_key = parse_kind(kind or "dice").key
+    except ValueError as e:
+        raise PredictError(f"risk_kind: {e}") from None
     cals = (record or {}).get("calibrations") or {}
-    key = alpha_key(risk)
+    key = alpha_key(risk, kind_key)
     found = {m: by[key] for m, by in cals.items() if key in by}
-    have = ", ".join(f"{m} alpha={k}" for m, by in cals.items() for k in by) or "none"
+    have = ", ".join(f"{m} {' alpha='.join(map(str, split_key(k)))}" for m, by in cals.items() for k in by) or "none"
     # a run folder calibrates its best checkpoint; any other checkpoint is named as the file itself
     run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" and ckpt.name.startswith("best-") else ckpt
-    how = f"uaseg calibrate {run} alpha={risk:g}" + (f" method={method}" if method else "")
+    how = (f"uaseg calibrate {run} alpha={risk:g}" + (f" method={method}" if method else "")
+           + (f" risk={kind_key}" if kind_key != "dice" else ""))
     if method is not None and method not in METHODS:
         raise PredictError(f"risk_method={method}: choose from {list(METHODS)}")
     if (method not in found) if method is not None else not found:
-        raise PredictError(f"{ckpt} has no {method or 'risk'} calibration for risk={risk:g} (calibrated: {have}); "
-                           f"calibrate it on its run's validation cases with: {how}")
+        raise PredictError(f"{ckpt} has no {method or 'risk'} calibration for risk={risk:g} risk_kind={kind_key} "
+                           f"(calibrated: {have}); calibrate it on its run's validation cases with: {how}")
     if method is None and len(found) > 1:
         raise PredictError(f"{ckpt} is calibrated for risk={risk:g} with {' and '.join(found)}: choose one with "
                            f"risk_method={'|'.join(found)}")
     cal = Calibration.from_dict(found[method if method is not None else next(iter(found))])
     out = {"threshold": cal.threshold, "threshold_source": "risk",
-           "threshold_rule": f"calibrated on the validation cases for Dice risk {cal.alpha:g} ({cal.method}); "
-                             "refer voxels with u > threshold",
+           "threshold_rule": f"calibrated on the validation {cal.unit}s for {cal.kind} risk {cal.alpha:g} "
+                             f"({cal.method}); refer voxels with u > threshold",
            "requested_coverage": None, "validation_coverage": cal.coverage,
-           "risk_control": {"method": cal.method, "alpha": cal.alpha, "delta": cal.delta,
-                            "n_calibration": cal.n_calibration, "feasible": cal.feasible,
-                            "calibration_risk": cal.risk, "threshold": cal.threshold,
-                            "guarantee": cal.statement}}
+           "risk_control": {"risk": cal.kind, "method": cal.method, "pvalue": cal.pvalue, "alpha": cal.alpha,
+                            "delta": cal.delta, "unit": cal.unit, "n_calibration": cal.n_calibration,
+                            "feasible": cal.feasible, "calibration_risk": cal.risk, "threshold": cal.threshold,
+                            "expected_coverage": cal.expected_coverage, "calibration_values": cal.values,
+                            "components": cal.components, "guarantee": cal.statement,
+                            **({"warning": cal.warning} if cal.warning else {})}}
     if cal.threshold == float("-inf"):
         out["note"] = "threshold -inf: every voxel is referred (" + cal.statement + ")"
-    log.info("risk %.4g (%s) -> threshold %.6g: %s", risk, cal.method, cal.threshold, cal.statement)
+    log.info("risk %.4g (%s %s) -> threshold %.6g: %s", risk, cal.kind, cal.method, cal.threshold, cal.statement)
     return out

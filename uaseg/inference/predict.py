@@ -4,8 +4,8 @@ For each input, :func:`predict_files` writes the segmentation, the uncertainty `
 and the referral mask ``u > t`` on the input's own grid (see :mod:`uaseg.inference.files`) and a JSON
 record: the threshold and how it was chosen, the case's own coverage, voxel counts per class.
 
-Threshold: ``threshold=t`` is used as given; ``risk=alpha`` takes the threshold calibrated for that
-Dice risk with a guarantee (:mod:`uaseg.inference.calibrate`) and records the guarantee. ``coverage=c`` takes the threshold of the checkpoint's
+Threshold: ``threshold=t`` is used as given; ``risk=alpha`` (``risk_kind``: dice, structure, tail@b,
+fnr) takes the threshold calibrated for that risk with a guarantee (:mod:`uaseg.inference.calibrate`) and records the guarantee. ``coverage=c`` takes the threshold of the checkpoint's
 validation curve by :meth:`uaseg.selective.ThresholdGrid.threshold_at` (the point with coverage
 nearest ``c``; the grid has a point for every 0.1 % of coverage), so ``c`` is honoured on the
 validation images to within 0.05 % plus their tie groups; a new image's own coverage at that threshold
@@ -47,11 +47,12 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 def check_threshold_options(coverage: float | None, threshold: float | None, risk: float | None = None,
-                            risk_method: str | None = None) -> None:
+                            risk_method: str | None = None, risk_kind: str | None = None) -> None:
     """Each option in its domain (:mod:`uaseg.config_check`) and exactly one of ``coverage``,
     ``threshold`` and ``risk`` given (checked before any work)."""
     try:
-        check_config({"coverage": coverage, "threshold": threshold, "risk": risk, "risk_method": risk_method})
+        check_config({"coverage": coverage, "threshold": threshold, "risk": risk, "risk_method": risk_method,
+                      "risk_kind": risk_kind})
     except ConfigError as e:
         raise PredictError(str(e)) from None
     if sum(x is not None for x in (coverage, threshold, risk)) != 1:
@@ -59,14 +60,16 @@ def check_threshold_options(coverage: float | None, threshold: float | None, ris
                            "risk=<Dice risk alpha in (0, 1), from a calibrated checkpoint>")
     if risk_method is not None and risk is None:
         raise PredictError("risk_method= goes with risk=<alpha>")
+    if risk_kind is not None and risk is None:
+        raise PredictError("risk_kind= goes with risk=<alpha>")
 
 
 def choose_threshold(model: LoadedModel, ckpt: Path, coverage: float | None, threshold: float | None,
-                     risk: float | None = None, risk_method: str | None = None) -> dict:
+                     risk: float | None = None, risk_method: str | None = None, risk_kind: str | None = None) -> dict:
     """The threshold and the record of how it was chosen."""
-    check_threshold_options(coverage, threshold, risk, risk_method)
+    check_threshold_options(coverage, threshold, risk, risk_method, risk_kind)
     if risk is not None:
-        return risk_threshold(model.risk_control, ckpt, float(risk), risk_method)
+        return risk_threshold(model.risk_control, ckpt, float(risk), risk_method, risk_kind)
     if threshold is not None:
         threshold = float(threshold)
         return {"threshold": threshold, "threshold_source": "explicit",
@@ -100,14 +103,16 @@ def predict_files(
     trust_checkpoint: bool = False,
     risk: float | None = None,
     risk_method: str | None = None,
+    risk_kind: str | None = None,
 ) -> list[dict]:
     """Segment every input file with ``ckpt`` and write segmentation, uncertainty, referral mask and a
     JSON per file into ``output``. Exactly one of ``coverage`` (in (0, 1]; threshold from the
     checkpoint's validation curve), ``threshold`` (refer ``u > threshold``) and ``risk`` (the threshold
-    calibrated for that Dice risk alpha, method ``risk_method`` if several). Refuses to overwrite
+    calibrated for that risk level alpha of kind ``risk_kind`` (default dice), method ``risk_method`` if
+    several). Refuses to overwrite
     existing outputs unless ``overwrite``; every check runs before any computation. Returns the
     per-file JSON records."""
-    check_threshold_options(coverage, threshold, risk, risk_method)
+    check_threshold_options(coverage, threshold, risk, risk_method, risk_kind)
     dev = _device(device)
     ckpt = resolve_checkpoint(ckpt)  # a run folder -> its selected checkpoint
     ckpt_path = Path(ckpt).expanduser().resolve() if Path(ckpt).expanduser().exists() else Path(ckpt)
@@ -115,7 +120,7 @@ def predict_files(
     files, kind = list_inputs(inputs, skip_outputs_in=output)
 
     model = load_model(ckpt_path, "cpu", trust_checkpoint=trust_checkpoint)
-    chosen = choose_threshold(model, ckpt_path, coverage, threshold, risk, risk_method)
+    chosen = choose_threshold(model, ckpt_path, coverage, threshold, risk, risk_method, risk_kind)
     cases = model.datamodule.prediction_cases(files)  # one file per case, or nnU-Net's channel files
     names: dict[str, list[Path]] = {}
     for name, channel_files in cases:

@@ -352,9 +352,10 @@ class SelectiveSegModule(L.LightningModule):
             scalars[f"dice@{cov}"] = point.dice_mean
             scalars[f"dice_p5@{cov}"] = point.dice_p5
         for method, by_alpha in (result.risk_control or {}).items():
-            for alpha, r in by_alpha.items():
-                scalars[f"risk@{method}_{alpha}"] = r["test_risk"]
-                scalars[f"coverage@{method}_{alpha}"] = r["test_coverage"]
+            for alpha, r in by_alpha.items():   # alpha: "0.05" (Dice) or "structure:0.1"
+                key = alpha.replace(":", "_")
+                scalars[f"risk@{method}_{key}"] = r["test_risk"]
+                scalars[f"coverage@{method}_{key}"] = r["test_coverage"]
         self.log_dict({prefix + k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(v)})
 
     def _test_risk_control(self, metric: SelectiveSegmentationMetric) -> dict | None:
@@ -364,4 +365,8 @@ class SelectiveSegModule(L.LightningModule):
         if self.hparams.evaluation.get("quantize_bits") is not None:
             log.warning("the checkpoint's risk-control calibrations are not evaluated: eval.quantize_bits is set")
             return None
-        return evaluate_all(self.risk_calibration, metric.gathered_case_stats())
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        units = dm.case_units("test") if hasattr(dm, "case_units") else None   # patients, when named
+        names = list(getattr(dm, "class_names", ()) or ())
+        names = ["background", *names] if len(names) == self.num_classes - 1 else None
+        return evaluate_all(self.risk_calibration, metric.gathered_case_stats(), units, names)

@@ -75,14 +75,28 @@ def format_table(result: SelectiveResult, title: str = "Selective segmentation")
     return buf.getvalue()
 
 
+def _values_line(v: dict | None) -> str:
+    """Every kind's realised value (``realised_values``): Dice risk, worst structure, tail, FNR."""
+    if not v:
+        return ""
+    tail = next((k for k in v if k.startswith("tail@")), None)
+    return (f"; all risks: dice {v['dice']:.4f}, worst structure {v['structure_max']:.4f}"
+            + (f", {tail} {v[tail]:.3f}" if tail else "") + f", fnr {v['fnr']:.4f}")
+
+
 def format_risk_control(risk_control: dict) -> str:
-    """One line per calibrated (method, alpha) evaluated on the test cases (``result.risk_control``)."""
+    """One line per calibrated (method, risk, alpha) evaluated on the test cases (``result.risk_control``)."""
     lines = ["Referral with a guarantee (calibrated on the validation cases, measured on the test cases):"]
     for method, by_alpha in risk_control.items():
-        for alpha, r in by_alpha.items():
+        for key, r in by_alpha.items():
             t = r.get("threshold")
+            kind, _, alpha = key.rpartition(":")
             where = "refers everything" if t is None or t == float("-inf") else f"threshold {t:.6g}"
-            lines.append(f"  {method} alpha={alpha}: {where}; test risk {r['test_risk']:.4f}, coverage "
+            meth = method if method == "crc" else f"{method} ({r.get('pvalue') or 'hb'})"
+            lines.append(f"  {meth} {kind or 'dice'} alpha={alpha}: {where}; test risk {r['test_risk']:.4f}, coverage "
                          f"{r['test_coverage']:.4f} (oracle {r['oracle_coverage']:.4f}), "
-                         f"{100 * r['test_fraction_above_alpha']:.1f}% of cases above alpha")
+                         f"{100 * r['test_fraction_above_alpha']:.1f}% of {r.get('unit', 'case')}s above alpha"
+                         + _values_line(r.get("test_values")))
+            if r.get("warning"):
+                lines.append(f"    warning: {r['warning']}")
     return "\n".join(lines)

@@ -1,27 +1,41 @@
-"""A referral threshold with a statistical guarantee on the Dice risk (usable without Lightning).
+"""A referral threshold with a statistical guarantee on a risk of selective segmentation (usable
+without Lightning).
 
-The loss of case ``i`` at threshold ``t`` is ``L_i(t) = 1 - Dice_i`` with the voxels of ``u > t``
-referred (exact, non-decreasing in ``t``: :mod:`.case_losses`). From ``n`` calibration cases:
+The loss of unit ``i`` (a case, or a patient: the mean over its cases) at threshold ``t`` is one of
+the kinds of :mod:`.risk_kinds` (``dice``, ``structure``, ``tail@b``, ``fnr``), with the voxels of
+``u > t`` referred -- exact, in [0, 1], non-decreasing in ``t`` (:mod:`.case_losses`). From ``n``
+calibration units:
 
 * ``crc`` -- Conformal Risk Control (Angelopoulos, Bates, Fisch, Lei, Schuster, ICLR 2024): the
-  largest ``t`` with ``(n/(n+1)) R_n(t) + 1/(n+1) <= alpha`` (``R_n`` = mean ``L_i``; losses in
-  [0, 1]). Then ``E[L_test(t)] <= alpha``, the expectation over calibration and test case.
-* ``ltt`` -- Learn-then-Test (Angelopoulos, Bates, Candes, Jordan, Lei, 2021) with the
-  Hoeffding-Bentkus p-value of Bates et al. (RCPS, JACM 2021) for ``H_t: R(t) > alpha``, tested in
-  fixed sequence from the most referral (lowest ``t``) up, stopping at the first ``p > delta``.
-  Then ``P(R(t) <= alpha) >= 1 - delta`` over the calibration cases, ``R`` the expected case loss.
+  largest ``t`` with ``(n/(n+1)) R_n(t) + 1/(n+1) <= alpha`` (``R_n`` = mean ``L_i``). Then
+  ``E[L_test(t)] <= alpha``, the expectation over calibration and test unit.
+* ``ltt`` -- Learn-then-Test (Angelopoulos, Bates, Candes, Jordan, Lei, 2021), a p-value for
+  ``H_t: R(t) > alpha`` tested in fixed sequence from the most referral (lowest ``t``) up, stopping at
+  the first ``p > delta``. Then ``P(R(t) <= alpha) >= 1 - delta`` over the calibration units. The
+  p-value (``pvalue``): ``hb`` Hoeffding-Bentkus (Bates et al., RCPS, JACM 2021), a function of the
+  mean loss only; ``wsr`` Waudby-Smith-Ramdas betting (LTT's eq. for ``p^WSR``), which adapts to the
+  variance of the losses and is much less conservative when they are not 0/1; ``binom`` the exact
+  binomial test, valid only for 0/1 losses (``tail@b``), where it is tight.
+
+``structure`` controls ``K - 1`` losses with one threshold: CRC takes the smallest (most referring) of
+the per-class thresholds, so each class keeps ``E[L_k] <= alpha``; LTT tests each class at
+``delta / (K - 1)`` (Bonferroni) and takes the smallest, so all classes hold at once with probability
+``>= 1 - delta``.
 
 Exact over every distinct ``u`` of the calibration voxels: the risk only changes at wrong voxels'
 ``u``, so the answer is the largest calibration ``u`` below the first breakpoint where the condition
 fails (any value up to that breakpoint carries the same guarantee; we keep the calibration value,
-which refers slightly more on new images). The candidates depend on the data, which is fine here:
-with monotone losses both proofs only need the chosen ``t`` to satisfy the condition (for LTT the
-first threshold with ``R > alpha`` is fixed, and every ``t`` above it has a larger p-value).
+which refers slightly more on new images). Why data-dependent candidates are fine: the losses are
+constant between breakpoints, so the fixed hypothesis at ``t*`` (the smallest ``t`` with
+``R(t) > alpha``) has exactly the loss vector of the last tested state at or below it; a threshold
+``t >= t*`` is returned only if that state was rejected, which happens with probability <= delta
+whatever the p-value's shape (CRC only needs the chosen ``t`` to satisfy the condition).
 
-Infeasible -- too few cases for ``alpha`` (CRC: ``1/(n+1) > alpha``; LTT: ``(1-alpha)^n > delta``)
+Infeasible -- too few units for ``alpha`` (CRC: ``1/(n+1) > alpha``; LTT: ``p(all losses 0) > delta``)
 -- gives ``t = -inf``: refer everything (its risk is 0), with ``feasible = False`` and said plainly.
-Both guarantees are on the mean over cases (CRC: in expectation; LTT: with probability), not on every
-case: :func:`evaluate` also reports the spread of ``L_i`` and the fraction of cases above ``alpha``.
+Both guarantees are on the mean over units (CRC: in expectation; LTT: with probability); ``tail@b``
+is the kind that turns "not every case" into a controlled number. :func:`evaluate` reports every
+kind's realised value at the threshold.
 """
 from __future__ import annotations
 
@@ -30,34 +44,52 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .case_losses import CaseLosses, case_losses
+from .case_losses import CaseLosses, RiskLosses, risk_losses, unit_numbers
 from .case_stats import CaseStats
-from .dice_curve import case_dice, counts_at_threshold
+from .dice_curve import counts_at_threshold
+from .risk_kinds import RiskKind, n_components, parse_kind, values_at
 
 METHODS = ("crc", "ltt")
+PVALUES = ("hb", "wsr", "binom")
 NEG_INF = -math.inf
 QUANTILES = (0.5, 0.9, 0.95)
+#: a calibration with fewer than this many times the minimum number of units gets a warning
+NEAR_MINIMUM = 2.0
 
 
-def alpha_key(alpha: float) -> str:
-    """``0.05 -> "0.05"``: the key of a calibration in checkpoints and ``summary.json``."""
-    return f"{float(alpha):g}"
+def alpha_key(alpha: float, kind="dice") -> str:
+    """``0.05 -> "0.05"`` (the Dice risk, as before), ``("structure", 0.1) -> "structure:0.1"``: the
+    key of a calibration under its method in checkpoints and ``summary.json``."""
+    kind = parse_kind(kind)
+    return f"{float(alpha):g}" if kind.name == "dice" else f"{kind.key}:{float(alpha):g}"
 
 
-def check_settings(alpha: float, method: str, delta: float | None) -> None:
+def split_key(key: str) -> tuple[str, float]:
+    """``"structure:0.1" -> ("structure", 0.1)``, ``"0.05" -> ("dice", 0.05)``."""
+    kind, _, a = key.rpartition(":")
+    return (kind or "dice"), float(a)
+
+
+def check_settings(alpha: float, method: str, delta: float | None, pvalue: str = "hb", kind="dice") -> None:
     if method not in METHODS:
         raise ValueError(f"risk control method must be one of {METHODS}, got {method!r}")
     if not 0.0 < float(alpha) < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if method == "ltt" and (delta is None or not 0.0 < float(delta) < 1.0):
         raise ValueError(f"ltt needs delta in (0, 1), got {delta}")
+    if pvalue not in PVALUES:
+        raise ValueError(f"ltt p-value must be one of {PVALUES}, got {pvalue!r}")
+    if method == "ltt" and pvalue == "binom" and not parse_kind(kind).binary:
+        raise ValueError("the binomial p-value is valid only for 0/1 losses: risk kind tail@<beta>")
 
 
+# ------------------------------------------------------------------------------------------ p-values
 def hb_pvalue(loss_sum, n: int, alpha: float) -> np.ndarray:
     """Hoeffding-Bentkus p-value for ``H: R > alpha`` from ``loss_sum`` = n x mean loss in [0, 1]
     (Bates et al. 2021, Prop. 3.2; LTT eq. 13): ``min(exp(-n h(min(R,a), a)), e P(Bin(n,a) <=
-    ceil(n R)))``, ``h(x, a) = x log(x/a) + (1-x) log((1-x)/(1-a))``. ``n R`` is a float sum: values
-    within 1e-9 of an integer count as that integer."""
+    ceil(n R)))``, ``h(x, a) = x log(x/a) + (1-x) log((1-x)/(1-a))``. No tolerance on the ceiling: a
+    float sum that rounding put just above an integer counts as the next integer (conservative); sums
+    of 0/1 losses are exact."""
     from scipy.special import xlogy
     from scipy.stats import binom
 
@@ -65,43 +97,139 @@ def hb_pvalue(loss_sum, n: int, alpha: float) -> np.ndarray:
     r = np.minimum(s / n, alpha)
     h = xlogy(r, r / alpha) + xlogy(1 - r, (1 - r) / (1 - alpha))
     hoeffding = np.exp(-n * h)
-    bentkus = math.e * binom.cdf(np.ceil(s - 1e-9), n, alpha)
+    bentkus = math.e * binom.cdf(np.ceil(s), n, alpha)
     return np.minimum(np.minimum(hoeffding, bentkus), 1.0)
 
 
-def _ok(method: str, sums, n: int, alpha: float, delta: float | None) -> np.ndarray:
-    """Does the condition hold at calibration risk ``sums / n``? (monotone: True, then False)."""
+def binom_pvalue(loss_sum, n: int, alpha: float) -> np.ndarray:
+    """Exact binomial p-value ``P(Bin(n, alpha) <= n R)`` for 0/1 losses (their sum is an exact integer)."""
+    from scipy.stats import binom
+
+    return binom.cdf(np.ceil(np.asarray(loss_sum, dtype=np.float64)), n, alpha)
+
+
+def wsr_pvalue(losses, alpha: float, delta: float) -> np.ndarray:
+    """Waudby-Smith-Ramdas betting p-value for ``H: R > alpha`` (LTT, Angelopoulos et al. 2021,
+    Prop. of ``p^WSR``): ``1 / max_i K_i``, ``K_i = prod_{j<=i} (1 - nu_j (L_j - alpha))`` with the
+    predictable bet ``nu_j = min(1, sqrt(2 log(1/delta) / (n sigma_{j-1}^2)))``, ``sigma^2`` the running
+    variance estimate (``sigma_0^2 = 1/4``). Under H, ``K`` is a non-negative supermartingale, so Ville's
+    inequality makes ``p`` valid. ``losses``: (..., n) in the (exchangeable) order of the units."""
+    L = np.asarray(losses, dtype=np.float64)
+    n = L.shape[-1]
+    i = np.arange(1, n + 1, dtype=np.float64)
+    mu = (0.5 + np.cumsum(L, axis=-1)) / (1 + i)
+    sig2 = (0.25 + np.cumsum((L - mu) ** 2, axis=-1)) / (1 + i)
+    prev = np.concatenate([np.full(L.shape[:-1] + (1,), 0.25), sig2[..., :-1]], axis=-1)
+    nu = np.minimum(1.0, np.sqrt(2 * math.log(1 / delta) / (n * prev)))
+    log_k = np.cumsum(np.log1p(-nu * (L - alpha)), axis=-1)
+    return np.minimum(1.0, np.exp(-np.maximum(log_k.max(axis=-1), 0.0)))
+
+
+def _ok(method: str, sums, n: int, alpha: float, delta: float | None, pvalue: str = "hb") -> np.ndarray:
+    """Does the condition hold at calibration risk ``sums / n``? (``wsr``: at all-zero losses only;
+    states with losses go through :func:`_first_failure_wsr`)."""
     sums = np.asarray(sums, dtype=np.float64)
     if method == "crc":
         return (sums + 1.0) / (n + 1) <= alpha
     if method == "ltt":
-        return hb_pvalue(sums, n, alpha) <= delta
+        if pvalue == "hb":
+            return hb_pvalue(sums, n, alpha) <= delta
+        if pvalue == "binom":
+            return binom_pvalue(sums, n, alpha) <= delta
+        if np.any(sums != 0):
+            raise ValueError("the wsr p-value needs the losses, not their sum")
+        return np.broadcast_to(wsr_pvalue(np.zeros(n), alpha, delta) <= delta, sums.shape)
     if method == "empirical":  # the test set's own best: no guarantee (the oracle)
         return sums / n <= alpha
     raise ValueError(method)
 
 
-def min_calibration_cases(alpha: float, method: str, delta: float | None = None) -> int:
-    """Fewest calibration cases for which any threshold but "refer everything" can be certified."""
-    check_settings(alpha, method, delta)
-    guess = math.ceil(1 / alpha - 1) if method == "crc" else math.ceil(math.log(delta) / math.log1p(-alpha))
+def min_calibration_cases(alpha: float, method: str, delta: float | None = None, pvalue: str = "hb",
+                          components: int = 1) -> int:
+    """Fewest calibration units for which any threshold but "refer everything" can be certified
+    (``components``: losses controlled at once, LTT testing each at ``delta / components``)."""
+    check_settings(alpha, method, delta, pvalue, "tail@0.5" if pvalue == "binom" else "dice")
+    d = None if delta is None else float(delta) / max(1, components)
+    if method == "crc":
+        guess = math.ceil(1 / alpha - 1)
+    elif pvalue == "wsr":   # all-zero losses: K_n ~ (1 + alpha)^n
+        guess = math.ceil(math.log(1 / d) / math.log1p(alpha))
+    else:                   # (1 - alpha)^n <= d
+        guess = math.ceil(math.log(d) / math.log1p(-alpha))
     n = max(1, guess - 2)
-    while not _ok(method, 0.0, n, alpha, delta):
+    while not _ok(method, 0.0, n, alpha, d, pvalue):
         n += 1
-    while n > 1 and _ok(method, 0.0, n - 1, alpha, delta):
+    while n > 1 and _ok(method, 0.0, n - 1, alpha, d, pvalue):
         n -= 1
     return n
 
 
-def _largest_threshold(losses: CaseLosses, cases, method, alpha, delta) -> tuple[float, bool]:
+# ------------------------------------------------------------------------------------------ thresholds
+def _first_failure_wsr(losses: CaseLosses, idx: np.ndarray, alpha: float, delta: float,
+                       chunk_cells: int = 1 << 21) -> int | None:
+    """Position (in ``risk_steps`` order) of the first breakpoint state whose WSR p-value exceeds
+    ``delta`` (None: none does), scanning the loss vectors of the selected units chunk by chunk."""
+    n = idx.size
+    local = np.full(losses.n_cases, -1, dtype=np.int64)
+    local[idx] = np.arange(n)
+    sel = local[losses.case] >= 0
+    steps, case, jump = losses.steps[sel], local[losses.case[sel]], losses.jump[sel]
+    if steps.size == 0:
+        return None
+    group_start = np.append(True, steps[1:] != steps[:-1])
+    group = np.cumsum(group_start) - 1                 # distinct-value number of each step
+    n_groups = int(group[-1]) + 1
+    rows = max(1, chunk_cells // max(n, 1))
+    state = np.zeros(n)
+    for g0 in range(0, n_groups, rows):
+        g1 = min(n_groups, g0 + rows)
+        lo, hi = np.searchsorted(group, [g0, g1])
+        block = np.zeros((g1 - g0, n))
+        np.add.at(block, (group[lo:hi] - g0, case[lo:hi]), jump[lo:hi])
+        block = state + np.cumsum(block, axis=0)
+        bad = np.flatnonzero(wsr_pvalue(block, alpha, delta) > delta)
+        if bad.size:
+            return g0 + int(bad[0])
+        state = block[-1]
+    return None
+
+
+def _largest_threshold(losses: CaseLosses, cases, method, alpha, delta, pvalue="hb") -> tuple[float, bool]:
     """(largest calibration threshold meeting the condition, feasible)."""
     values, sums, n = losses.risk_steps(cases)
-    if not _ok(method, 0.0, n, alpha, delta):
+    if not _ok(method, 0.0, n, alpha, delta, pvalue):
         return NEG_INF, False
-    bad = np.flatnonzero(~_ok(method, sums, n, alpha, delta))
-    if bad.size == 0:
+    if method == "ltt" and pvalue == "wsr":
+        first = _first_failure_wsr(losses, losses._select(cases), alpha, delta)
+    else:
+        bad = np.flatnonzero(~_ok(method, sums, n, alpha, delta, pvalue))
+        first = int(bad[0]) if bad.size else None
+    if first is None:
         return losses.max_u(cases), True
-    return losses.below(float(values[bad[0]]), cases), True
+    return losses.below(float(values[first]), cases), True
+
+
+def _as_risk_losses(losses, kind, units) -> RiskLosses:
+    if isinstance(losses, RiskLosses):
+        if kind is not None and parse_kind(kind) != losses.kind:
+            raise ValueError(f"losses are of kind {losses.kind.key}, not {parse_kind(kind).key}")
+        return losses
+    if isinstance(losses, CaseLosses):
+        if kind is not None and parse_kind(kind).name != "dice":
+            raise ValueError("a CaseLosses holds the Dice risk; pass the case stats for another kind")
+        return RiskLosses(parse_kind("dice"), [losses], [str(i) for i in range(losses.n_cases)],
+                          np.ones(losses.n_cases, dtype=np.int64))
+    return risk_losses(list(losses), kind or "dice", units)
+
+
+def threshold_for(losses: RiskLosses, alpha: float, method: str, delta: float | None, pvalue: str = "hb",
+                  cases=None) -> tuple[float, bool, list[float]]:
+    """(threshold, feasible, per-component thresholds): the smallest of the components' thresholds,
+    LTT testing each of the ``M`` components at ``delta / M`` (Bonferroni)."""
+    m = len(losses.components)
+    d = None if delta is None else delta / m
+    per = [_largest_threshold(c, cases, method, alpha, d, pvalue) for c in losses.components]
+    return min(t for t, _ in per), all(f for _, f in per), [t for t, _ in per]
 
 
 def _spread(loss: np.ndarray, alpha: float) -> dict:
@@ -111,6 +239,23 @@ def _spread(loss: np.ndarray, alpha: float) -> dict:
             "fraction_above_alpha": float(np.mean(loss > alpha))}
 
 
+def loo_coverage(losses: RiskLosses, alpha: float, method: str, delta: float | None, pvalue: str = "hb",
+                 cases=None) -> float:
+    """Expected coverage at this many units, estimated by leave-one-out: calibrate on all but one unit,
+    measure the coverage of the one left out; voxel-weighted over all units (it calibrates on n - 1,
+    so it is slightly pessimistic)."""
+    comp = losses.components[0]
+    idx = comp._select(cases)
+    covered = total = 0.0
+    for j in range(idx.size):
+        rest = np.delete(idx, j)
+        t, _, _ = threshold_for(losses, alpha, method, delta, pvalue, rest)
+        n_vox = comp.indexes[idx[j]].n
+        covered += comp.coverage_at(t, [idx[j]]) * n_vox
+        total += n_vox
+    return covered / total
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A calibrated threshold: refer voxels with ``u > threshold`` (``-inf``: refer everything)."""
@@ -118,86 +263,183 @@ class Calibration:
     method: str
     alpha: float
     delta: float | None
-    n_calibration: int
+    n_calibration: int     # calibration units (cases, or patients with unit="patient")
     threshold: float
     feasible: bool
-    risk: float            # mean L_i at the threshold on the calibration cases
+    risk: float            # calibration risk at the threshold (structure: the largest class risk)
     coverage: float        # fraction of calibration voxels covered
     spread: dict = field(default_factory=dict)  # calibration L_i quantiles, fraction above alpha
+    kind: str = "dice"     # :mod:`.risk_kinds` key
+    pvalue: str | None = None   # ltt: hb | wsr | binom
+    unit: str = "case"     # case | patient
+    n_images: int | None = None  # calibration cases (images) behind the units
+    n_min: int | None = None     # fewest units that can certify anything
+    expected_coverage: float | None = None   # leave-one-out estimate at this n
+    components: dict = field(default_factory=dict)  # structure: class -> {"threshold", "risk"}
+    values: dict = field(default_factory=dict)      # every kind's realised calibration value
+
+    @property
+    def risk_kind(self) -> RiskKind:
+        return parse_kind(self.kind)
+
+    @property
+    def near_minimum(self) -> bool:
+        return self.n_min is not None and self.feasible and self.n_calibration < NEAR_MINIMUM * self.n_min
+
+    @property
+    def warning(self) -> str | None:
+        """A line when ``n`` is close to the minimum: certifying anything is not certifying much."""
+        if not self.near_minimum:
+            return None
+        exp = "" if self.expected_coverage is None else (
+            f"; expected coverage at this n (leave-one-out) {self.expected_coverage:.3f}, i.e. about "
+            f"{100 * (1 - self.expected_coverage):.0f} % of voxels referred")
+        return (f"{self.n_calibration} calibration {self.unit}s is close to the minimum {self.n_min} for "
+                f"{self.method} {self.kind} alpha={self.alpha:g}" + (f" delta={self.delta:g}" if self.delta else "") + exp)
 
     @property
     def statement(self) -> str:
         """One sentence: what is guaranteed, and what is not."""
-        n, a = self.n_calibration, self.alpha
+        n, a, units = self.n_calibration, self.alpha, self.unit + "s"
+        what = self.risk_kind.describe(a, self.unit)
+        name = self.method if self.method == "crc" else f"ltt ({self.pvalue or 'hb'})"
         if not self.feasible:
-            return (f"{n} calibration cases cannot certify a Dice risk of {a:g} with {self.method} "
-                    f"(at least {min_calibration_cases(a, self.method, self.delta)} needed): every "
-                    "voxel is referred.")
+            need = self.n_min if self.n_min is not None else min_calibration_cases(   # records before n_min
+                a, self.method, self.delta, self.pvalue or "hb", max(1, len(self.components)))
+            return (f"{n} calibration {units} cannot certify that {what} with {name} (at least {need} "
+                    "needed): every voxel is referred.")
         where = ("every voxel is referred (no threshold that covers voxels meets the bound)"
                  if self.threshold == NEG_INF else f"voxels with uncertainty above {self.threshold:.6g} are referred")
+        new = f"a new {self.unit} exchangeable with them"
+        tail = "" if self.risk_kind.name == "tail" else "; this bounds the average over " + units + ", not every " + self.unit
+        pat = ("" if self.unit == "patient" else
+               "; calibrated on images, not patients: for a new patient it holds only if images are exchangeable")
+        if self.risk_kind.name == "structure" and len(self.components) > 1:
+            tail += f" (all {len(self.components)} structures at once" + (
+                f", Bonferroni delta/{len(self.components)} each)" if self.method == "ltt" else ")")
         if self.method == "crc":
-            return (f"Conformal risk control on {n} calibration cases: {where}, and for a new case "
-                    f"exchangeable with them the expected Dice risk (1 - Dice, referred voxels "
-                    f"counted as correct) is at most {a:g}; this bounds the average over cases, "
-                    "not every case.")
-        return (f"Learn-then-Test (Hoeffding-Bentkus) on {n} calibration cases: {where}, and with "
-                f"probability at least {1 - self.delta:g} over the calibration cases the expected "
-                f"Dice risk (1 - Dice, referred voxels counted as correct) of new cases from the "
-                f"same distribution is at most {a:g}; this bounds the average over cases, not every case.")
+            return (f"Conformal risk control on {n} calibration {units}: {where}, and for {new}, in "
+                    f"expectation {what}{tail}{pat}.")
+        learn = {"hb": "Hoeffding-Bentkus", "wsr": "Waudby-Smith-Ramdas", "binom": "exact binomial"}[self.pvalue or "hb"]
+        return (f"Learn-then-Test ({learn}) on {n} calibration {units}: {where}, and with probability at "
+                f"least {1 - self.delta:g} over the calibration {units}, for new {units} from the same "
+                f"distribution {what}{tail}{pat}.")
 
     def to_dict(self) -> dict:
         """Plain Python types (stored in checkpoints; ``-inf`` stays a float there)."""
-        return {**asdict(self), "statement": self.statement}
+        return {**asdict(self), "statement": self.statement, "warning": self.warning}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
         t = d.get("threshold")
-        return cls(str(d["method"]), float(d["alpha"]), None if d.get("delta") is None else float(d["delta"]),
+        opt = lambda k, f: None if d.get(k) is None else f(d[k])  # noqa: E731
+        return cls(str(d["method"]), float(d["alpha"]), opt("delta", float),
                    int(d["n_calibration"]), NEG_INF if t is None else float(t), bool(d["feasible"]),
-                   float(d["risk"]), float(d["coverage"]), dict(d.get("spread") or {}))
+                   float(d["risk"]), float(d["coverage"]), dict(d.get("spread") or {}),
+                   str(d.get("kind") or "dice"), opt("pvalue", str), str(d.get("unit") or "case"),
+                   opt("n_images", int), opt("n_min", int), opt("expected_coverage", float),
+                   dict(d.get("components") or {}), dict(d.get("values") or {}))
 
 
-def calibrate(losses: CaseLosses | list[CaseStats], alpha: float, method: str = "crc",
-              delta: float | None = None, cases=None) -> Calibration:
-    """Calibrate on ``cases`` (indices into ``losses``; default all). ``delta`` is used by ``ltt``."""
-    check_settings(alpha, method, delta)
-    if not isinstance(losses, CaseLosses):
-        losses = case_losses(list(losses))
+def realised_values(stats: list[CaseStats], t: float, beta: float, units: dict | None = None,
+                    class_names=None) -> dict:
+    """Every kind's value at threshold ``t`` on these cases (per unit, then the mean), computed
+    directly from the counts: ``dice``, ``structure`` (per class, and the largest), ``tail@beta``, ``fnr``."""
+    counts = counts_at_threshold(stats, t)
+    unit_of, _ = unit_numbers([s.case_id for s in stats], units)
+    k = counts.shape[1]
+    names = list(class_names or [])[1:] if class_names and len(class_names) == k + 1 else [str(c) for c in range(1, k + 1)]
+    per = values_at(parse_kind("structure"), counts, unit_of).mean(0)
+    tail = parse_kind(f"tail@{beta:g}")
+    return {"dice": float(values_at(parse_kind("dice"), counts, unit_of).mean()),
+            "structure": {n: float(v) for n, v in zip(names, per)},
+            "structure_max": float(per.max()),
+            tail.key: float(values_at(tail, counts, unit_of).mean()),
+            "fnr": float(values_at(parse_kind("fnr"), counts, unit_of).mean())}
+
+
+def _beta(kind: RiskKind, alpha: float) -> float:
+    """The tail level reported with a calibration: its own beta, else alpha (the fraction of units whose
+    Dice risk exceeds alpha)."""
+    return kind.beta if kind.name == "tail" else alpha
+
+
+def calibrate(losses: RiskLosses | CaseLosses | list[CaseStats], alpha: float, method: str = "crc",
+              delta: float | None = None, cases=None, kind=None, pvalue: str = "hb", units: dict | None = None,
+              stats: list[CaseStats] | None = None, expected_coverage: bool = False,
+              class_names=None) -> Calibration:
+    """Calibrate on ``cases`` (unit indices into ``losses``; default all; repeated indices are refused).
+    ``losses``: :func:`.case_losses.risk_losses` of the kind to control, or case stats (with ``kind``,
+    ``units``: case id -> patient id). ``delta`` and ``pvalue`` are used by ``ltt``.
+    ``expected_coverage``: also the leave-one-out coverage estimate (n more calibrations).
+    ``stats`` (the cases behind ``losses``; implied when ``losses`` are stats): the realised calibration
+    value of every kind is stored too."""
+    if isinstance(losses, list) and losses and isinstance(losses[0], CaseStats):
+        stats = losses
+    rl = _as_risk_losses(losses, kind, units)
+    check_settings(alpha, method, delta, pvalue, rl.kind)
     delta = float(delta) if (method == "ltt" and delta is not None) else None
-    t, feasible = _largest_threshold(losses, cases, method, float(alpha), delta)
-    loss = losses.loss_at(t, cases)
-    return Calibration(method, float(alpha), delta, int(loss.size), float(t), feasible,
-                       float(loss.mean()), losses.coverage_at(t, cases), _spread(loss, alpha))
+    pvalue_used = pvalue if method == "ltt" else None
+    alpha = float(alpha)
+    t, feasible, per = threshold_for(rl, alpha, method, delta, pvalue, cases)
+    idx = rl.components[0]._select(cases)
+    loss = np.stack([c.loss_at(t, cases) for c in rl.components], axis=1)   # (n, M)
+    m = loss.shape[1]
+    comp_names = ([str(c) for c in (class_names or [])[1:]] if class_names and len(class_names) == m + 1
+                  else [str(j + 1) for j in range(m)])
+    components = ({name: {"threshold": float(pt), "risk": float(loss[:, j].mean())}
+                   for j, (name, pt) in enumerate(zip(comp_names, per))} if rl.kind.name == "structure" else {})
+    unit = "patient" if rl.grouped else "case"
+    values = {}
+    if stats is not None:
+        chosen = set(rl.unit_ids[i] for i in idx)
+        unit_map = units if rl.grouped else None
+        sel = [s for s in stats if str((unit_map or {}).get(s.case_id, s.case_id) or s.case_id) in chosen] \
+            if cases is not None else stats
+        values = realised_values(sel, t, _beta(rl.kind, alpha), unit_map, class_names)
+    n_min = min_calibration_cases(alpha, method, delta, pvalue if method == "ltt" else "hb", m)
+    exp = None
+    if expected_coverage and feasible and idx.size > 1:
+        exp = loo_coverage(rl, alpha, method, delta, pvalue, cases)
+    return Calibration(method, alpha, delta, int(idx.size), float(t), feasible, float(loss.mean(0).max()),
+                       rl.components[0].coverage_at(t, cases), _spread(loss.max(1), alpha), rl.kind.key,
+                       pvalue_used, unit, int(rl.images_per_unit[idx].sum()), n_min, exp, components, values)
 
 
-def evaluate(calibration: Calibration, stats: list[CaseStats]) -> dict:
-    """The calibrated threshold on held-out cases (exact counts), with the oracle: the coverage these
+def evaluate(calibration: Calibration, stats: list[CaseStats], units: dict | None = None,
+             class_names=None) -> dict:
+    """The calibrated threshold on held-out cases (exact counts; per patient when the calibration was
+    and ``units`` names them), with every kind's realised value and the oracle: the coverage these
     cases themselves would have allowed at risk ``alpha`` (no guarantee) and the coverage lost."""
     if not stats:
         raise ValueError("no cases to evaluate")
-    t, alpha = calibration.threshold, calibration.alpha
-    loss = 1.0 - case_dice(counts_at_threshold(stats, t))
+    t, alpha, kind = calibration.threshold, calibration.alpha, calibration.risk_kind
+    units = units if calibration.unit == "patient" else None
+    rl = risk_losses(stats, kind, units)
+    loss = np.stack([c.loss_at(t) for c in rl.components], axis=1)
     n_vox = sum(s.n for s in stats)
     coverage = float(sum(int(s.index.count_le(t)) for s in stats)) / n_vox
-    losses = case_losses(stats)
-    t_oracle, _ = _largest_threshold(losses, None, "empirical", alpha, None)
-    oracle = losses.coverage_at(t_oracle)
-    spread = _spread(loss, alpha)
+    t_oracle, _, _ = threshold_for(rl, alpha, "empirical", None)
+    oracle = rl.components[0].coverage_at(t_oracle)
+    spread = _spread(loss.max(1), alpha)
     return {
-        **{k: v for k, v in calibration.to_dict().items() if k not in ("risk", "coverage", "spread")},
+        **{k: v for k, v in calibration.to_dict().items() if k not in ("risk", "coverage", "spread", "values")},
         "calibration_risk": calibration.risk, "calibration_coverage": calibration.coverage,
         "calibration_case_risk": calibration.spread.get("case_risk"),
         "calibration_fraction_above_alpha": calibration.spread.get("fraction_above_alpha"),
-        "n_test": len(stats), "test_risk": float(loss.mean()), "test_coverage": coverage,
+        "calibration_values": calibration.values,
+        "n_test": rl.n_units, "n_test_images": len(stats),
+        "test_risk": float(loss.mean(0).max()), "test_coverage": coverage,
         "test_case_risk": spread["case_risk"], "test_fraction_above_alpha": spread["fraction_above_alpha"],
+        "test_values": realised_values(stats, t, _beta(kind, alpha), units, class_names),
         "oracle_threshold": t_oracle, "oracle_coverage": oracle, "coverage_lost": oracle - coverage,
     }
 
 
-def evaluate_all(record: dict, stats: list[CaseStats]) -> dict:
-    """``{method: {alpha_key: evaluate(...)}}`` for every calibration of a checkpoint record."""
+def evaluate_all(record: dict, stats: list[CaseStats], units: dict | None = None, class_names=None) -> dict:
+    """``{method: {key: evaluate(...)}}`` for every calibration of a checkpoint record."""
     out: dict = {}
-    for method, by_alpha in (record.get("calibrations") or {}).items():
-        for key, d in by_alpha.items():
-            out.setdefault(method, {})[key] = evaluate(Calibration.from_dict(d), stats)
+    for method, by_key in (record.get("calibrations") or {}).items():
+        for key, d in by_key.items():
+            out.setdefault(method, {})[key] = evaluate(Calibration.from_dict(d), stats, units, class_names)
     return out
