@@ -37,4 +37,5 @@ def main(cfg: Any) -> list[dict]:
         trust_checkpoint=cfg.get("trust_checkpoint", False),
         risk=cfg.get("risk"),
         risk_method=cfg.get("risk_method"),
+        score=cfg.get("score", "max_softmax"),
     )

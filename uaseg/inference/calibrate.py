@@ -233,3 +233,26 @@ def risk_threshold(record: dict | None, ckpt: Path, risk: float, method: str | N
         out["note"] = "threshold -inf: every voxel is referred (" + cal.statement + ")"
     log.info("risk %.4g (%s) -> threshold %.6g: %s", risk, cal.method, cal.threshold, cal.statement)
     return out
+
+
+def fit_confidence_head_stage(module, datamodule, settings, device: str | torch.device = "cpu",
+                              seed: int = 0) -> dict:
+    """The ConfidNet second stage (:mod:`uaseg.uncertainty.confidnet`): a head fitted on the training
+    split with ``module``'s network frozen, then its validation risk-coverage curve (so prediction can
+    turn ``coverage=`` into a ``tcp`` threshold); the head is set on ``module``. Returns its cost."""
+    from uaseg.selective import SelectiveSegmentationMetric
+    from uaseg.uncertainty.confidnet import fit_confidence_head
+
+    datamodule.setup()
+    spatial_dims = int(module.hparams["net"].get("spatial_dims", 2))
+    head, info = fit_confidence_head(module.net, datamodule.train_dataloader(), spatial_dims, settings,
+                                     device=device, seed=seed)
+    module.set_confidence_head(head, info)
+    metric = SelectiveSegmentationMetric(num_classes=module.num_classes, bootstrap=0)
+    for image, label, case_ids in validation_batches(module, datamodule, device):
+        u, pred, _ = module.segment(image, score="tcp")
+        for i, cid in enumerate(case_ids):
+            metric.update(u[i].cpu(), pred[i].cpu(), label[i], case_id=cid, group="val")
+    curve = metric.compute().threshold_grid if len(datamodule.splits["val"]) else None
+    module.set_confidence_head(head, info, curve)
+    return info
