@@ -39,5 +39,6 @@ arm hinge_squared loss.hinge_power=2
 arm dice_weights loss.wrong_weight=dice
 arm consistency loss.consistency=1
 arm entropy loss.score=entropy
+arm margin loss.score=margin
 [ -d "$out/base/ensembles" ] || uaseg ensemble "$out/base"
 uaseg report "$out" --force

@@ -158,6 +158,9 @@ def row_values(row: MethodRow, ref: MethodRow | None) -> dict:
                       if row.score == PAIRWISE else row.metric(lambda s: s.case_level.aurc)),
         "passes": _cost(row, "passes"),
         "seconds_per_case": _cost(row, "seconds_per_case"),
+        # a learned score's own cost (ConfidNet's head): parameters and training seconds beyond the segmenter's
+        "extra_parameters": _cost(row, "parameters"),
+        "extra_train_seconds": _cost(row, "train_seconds"),
         "prediction": (row.runs[0].score_info(row.score)["prediction"] or "") if row.score != PAIRWISE else "",
         "n_runs": len(row.runs),
         "n_folds": len({r.fold for r in row.runs}),
@@ -167,6 +170,13 @@ def row_values(row: MethodRow, ref: MethodRow | None) -> dict:
         v["rel_aurc_pct"] = stats.relative_change(ref.metric(lambda s: s.aurc_dice), v["aurc_dice"])
         v["p_cases"], _, v["n_pairs"] = stats.paired_test(ref.case_dice(), row.case_dice(), force="wilcoxon")
     return v
+
+
+def _extra(v: dict) -> str:
+    """The extra-training column: ``+N params, S s`` for a learned score, else ``–``."""
+    if math.isnan(v["extra_parameters"]):
+        return "–"
+    return f"+{v['extra_parameters']:,.0f} params, {_fmt(v['extra_train_seconds'], 1)} s"
 
 
 def _fmt(x, d=2) -> str:
@@ -181,8 +191,8 @@ def render_methods(groups) -> tuple[str, list[dict]]:
         lines += [f"### {describe_context(ctx)}", "",
                   "| Setting | Score | Prediction | AURC (%) | rel. Δ AURC | E-AURC (%) | AUGRC (%) | "
                   "Dice@1.00 (%) | Dice@0.90 (%) | Dice@5PCTL@0.90 (%) | case AURC (%) | passes | s / case | "
-                  "p (cases, Dice@0.90) | runs |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "extra training | p (cases, Dice@0.90) | runs |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
             v = row_values(row, ref)
             rel = "reference" if row is ref else ("–" if math.isnan(v["rel_aurc_pct"])
@@ -191,7 +201,7 @@ def render_methods(groups) -> tuple[str, list[dict]]:
             lines.append("| " + " | ".join([
                 row.setting(), row.score, v["prediction"], _fmt(v["aurc_dice"], 3), rel, _fmt(v["eaurc"]),
                 _fmt(v["augrc"]), _fmt(v["dice_full"]), _fmt(v["dice_90"]), _fmt(v["dice_p5_90"]),
-                _fmt(v["case_aurc"]), _fmt(v["passes"], 0), _fmt(v["seconds_per_case"], 3), p,
+                _fmt(v["case_aurc"]), _fmt(v["passes"], 0), _fmt(v["seconds_per_case"], 3), _extra(v), p,
                 f"{v['n_runs']} ({v['n_folds']} fold{'s' if v['n_folds'] != 1 else ''})"]) + " |")
             tidy.append({"context": describe_context(ctx), "setting": row.setting(), "method": row.method,
                          "score": row.score, **v})
