@@ -99,6 +99,11 @@ class WithConfidence(nn.Module):
         return torch.cat([logits, self.head(features).to(logits.dtype)], dim=1)
 
 
+def _plain(x) -> Tensor:
+    """A MONAI MetaTensor as a plain tensor (no metadata tracking through the head)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
 def true_class_probability(logits: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
     """``(p_true (B, 1, *spatial), valid mask)``: softmax(z) at the label; labels outside 0..K-1
     (ignored voxels) are masked out."""
@@ -133,8 +138,6 @@ def fit_confidence_head(net: nn.Module, batches, spatial_dims: int, settings: He
                         device: torch.device | str = "cpu", seed: int = 0) -> tuple[ConfidenceHead, dict]:
     """Train a head on the frozen ``net`` over ``batches`` (a re-iterable of training batches with
     ``image`` and ``label``) for ``settings.epochs`` epochs; returns the head and its cost."""
-    from uaseg.data.base import as_tensor
-
     device = torch.device(device)
     was_training = net.training
     net.eval().to(device)
@@ -145,8 +148,8 @@ def fit_confidence_head(net: nn.Module, batches, spatial_dims: int, settings: He
     try:
         for _ in range(int(settings.epochs)):
             for batch in batches:
-                image = as_tensor(batch["image"]).to(device)
-                label = as_tensor(batch["label"]).to(device)
+                image = _plain(batch["image"]).to(device)
+                label = _plain(batch["label"]).to(device)
                 with torch.no_grad():
                     logits, features = logits_and_features(net, settings.layer, image)
                     target, valid = true_class_probability(logits, label)
