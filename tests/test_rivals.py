@@ -222,3 +222,21 @@ def test_the_methods_table_shows_the_heads_cost(tcp_run):
     assert f"+{params:,} params" in line
     assert [ln for ln in md.splitlines() if "| margin |" in ln][0].count("| – |") >= 1
     assert {t["score"] for t in tidy} >= {"tcp", *FREE}
+
+
+def test_every_confidence_head_key_reaches_the_fit(tmp_path, monkeypatch):
+    """conf/confidence_head/tcp.yaml and its overrides -> HeadSettings -> the optimiser, the head and the hook."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg(["confidence_head=tcp", "confidence_head.lr=0.25", "confidence_head.hidden=3",
+                       "confidence_head.epochs=2", "confidence_head.layer=output_block"], tmp_path / "r", tmp_path / "c")
+    settings = HeadSettings.from_config(OmegaConf.to_container(cfg.confidence_head, resolve=True))
+    assert settings == HeadSettings(epochs=2, lr=0.25, hidden=3, layer="output_block")
+    lrs = []
+    adam = torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda params, lr: lrs.append(lr) or adam(params, lr=lr))
+    batches = [{"image": torch.rand(1, 3, 16, 16), "label": torch.zeros(1, 1, 16, 16, dtype=torch.long)}]
+    head, info = fit_confidence_head(_tiny_net(), batches, 2, settings)
+    assert lrs == [0.25] and head.hidden == 3 and info["steps"] == 2 and head.layer == "output_block"
+    with pytest.raises(ConfigError, match="confidence_head.layer='decoder'"):
+        fit_confidence_head(_tiny_net(), batches, 2, HeadSettings(layer="decoder"))
