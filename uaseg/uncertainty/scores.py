@@ -23,7 +23,8 @@ risk-control grids assume it:
 * ``doctor`` = (1 - sum_k p_k^2) / (1 - 1/K), DOCTOR's Gini score (Granese et al., NeurIPS 2021);
 * ``max_logit`` = sigmoid(-max_k z_k) and ``energy`` = sigmoid(-logsumexp_k z_k) (Hendrycks et al.
   2022; Liu et al., NeurIPS 2020): the sigmoid maps the unbounded -max logit / free energy into
-  (0, 1) without changing their order (ties only where float32 saturates, |z| > ~88).
+  (0, 1) without changing their order (ties only where float32 saturates: a max logit or
+  log-sum-exp above about 88 or below about -17).
 
 With two classes margin = 2 (1 - p_max) and doctor = 4 p (1 - p) are monotone in p_max and rank
 voxels exactly as ``max_softmax`` (as ``entropy`` and ``temperature`` do); ``max_logit`` and
