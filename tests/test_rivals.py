@@ -209,6 +209,19 @@ def test_confidnet_end_to_end_report_checkpoint_and_prediction(tcp_run, tmp_path
     (rec_tcp,) = predict_files(tcp_run, png, tmp_path / "out", coverage=0.9, score="tcp")
     assert rec_tcp["score"] == "tcp" and rec_tcp["threshold_source"] == "coverage"
     assert rec_tcp["threshold"] != predict_files(tcp_run, png, tmp_path / "out2", coverage=0.9)[0]["threshold"]
+    # a free score: refers by its own map, with the threshold of its own validation curve
+    (rec_m,) = predict_files(tcp_run, png, tmp_path / "out3", coverage=0.9, score="margin")
+    assert set(model.module.val_curves) == set(FREE)
+    assert rec_m["threshold"] == model.module.val_curves["margin"].threshold_at(0.9)[0]
+    u_m, pred_m, _ = model.module.segment(image, score="margin")
+    torch.testing.assert_close(u_m, model.module.score_maps(image)["margin"][0])
+    from uaseg.errors import PredictError
+    from uaseg.inference import choose_threshold
+
+    model.module.val_curves = {}
+    with pytest.raises(PredictError, match="no validation curve of the score margin"):
+        choose_threshold(model, tcp_run, 0.9, None, score="margin")
+    assert choose_threshold(model, tcp_run, None, 0.3, score="margin")["threshold"] == 0.3
 
 
 def test_the_methods_table_shows_the_heads_cost(tcp_run):

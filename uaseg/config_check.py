@@ -58,7 +58,7 @@ DOMAINS: dict[str, Any] = {
     "threshold": Number(null=True, note="refer voxels with uncertainty u > threshold"),
     "risk": Number(0, 1, low_open=True, high_open=True, null=True, note="the Dice risk alpha to control"),
     "risk_method": Choice(("crc", "ltt"), null=True),
-    "score": Choice(("max_softmax", "tcp")),
+    "score": Choice(("max_softmax", "entropy", "margin", "doctor", "max_logit", "energy", "tcp")),
     "overwrite": Flag(),
     "trust_checkpoint": Flag(),
     # loss

@@ -240,7 +240,6 @@ def fit_confidence_head_stage(module, datamodule, settings, device: str | torch.
     """The ConfidNet second stage (:mod:`uaseg.uncertainty.confidnet`): a head fitted on the training
     split with ``module``'s network frozen, then its validation risk-coverage curve (so prediction can
     turn ``coverage=`` into a ``tcp`` threshold); the head is set on ``module``. Returns its cost."""
-    from uaseg.selective import SelectiveSegmentationMetric
     from uaseg.uncertainty.confidnet import fit_confidence_head
 
     datamodule.setup()
@@ -248,11 +247,23 @@ def fit_confidence_head_stage(module, datamodule, settings, device: str | torch.
     head, info = fit_confidence_head(module.net, datamodule.train_dataloader(), spatial_dims, settings,
                                      device=device, seed=seed)
     module.set_confidence_head(head, info)
-    metric = SelectiveSegmentationMetric(num_classes=module.num_classes, bootstrap=0)
-    for image, label, case_ids in validation_batches(module, datamodule, device):
-        u, pred, _ = module.segment(image, score="tcp")
-        for i, cid in enumerate(case_ids):
-            metric.update(u[i].cpu(), pred[i].cpu(), label[i], case_id=cid, group="val")
-    curve = metric.compute().threshold_grid if len(datamodule.splits["val"]) else None
-    module.set_confidence_head(head, info, curve)
+    module.set_confidence_head(head, info, validation_curves(module, datamodule, ["tcp"], device).get("tcp"))
     return info
+
+
+def validation_curves(module, datamodule, scores, device: str | torch.device = "cpu") -> dict:
+    """score -> the validation risk-coverage ThresholdGrid of each one-pass score (as prediction
+    segments: :meth:`SelectiveSegModule.segment`), so ``predict.py score=<name> coverage=c`` can turn
+    ``c`` into that score's threshold; empty without validation cases."""
+    from uaseg.selective import SelectiveSegmentationMetric
+
+    datamodule.setup()
+    if not scores or not len(datamodule.splits["val"]):
+        return {}
+    metrics = {s: SelectiveSegmentationMetric(num_classes=module.num_classes, bootstrap=0) for s in scores}
+    for image, label, case_ids in validation_batches(module, datamodule, device):
+        for s, metric in metrics.items():
+            u, pred, _ = module.segment(image, score=s)
+            for i, cid in enumerate(case_ids):
+                metric.update(u[i].cpu(), pred[i].cpu(), label[i], case_id=cid, group="val")
+    return {s: m.compute().threshold_grid for s, m in metrics.items()}

@@ -1,7 +1,8 @@
 """Selective segmentation of new files with a trained checkpoint: the library behind ``predict.py``.
 
 For each input, :func:`predict_files` writes the segmentation, the uncertainty ``u = 1 - max softmax``
-(``score=tcp``: 1 - the checkpoint's ConfidNet head's predicted true-class probability)
+(``score=``: another one-pass score, e.g. ``margin``, or ``tcp``: 1 - the checkpoint's ConfidNet
+head's predicted true-class probability)
 and the referral mask ``u > t`` on the input's own grid (see :mod:`uaseg.inference.files`) and a JSON
 record: the threshold and how it was chosen, the case's own coverage, voxel counts per class.
 
@@ -82,7 +83,12 @@ def choose_threshold(model: LoadedModel, ckpt: Path, coverage: float | None, thr
                 "threshold_rule": "given by the user; refer voxels with u > threshold",
                 "requested_coverage": None, "validation_coverage": None}
     coverage = float(coverage)
-    curve = model.val_curve if score == "max_softmax" else model.module.confidence.get("val_curve")
+    curve = (model.val_curve if score == "max_softmax" else model.module.confidence.get("val_curve")
+             if score == "tcp" else model.module.val_curves.get(score))
+    if curve is None and score != "max_softmax":
+        raise PredictError(f"{ckpt} has no validation curve of the score {score} (stored for the scores a run "
+                           f"lists in eval.scores), so coverage cannot be mapped to a threshold; pass "
+                           "threshold=<u> instead")
     if curve is None:
         raise PredictError(
             f"{ckpt} has no validation risk-coverage curve ('uaseg_val_curve'; saved only after a "

@@ -42,6 +42,10 @@ EVAL_KEYS = ("coverages", "quantize_bits", "case_aggregation", "bootstrap", "sco
 DOMINANT_RATIO = 100.0
 #: checkpoint key of the calibrated referral thresholds (plain dicts: ``uaseg.inference.calibrate``)
 RISK_CONTROL_KEY = "uaseg_risk_control"
+#: checkpoint key of the validation curves of the other one-pass scores (``predict.py score=margin coverage=...``)
+VAL_CURVES_KEY = "uaseg_val_curves"
+#: the one-pass scores prediction can refer by (tcp: with a ConfidNet head)
+PREDICT_SCORES = ("max_softmax", "entropy", "margin", "doctor", "max_logit", "energy", "tcp")
 
 
 def plain_config(cfg: Any) -> Any:
@@ -127,6 +131,8 @@ class SelectiveSegModule(L.LightningModule):
         #: the ``tcp`` score's ConfidNet head with its cost and validation curve (a plain dict, so the
         #: head is no submodule: the segmenter's state_dict, and checkpoints without a head, stay as they are)
         self.confidence: dict | None = None
+        #: score -> validation ThresholdGrid of the one-pass scores other than max_softmax and tcp
+        self.val_curves: dict[str, ThresholdGrid] = {}
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, trust_checkpoint: bool = False, **kwargs):
@@ -211,14 +217,18 @@ class SelectiveSegModule(L.LightningModule):
     @torch.no_grad()
     def segment(self, image: torch.Tensor, score: str = "max_softmax") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sliding-window inference -> (uncertainty, prediction, probabilities) per voxel; ``score``:
-        ``max_softmax`` (u = 1 - max softmax) or ``tcp`` (u = 1 - the ConfidNet head's p_true)."""
+        ``max_softmax`` (u = 1 - max softmax), another one-pass score of :data:`PREDICT_SCORES`, or
+        ``tcp`` (u = 1 - the ConfidNet head's p_true)."""
         if score == "tcp":
             logits, u = self._tcp_pass(image)
             prob = logits.float().softmax(dim=1)
             return u, prob.argmax(dim=1), prob
-        if score != "max_softmax":
-            raise ConfigError(f"score={score!r}: prediction segments with max_softmax or tcp")
+        if score not in PREDICT_SCORES:
+            raise ConfigError(f"score={score!r}: prediction refers by one of {list(PREDICT_SCORES)}")
         logits = self.inferer(image, self.net)
+        if score != "max_softmax":
+            u, prediction = deterministic_scores(as_tensor(logits), None)[score]
+            return u, prediction, as_tensor(logits).float().softmax(dim=1)
         prob = as_tensor(logits).float().softmax(dim=1)
         confidence, prediction = prob.max(dim=1)
         return 1.0 - confidence, prediction, prob
@@ -261,6 +271,8 @@ class SelectiveSegModule(L.LightningModule):
             checkpoint[RISK_CONTROL_KEY] = self.risk_calibration
         if self.confidence:
             checkpoint[HEAD_KEY] = self.confidence_record()
+        if self.val_curves:
+            checkpoint[VAL_CURVES_KEY] = {k: g.to_dict() for k, g in self.val_curves.items()}
 
     def confidence_record(self) -> dict:
         c = self.confidence or {}
@@ -272,6 +284,9 @@ class SelectiveSegModule(L.LightningModule):
         if "uaseg_temperature" in checkpoint:  # else keep one fitted in memory (a test-only run)
             self.temperature = float(checkpoint["uaseg_temperature"])
         self.risk_calibration = checkpoint.get(RISK_CONTROL_KEY)
+        curves = checkpoint.get(VAL_CURVES_KEY)
+        if curves:
+            self.val_curves = {k: ThresholdGrid.from_dict(g) for k, g in curves.items()}
         record = checkpoint.get(HEAD_KEY)
         if record and not self.confidence:  # a head fitted in this run (test-only: on other weights) wins
             info = {k: v for k, v in record.items() if k in ("parameters", "train_seconds", "epochs", "steps", "final_mse")}
