@@ -10,14 +10,16 @@
 #
 # Extra arguments are Hydra overrides applied to every run (the demo3d line is the CPU-sized protocol
 # behind the README's 3D table: at the default 6 epochs and lr 2e-4 the 3D network is still near Dice 0.2).
-# ARMS (optional) names the arms to run; SEEDS (optional, default 1,2,3) the seeds of every arm
+# ARMS (optional) names the arms to run; EVAL_SCORES (optional, default max_softmax,tta) the test-time scores of
+# every run (the one-pass rivals of docs/methods.md: EVAL_SCORES=max_softmax,entropy,margin,doctor,max_logit,energy,tcp,tta
+# with the override confidence_head=tcp); SEEDS (optional, default 1,2,3) the seeds of every arm
 # (`SEEDS=1,2` with tiny overrides is the test suite's smoke run). A finished arm (marked .done) is skipped; an unfinished one
 # (a killed multirun) is an error, so a report never silently averages fewer seeds.
 set -euo pipefail
 dataset=$1
 out=$2
 shift 2
-common=(dataset="$dataset" seed="${SEEDS:-1,2,3}" callbacks.progress_bar=null 'eval.scores=[max_softmax,tta]' "$@")
+common=(dataset="$dataset" seed="${SEEDS:-1,2,3}" callbacks.progress_bar=null "eval.scores=[${EVAL_SCORES:-max_softmax,tta}]" "$@")
 
 arm() {  # arm <name> <overrides...>: one multirun folder
     local name=$1
@@ -39,5 +41,6 @@ arm hinge_squared loss.hinge_power=2
 arm dice_weights loss.wrong_weight=dice
 arm consistency loss.consistency=1
 arm entropy loss.score=entropy
+arm margin loss.score=margin
 [ -d "$out/base/ensembles" ] || uaseg ensemble "$out/base"
 uaseg report "$out" --force

@@ -339,6 +339,7 @@ def test_methods_table_rows_and_relative_changes(tmp_path):
         lam = 0.0 if r.loss == () else 2.0
         v = row_values(r, ref)
         assert v["aurc_dice"] == pytest.approx(np.mean(aurc[(lam, r.score)]))
+        assert v["aurc_sd"] == pytest.approx(np.std(aurc[(lam, r.score)], ddof=1))  # the seed spread
         if r is not ref:
             assert v["rel_aurc_pct"] == pytest.approx(100 * (np.mean(aurc[(lam, r.score)]) - want_ref) / want_ref)
         assert v["passes"] == (1 if r.score == "max_softmax" else 4)

@@ -59,6 +59,7 @@ DOMAINS: dict[str, Any] = {
     "risk": Number(0, 1, low_open=True, high_open=True, null=True, note="the Dice risk alpha to control"),
     "risk_method": Choice(("crc", "ltt"), null=True),
     "risk_kind": RiskKinds(many=False, null=True),
+    "score": Choice(("max_softmax", "entropy", "margin", "doctor", "max_logit", "energy", "tcp")),
     "overwrite": Flag(),
     "trust_checkpoint": Flag(),
     # loss
@@ -146,6 +147,10 @@ DOMAINS: dict[str, Any] = {
     "eval.scores": Names(_test_scores),
     "eval.mc_samples": POSITIVE_INT,
     "eval.temperature_voxels": POSITIVE_INT,
+    # confidence_head (ConfidNet, uaseg/uncertainty/confidnet.py)
+    "confidence_head.epochs": POSITIVE_INT,
+    "confidence_head.lr": Number(0, low_open=True),
+    "confidence_head.hidden": POSITIVE_INT,
     "eval.risk_control.alpha": Numbers(Number(0, 1, low_open=True, high_open=True), scalar=True, null=True,
                                        note="Dice risk levels"),
     "eval.risk_control.delta": Number(0, 1, low_open=True, high_open=True),
@@ -268,6 +273,9 @@ def _rule_test_scores(get) -> str | None:
     if mc and dropout is not None and dropout == 0:
         return (f"eval.scores={_show(scores)}: {', '.join(mc)} sample(s) dropout, but model.dropout=0 (the paper's "
                 "network has none); train with e.g. model.dropout=0.1, or drop it from eval.scores")
+    if "tcp" in (scores or ()) and get("train") is not False and get("confidence_head") is None:
+        return (f"eval.scores={_show(scores)}: tcp is the ConfidNet head's score; train one with "
+                "confidence_head=tcp, or drop tcp from eval.scores")
     flips, dims = get("eval.tta_flips"), get("dataset.meta.spatial_dims")
     if flips is not None and isinstance(dims, int):
         try:

@@ -38,4 +38,5 @@ def main(cfg: Any) -> list[dict]:
         risk=cfg.get("risk"),
         risk_method=cfg.get("risk_method"),
         risk_kind=cfg.get("risk_kind"),
+        score=cfg.get("score", "max_softmax"),
     )

@@ -21,8 +21,14 @@ from uaseg.errors import (
     ConfigError, NonFiniteLossError, RunFolderError, TerminatedError, UserError, describe, root_cause,
 )
 from uaseg.identity import run_identity
-from uaseg.inference.calibrate import (RiskControlSettings, calibrate_checkpoint, count_units,
-                                      fit_temperature_on_validation)
+from uaseg.inference.calibrate import (
+    RiskControlSettings,
+    calibrate_checkpoint,
+    count_units,
+    fit_confidence_head_stage,
+    fit_temperature_on_validation,
+    validation_curves,
+)
 from uaseg.io import WriteError, check_checkpoint_file, update_checkpoint, write_json
 from uaseg.models import SelectiveSegModule
 from uaseg.runfolder import claim_run_folder, discard_unused_folder, release_run_folder, retire_failure
@@ -236,6 +242,10 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
             log.warning("no checkpoint to test; testing the current weights")
         if "temperature" in model.scores:
             _fit_temperature(model, best, datamodule, cfg, trainer, own_checkpoint=bool(cfg.get("train", True)))
+    if cfg.get("confidence_head") is not None:
+        _fit_confidence_head(model, best, datamodule, cfg, trainer, own_checkpoint=bool(cfg.get("train", True)))
+    _store_val_curves(model, best, datamodule, cfg, trainer)
+    if cfg.get("test", True):
         # Lightning's own metric table (raw values: Dice as a fraction next to AURC in %) is replaced by
         # the selective table (everything in %) and the closing block below
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
@@ -281,6 +291,40 @@ def _fit_temperature(model: SelectiveSegModule, ckpt: str, datamodule, cfg: Dict
     log.info("temperature T = %.4f fitted on %d validation voxels", model.temperature, n)
     if ckpt and own_checkpoint and trainer.is_global_zero:
         update_checkpoint(ckpt, {"uaseg_temperature": model.temperature})
+
+
+def _fit_confidence_head(model: SelectiveSegModule, ckpt: str, datamodule, cfg: DictConfig, trainer: L.Trainer,
+                         own_checkpoint: bool) -> None:
+    """ConfidNet's second stage (``confidence_head``): a head fitted on the frozen weights that will be
+    tested, kept on ``model`` (the test loads the checkpoint's weights, not the head) and, for a
+    checkpoint this run wrote, in that checkpoint (``predict.py score=tcp``)."""
+    from uaseg.uncertainty.confidnet import HEAD_KEY, HeadSettings
+
+    settings = HeadSettings.from_config(OmegaConf.to_container(cfg.confidence_head, resolve=True))
+    source = (SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
+                                                      trust_checkpoint=bool(cfg.get("trust_checkpoint")))
+              if ckpt else model)
+    fit_confidence_head_stage(source, datamodule, settings, device=trainer.strategy.root_device,
+                              seed=int(cfg.get("seed") or 0))
+    model.confidence = source.confidence
+    if ckpt and own_checkpoint and trainer.is_global_zero:
+        update_checkpoint(ckpt, {HEAD_KEY: source.confidence_record()})
+
+
+def _store_val_curves(model: SelectiveSegModule, ckpt: str, datamodule, cfg: DictConfig, trainer: L.Trainer) -> None:
+    """The validation curves of the other one-pass scores of ``eval.scores`` (margin, entropy, ...), in
+    the checkpoint this run wrote, so ``predict.py score=<name> coverage=c`` finds that score's threshold."""
+    from uaseg.models.module import PREDICT_SCORES, VAL_CURVES_KEY
+
+    names = [s for s in model.scores if s in PREDICT_SCORES and s not in ("max_softmax", "tcp")]
+    if not names or not ckpt or not cfg.get("train", True):
+        return
+    source = SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
+                                                     trust_checkpoint=bool(cfg.get("trust_checkpoint")))
+    curves = validation_curves(source, datamodule, names, device=trainer.strategy.root_device)
+    model.val_curves = curves
+    if curves and trainer.is_global_zero:
+        update_checkpoint(ckpt, {VAL_CURVES_KEY: {k: g.to_dict() for k, g in curves.items()}})
 
 
 def _risk_control_settings(cfg: DictConfig, datamodule) -> RiskControlSettings | None:

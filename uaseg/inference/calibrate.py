@@ -308,3 +308,37 @@ def risk_threshold(record: dict | None, ckpt: Path, risk: float, method: str | N
         out["note"] = "threshold -inf: every voxel is referred (" + cal.statement + ")"
     log.info("risk %.4g (%s %s) -> threshold %.6g: %s", risk, cal.kind, cal.method, cal.threshold, cal.statement)
     return out
+
+
+def fit_confidence_head_stage(module, datamodule, settings, device: str | torch.device = "cpu",
+                              seed: int = 0) -> dict:
+    """The ConfidNet second stage (:mod:`uaseg.uncertainty.confidnet`): a head fitted on the training
+    split with ``module``'s network frozen, then its validation risk-coverage curve (so prediction can
+    turn ``coverage=`` into a ``tcp`` threshold); the head is set on ``module``. Returns its cost."""
+    from uaseg.uncertainty.confidnet import fit_confidence_head
+
+    datamodule.setup()
+    spatial_dims = int(module.hparams["net"].get("spatial_dims", 2))
+    head, info = fit_confidence_head(module.net, datamodule.train_dataloader(), spatial_dims, settings,
+                                     device=device, seed=seed)
+    module.set_confidence_head(head, info)
+    module.set_confidence_head(head, info, validation_curves(module, datamodule, ["tcp"], device).get("tcp"))
+    return info
+
+
+def validation_curves(module, datamodule, scores, device: str | torch.device = "cpu") -> dict:
+    """score -> the validation risk-coverage ThresholdGrid of each one-pass score (as prediction
+    segments: :meth:`SelectiveSegModule.segment`), so ``predict.py score=<name> coverage=c`` can turn
+    ``c`` into that score's threshold; empty without validation cases."""
+    from uaseg.selective import SelectiveSegmentationMetric
+
+    datamodule.setup()
+    if not scores or not len(datamodule.splits["val"]):
+        return {}
+    metrics = {s: SelectiveSegmentationMetric(num_classes=module.num_classes, bootstrap=0) for s in scores}
+    for image, label, case_ids in validation_batches(module, datamodule, device):
+        for s, metric in metrics.items():
+            u, pred, _ = module.segment(image, score=s)
+            for i, cid in enumerate(case_ids):
+                metric.update(u[i].cpu(), pred[i].cpu(), label[i], case_id=cid, group="val")
+    return {s: m.compute().threshold_grid for s, m in metrics.items()}

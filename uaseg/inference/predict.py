@@ -1,6 +1,8 @@
 """Selective segmentation of new files with a trained checkpoint: the library behind ``predict.py``.
 
 For each input, :func:`predict_files` writes the segmentation, the uncertainty ``u = 1 - max softmax``
+(``score=``: another one-pass score, e.g. ``margin``, or ``tcp``: 1 - the checkpoint's ConfidNet
+head's predicted true-class probability)
 and the referral mask ``u > t`` on the input's own grid (see :mod:`uaseg.inference.files`) and a JSON
 record: the threshold and how it was chosen, the case's own coverage, voxel counts per class.
 
@@ -47,12 +49,13 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 def check_threshold_options(coverage: float | None, threshold: float | None, risk: float | None = None,
-                            risk_method: str | None = None, risk_kind: str | None = None) -> None:
+                            risk_method: str | None = None, risk_kind: str | None = None,
+                            score: str = "max_softmax") -> None:
     """Each option in its domain (:mod:`uaseg.config_check`) and exactly one of ``coverage``,
     ``threshold`` and ``risk`` given (checked before any work)."""
     try:
         check_config({"coverage": coverage, "threshold": threshold, "risk": risk, "risk_method": risk_method,
-                      "risk_kind": risk_kind})
+                      "risk_kind": risk_kind, "score": score})
     except ConfigError as e:
         raise PredictError(str(e)) from None
     if sum(x is not None for x in (coverage, threshold, risk)) != 1:
@@ -62,12 +65,20 @@ def check_threshold_options(coverage: float | None, threshold: float | None, ris
         raise PredictError("risk_method= goes with risk=<alpha>")
     if risk_kind is not None and risk is None:
         raise PredictError("risk_kind= goes with risk=<alpha>")
+    if risk is not None and score != "max_softmax":
+        raise PredictError(f"risk= thresholds are calibrated on u = 1 - max softmax; score={score} takes coverage= "
+                           "or threshold=")
 
 
 def choose_threshold(model: LoadedModel, ckpt: Path, coverage: float | None, threshold: float | None,
-                     risk: float | None = None, risk_method: str | None = None, risk_kind: str | None = None) -> dict:
-    """The threshold and the record of how it was chosen."""
-    check_threshold_options(coverage, threshold, risk, risk_method, risk_kind)
+                     risk: float | None = None, risk_method: str | None = None, risk_kind: str | None = None,
+                     score: str = "max_softmax") -> dict:
+    """The threshold and the record of how it was chosen (``coverage``: on the validation curve of
+    ``score``)."""
+    check_threshold_options(coverage, threshold, risk, risk_method, risk_kind, score)
+    if score == "tcp" and not model.module.confidence:
+        raise PredictError(f"{ckpt} holds no ConfidNet head ('uaseg_confidence_head'), so score=tcp is unknown; "
+                           "train with confidence_head=tcp")
     if risk is not None:
         return risk_threshold(model.risk_control, ckpt, float(risk), risk_method, risk_kind)
     if threshold is not None:
@@ -76,12 +87,18 @@ def choose_threshold(model: LoadedModel, ckpt: Path, coverage: float | None, thr
                 "threshold_rule": "given by the user; refer voxels with u > threshold",
                 "requested_coverage": None, "validation_coverage": None}
     coverage = float(coverage)
-    if model.val_curve is None:
+    curve = (model.val_curve if score == "max_softmax" else model.module.confidence.get("val_curve")
+             if score == "tcp" else model.module.val_curves.get(score))
+    if curve is None and score != "max_softmax":
+        raise PredictError(f"{ckpt} has no validation curve of the score {score} (stored for the scores a run "
+                           f"lists in eval.scores), so coverage cannot be mapped to a threshold; pass "
+                           "threshold=<u> instead")
+    if curve is None:
         raise PredictError(
             f"{ckpt} has no validation risk-coverage curve ('uaseg_val_curve'; saved only after a "
             "validation run), so coverage cannot be mapped to a threshold; pass threshold=<u> instead"
         )
-    t, val_coverage = model.val_curve.threshold_at(coverage)
+    t, val_coverage = curve.threshold_at(coverage)
     log.info("coverage %.4g -> threshold %.6g (validation coverage %.4f)", coverage, t, val_coverage)
     record = {"threshold": t, "threshold_source": "coverage",
               "threshold_rule": "validation curve point with coverage nearest to the requested one "
@@ -104,6 +121,7 @@ def predict_files(
     risk: float | None = None,
     risk_method: str | None = None,
     risk_kind: str | None = None,
+    score: str = "max_softmax",
 ) -> list[dict]:
     """Segment every input file with ``ckpt`` and write segmentation, uncertainty, referral mask and a
     JSON per file into ``output``. Exactly one of ``coverage`` (in (0, 1]; threshold from the
@@ -112,7 +130,7 @@ def predict_files(
     several). Refuses to overwrite
     existing outputs unless ``overwrite``; every check runs before any computation. Returns the
     per-file JSON records."""
-    check_threshold_options(coverage, threshold, risk, risk_method, risk_kind)
+    check_threshold_options(coverage, threshold, risk, risk_method, risk_kind, score)
     dev = _device(device)
     ckpt = resolve_checkpoint(ckpt)  # a run folder -> its selected checkpoint
     ckpt_path = Path(ckpt).expanduser().resolve() if Path(ckpt).expanduser().exists() else Path(ckpt)
@@ -120,7 +138,8 @@ def predict_files(
     files, kind = list_inputs(inputs, skip_outputs_in=output)
 
     model = load_model(ckpt_path, "cpu", trust_checkpoint=trust_checkpoint)
-    chosen = choose_threshold(model, ckpt_path, coverage, threshold, risk, risk_method, risk_kind)
+    chosen = {**choose_threshold(model, ckpt_path, coverage, threshold, risk, risk_method, risk_kind, score),
+              "score": score}
     cases = model.datamodule.prediction_cases(files)  # one file per case, or nnU-Net's channel files
     names: dict[str, list[Path]] = {}
     for name, channel_files in cases:
@@ -144,13 +163,13 @@ def predict_files(
     records = []
     for name, channel_files in names.items():
         log.info("segmenting %s", ", ".join(map(str, channel_files)))
-        records.append(_predict_one(model, channel_files, targets[name], dev, ckpt_path, chosen))
+        records.append(_predict_one(model, channel_files, targets[name], dev, ckpt_path, chosen, score))
     return records
 
 
 def _predict_one(model: LoadedModel, files: list[Path], out: dict[str, Path], device: torch.device, ckpt_path: Path,
-                 chosen: dict) -> dict:
-    seg, u = segment_file(model, files, device)
+                 chosen: dict, score: str = "max_softmax") -> dict:
+    seg, u = segment_file(model, files, device, score)
     path = files[0]
     threshold = chosen["threshold"]
     refer = u > threshold  # -inf: refer everything

@@ -55,3 +55,18 @@ def entropy_uncertainty(logits: Tensor) -> tuple[Tensor, Tensor]:
     k = x.shape[1]
     h = -(p * log_p).sum(dim=1)
     return (h / math.log(k) if k > 1 else h), p.argmax(dim=1)
+
+
+@register_score("margin")
+def margin_uncertainty(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """u = 1 - (p1 - p2), one minus the gap between the two largest softmax probabilities (in [0, 1]),
+    and pred = argmax_k; the gradient flows into both top classes (topk is differentiable). With two
+    classes u = 2 (1 - p_max): the paper's score at twice the scale, so a fixed loss.margin is half as
+    wide relative to it."""
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    p = torch.softmax(x, dim=1)
+    if x.shape[1] < 2:
+        conf, pred = p.max(dim=1)
+        return 1.0 - conf, pred
+    top, idx = p.topk(2, dim=1)
+    return 1.0 - (top[:, 0] - top[:, 1]), idx[:, 0]

@@ -30,6 +30,7 @@ from uaseg.losses.variants import second_view_logits
 from uaseg.selective import SelectiveResult, SelectiveSegmentationMetric, ThresholdGrid
 from uaseg.selective.risk_control import evaluate_all
 from uaseg.uncertainty import SCORES, MeanOfPasses, check_scores, deterministic_scores
+from uaseg.uncertainty.confidnet import HEAD_KEY, ConfidenceHead, WithConfidence
 from uaseg.uncertainty.mc_dropout import dropout_active
 from uaseg.uncertainty.tta import flip_sets, flipped_probabilities
 
@@ -41,6 +42,10 @@ EVAL_KEYS = ("coverages", "quantize_bits", "case_aggregation", "bootstrap", "sco
 DOMINANT_RATIO = 100.0
 #: checkpoint key of the calibrated referral thresholds (plain dicts: ``uaseg.inference.calibrate``)
 RISK_CONTROL_KEY = "uaseg_risk_control"
+#: checkpoint key of the validation curves of the other one-pass scores (``predict.py score=margin coverage=...``)
+VAL_CURVES_KEY = "uaseg_val_curves"
+#: the one-pass scores prediction can refer by (tcp: with a ConfidNet head)
+PREDICT_SCORES = ("max_softmax", "entropy", "margin", "doctor", "max_logit", "energy", "tcp")
 
 
 def plain_config(cfg: Any) -> Any:
@@ -140,6 +145,11 @@ class SelectiveSegModule(L.LightningModule):
         self._test_cases = 0
         #: calibrated referral thresholds loaded from the checkpoint (evaluated at test)
         self.risk_calibration: dict | None = None
+        #: the ``tcp`` score's ConfidNet head with its cost and validation curve (a plain dict, so the
+        #: head is no submodule: the segmenter's state_dict, and checkpoints without a head, stay as they are)
+        self.confidence: dict | None = None
+        #: score -> validation ThresholdGrid of the one-pass scores other than max_softmax and tcp
+        self.val_curves: dict[str, ThresholdGrid] = {}
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, trust_checkpoint: bool = False, **kwargs):
@@ -222,12 +232,35 @@ class SelectiveSegModule(L.LightningModule):
 
     # ------------------------------------------------------------------ whole-image inference
     @torch.no_grad()
-    def segment(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sliding-window inference -> (uncertainty, prediction, probabilities) per voxel."""
+    def segment(self, image: torch.Tensor, score: str = "max_softmax") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sliding-window inference -> (uncertainty, prediction, probabilities) per voxel; ``score``:
+        ``max_softmax`` (u = 1 - max softmax), another one-pass score of :data:`PREDICT_SCORES`, or
+        ``tcp`` (u = 1 - the ConfidNet head's p_true)."""
+        if score == "tcp":
+            logits, u = self._tcp_pass(image)
+            prob = logits.float().softmax(dim=1)
+            return u, prob.argmax(dim=1), prob
+        if score not in PREDICT_SCORES:
+            raise ConfigError(f"score={score!r}: prediction refers by one of {list(PREDICT_SCORES)}")
         logits = self.inferer(image, self.net)
+        if score != "max_softmax":
+            u, prediction = deterministic_scores(as_tensor(logits), None)[score]
+            return u, prediction, as_tensor(logits).float().softmax(dim=1)
         prob = as_tensor(logits).float().softmax(dim=1)
         confidence, prediction = prob.max(dim=1)
         return 1.0 - confidence, prediction, prob
+
+    def set_confidence_head(self, head: ConfidenceHead, info: dict, val_curve: ThresholdGrid | None = None) -> None:
+        self.confidence = {"head": head.eval(), "info": dict(info), "val_curve": val_curve}
+
+    def _tcp_pass(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass of network + head: ``(logits, u = 1 - predicted p_true)``."""
+        if not self.confidence:
+            raise ConfigError("the score 'tcp' needs a ConfidNet head: train with confidence_head=tcp "
+                              "(or test a checkpoint that holds one)")
+        head = self.confidence["head"].to(image.device)
+        out = as_tensor(self.inferer(image, WithConfidence(self.net, head)))
+        return out[:, : self.num_classes], (1.0 - out[:, self.num_classes].float()).clamp(0.0, 1.0)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         uncertainty, prediction, _ = self.segment(as_tensor(batch["image"]))
@@ -253,6 +286,14 @@ class SelectiveSegModule(L.LightningModule):
             checkpoint["uaseg_temperature"] = float(self.temperature)
         if self.risk_calibration:
             checkpoint[RISK_CONTROL_KEY] = self.risk_calibration
+        if self.confidence:
+            checkpoint[HEAD_KEY] = self.confidence_record()
+        if self.val_curves:
+            checkpoint[VAL_CURVES_KEY] = {k: g.to_dict() for k, g in self.val_curves.items()}
+
+    def confidence_record(self) -> dict:
+        c = self.confidence or {}
+        return c["head"].to_record(**c["info"], val_curve=c["val_curve"].to_dict() if c.get("val_curve") else None)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         curve = checkpoint.get("uaseg_val_curve")
@@ -260,6 +301,15 @@ class SelectiveSegModule(L.LightningModule):
         if "uaseg_temperature" in checkpoint:  # else keep one fitted in memory (a test-only run)
             self.temperature = float(checkpoint["uaseg_temperature"])
         self.risk_calibration = checkpoint.get(RISK_CONTROL_KEY)
+        curves = checkpoint.get(VAL_CURVES_KEY)
+        if curves:
+            self.val_curves = {k: ThresholdGrid.from_dict(g) for k, g in curves.items()}
+        record = checkpoint.get(HEAD_KEY)
+        if record and not self.confidence:  # a head fitted in this run (test-only: on other weights) wins
+            info = {k: v for k, v in record.items() if k in ("parameters", "train_seconds", "epochs", "steps", "final_mse")}
+            curve = record.get("val_curve")
+            self.set_confidence_head(ConfidenceHead.from_record(record), info,
+                                     ThresholdGrid.from_dict(curve) if curve else None)
 
     # ------------------------------------------------------------------ test
     def _families(self) -> set[str]:
@@ -279,6 +329,10 @@ class SelectiveSegModule(L.LightningModule):
                 raise ConfigError("eval.scores asks for 'temperature' but no temperature was fitted for this model")
             with self._timed("deterministic"):
                 out.update(deterministic_scores(segment(image), self.temperature))
+        if "confidnet" in families:
+            with self._timed("confidnet"):
+                logits, u = self._tcp_pass(image)
+                out["tcp"] = (u, logits.argmax(dim=1))
         if "tta" in families:
             with self._timed("tta"):
                 acc = MeanOfPasses()
@@ -304,10 +358,13 @@ class SelectiveSegModule(L.LightningModule):
         self._family_time[family] = self._family_time.get(family, 0.0) + time.perf_counter() - start
 
     def family_passes(self, family: str) -> int:
-        return {"deterministic": 1, "tta": len(self.tta_flips), "mc": self.mc_samples}[family]
+        return {"deterministic": 1, "confidnet": 1, "tta": len(self.tta_flips), "mc": self.mc_samples}[family]
 
     def on_test_epoch_start(self) -> None:
         self._family_time, self._test_cases = {}, 0
+        if "tcp" in self.scores and not self.confidence:
+            raise ConfigError("eval.scores asks for 'tcp' but this model has no ConfidNet head: train with "
+                              "confidence_head=tcp (or test a checkpoint that holds one)")
 
     def test_step(self, batch: dict, batch_idx: int) -> list[CaseOutput]:
         maps = self.score_maps(as_tensor(batch["image"]))
@@ -338,6 +395,10 @@ class SelectiveSegModule(L.LightningModule):
                    "seconds_per_case": self._family_time.get(SCORES[name].family, 0.0) / cases}
             for name in self.scores
         }
+        if "tcp" in self.test_costs and self.confidence:  # the head's extra cost beside its inference time
+            info = self.confidence["info"]
+            self.test_costs["tcp"].update({"parameters": info.get("parameters"),
+                                           "train_seconds": info.get("train_seconds")})
 
     def _log_test_scalars(self, result: SelectiveResult, prefix: str) -> None:
         scalars = {

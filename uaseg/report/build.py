@@ -36,7 +36,10 @@ METHODS_NOTE = (
     "segmentation a row is evaluated with (multi-pass scores use the argmax of the mean, so their Dice "
     "at coverage 1 differs). Reference: λ = 0, single network, max_softmax. *p (cases)*: per-case Dice at "
     "coverage 0.90 against the reference, paired by (fold, case), Wilcoxon signed-rank. *passes* and "
-    "*s / case*: forward passes per image and seconds per case measured in the run (machine-dependent)."
+    "*s / case*: forward passes per image and seconds per case measured in the run (machine-dependent). "
+    "*sd (seeds)*: sample standard deviation of AURC over a fold's runs, averaged over folds (a row beats "
+    "another only by more than this spread). *extra training*: a learned score's own parameters and fitting "
+    "seconds (the ConfidNet head of `tcp`)."
 )
 TESTS_NOTE = (
     "p (folds): paired by fold; Wilcoxon signed-rank (scipy) when n ≥ 5, else paired t-test. "

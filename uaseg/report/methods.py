@@ -54,6 +54,16 @@ class MethodRow:
                 per_fold.append(float(np.mean(vals)))
         return float(np.mean(per_fold)) if per_fold else math.nan
 
+    def fold_sd(self, value) -> float:
+        """Mean over folds of the per-fold sample standard deviation over runs (seeds) of ``value(run)``:
+        the seed spread a row must beat (NaN with fewer than two runs per fold)."""
+        per_fold = []
+        for fold in sorted({r.fold for r in self.runs}, key=str):
+            vals = [v for v in (value(r) for r in self.runs if r.fold == fold) if stats._finite(v)]
+            if len(vals) > 1:
+                per_fold.append(float(np.std(vals, ddof=1)))
+        return float(np.mean(per_fold)) if per_fold else math.nan
+
     def metric(self, fn) -> float:
         if self.score == PAIRWISE:
             return math.nan
@@ -149,6 +159,8 @@ def row_values(row: MethodRow, ref: MethodRow | None) -> dict:
     """Every column of one row (fractions converted to the table's units)."""
     v = {
         "aurc_dice": row.metric(lambda s: s.aurc_dice),
+        "aurc_sd": (math.nan if row.score == PAIRWISE
+                    else row.fold_sd(lambda r: r.scores[row.score].aurc_dice)),
         "eaurc": 100 * row.metric(lambda s: s.eaurc),
         "augrc": 100 * row.metric(lambda s: s.augrc),
         "dice_full": 100 * row.metric(lambda s: s.dice_full.mean),
@@ -158,6 +170,9 @@ def row_values(row: MethodRow, ref: MethodRow | None) -> dict:
                       if row.score == PAIRWISE else row.metric(lambda s: s.case_level.aurc)),
         "passes": _cost(row, "passes"),
         "seconds_per_case": _cost(row, "seconds_per_case"),
+        # a learned score's own cost (ConfidNet's head): parameters and training seconds beyond the segmenter's
+        "extra_parameters": _cost(row, "parameters"),
+        "extra_train_seconds": _cost(row, "train_seconds"),
         "prediction": (row.runs[0].score_info(row.score)["prediction"] or "") if row.score != PAIRWISE else "",
         "n_runs": len(row.runs),
         "n_folds": len({r.fold for r in row.runs}),
@@ -167,6 +182,13 @@ def row_values(row: MethodRow, ref: MethodRow | None) -> dict:
         v["rel_aurc_pct"] = stats.relative_change(ref.metric(lambda s: s.aurc_dice), v["aurc_dice"])
         v["p_cases"], _, v["n_pairs"] = stats.paired_test(ref.case_dice(), row.case_dice(), force="wilcoxon")
     return v
+
+
+def _extra(v: dict) -> str:
+    """The extra-training column: ``+N params, S s`` for a learned score, else ``–``."""
+    if math.isnan(v["extra_parameters"]):
+        return "–"
+    return f"+{v['extra_parameters']:,.0f} params, {_fmt(v['extra_train_seconds'], 1)} s"
 
 
 def _fmt(x, d=2) -> str:
@@ -179,19 +201,19 @@ def render_methods(groups) -> tuple[str, list[dict]]:
     for ctx, rows in groups.items():
         ref = next((r for r in rows if r.key == REFERENCE), None)
         lines += [f"### {describe_context(ctx)}", "",
-                  "| Setting | Score | Prediction | AURC (%) | rel. Δ AURC | E-AURC (%) | AUGRC (%) | "
+                  "| Setting | Score | Prediction | AURC (%) | sd (seeds) | rel. Δ AURC | E-AURC (%) | AUGRC (%) | "
                   "Dice@1.00 (%) | Dice@0.90 (%) | Dice@5PCTL@0.90 (%) | case AURC (%) | passes | s / case | "
-                  "p (cases, Dice@0.90) | runs |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "extra training | p (cases, Dice@0.90) | runs |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
             v = row_values(row, ref)
             rel = "reference" if row is ref else ("–" if math.isnan(v["rel_aurc_pct"])
                                                   else f"{v['rel_aurc_pct'] + 0.0:+.1f} %".replace("-0.0", "±0.0").replace("+0.0", "±0.0"))
             p = "–" if math.isnan(v["p_cases"]) else f"{v['p_cases']:.2g} (n={v['n_pairs']})"
             lines.append("| " + " | ".join([
-                row.setting(), row.score, v["prediction"], _fmt(v["aurc_dice"], 3), rel, _fmt(v["eaurc"]),
+                row.setting(), row.score, v["prediction"], _fmt(v["aurc_dice"], 3), _fmt(v["aurc_sd"], 3), rel, _fmt(v["eaurc"]),
                 _fmt(v["augrc"]), _fmt(v["dice_full"]), _fmt(v["dice_90"]), _fmt(v["dice_p5_90"]),
-                _fmt(v["case_aurc"]), _fmt(v["passes"], 0), _fmt(v["seconds_per_case"], 3), p,
+                _fmt(v["case_aurc"]), _fmt(v["passes"], 0), _fmt(v["seconds_per_case"], 3), _extra(v), p,
                 f"{v['n_runs']} ({v['n_folds']} fold{'s' if v['n_folds'] != 1 else ''})"]) + " |")
             tidy.append({"context": describe_context(ctx), "setting": row.setting(), "method": row.method,
                          "score": row.score, **v})

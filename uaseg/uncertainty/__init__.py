@@ -1,5 +1,6 @@
 """Test-time uncertainty: the field's baselines next to uncertainty-aware training (one pass,
-temperature scaling, flip TTA, MC dropout, deep ensembles), see :mod:`uaseg.uncertainty.scores`."""
+temperature scaling, margin, DOCTOR, max logit, energy, a ConfidNet head, flip TTA, MC dropout, deep
+ensembles), see :mod:`uaseg.uncertainty.scores` and :mod:`uaseg.uncertainty.confidnet`."""
 
 from uaseg.uncertainty.scores import (
     RUN_FAMILIES,

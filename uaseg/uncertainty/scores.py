@@ -6,14 +6,29 @@ passes, so asking for ``tta`` and ``tta_entropy`` costs the passes once:
 =============  =============================================  ==========================================
 family         probabilities                                   scores
 =============  =============================================  ==========================================
-deterministic  one pass: softmax(z) (and softmax(z / T))        max_softmax, entropy, temperature
+deterministic  one pass: softmax(z) (and softmax(z / T))        max_softmax, entropy, temperature, margin,
+                                                                 doctor, max_logit, energy
+confidnet      one pass with a learned head on the features    tcp (:mod:`uaseg.uncertainty.confidnet`)
 tta            mean softmax over flips, mapped back exactly     tta, tta_entropy
 mc             mean softmax over passes with dropout active     mc_dropout, mc_entropy, mc_mutual_information
 ensemble       mean softmax over independently trained nets     ensemble, ensemble_entropy,
                                                                  ensemble_mutual_information
 =============  =============================================  ==========================================
 
-Entropies and mutual information are divided by log K, so every score lies in [0, 1]. The
+Entropies and mutual information are divided by log K, so every score lies in [0, 1]; so do the
+others, because the checkpoint's thresholds, ``eval.quantize_bits`` (range [0, 1]) and the
+risk-control grids assume it:
+
+* ``margin`` = 1 - (p1 - p2), the gap between the two largest probabilities;
+* ``doctor`` = (1 - sum_k p_k^2) / (1 - 1/K), DOCTOR's Gini score (Granese et al., NeurIPS 2021);
+* ``max_logit`` = sigmoid(-max_k z_k) and ``energy`` = sigmoid(-logsumexp_k z_k) (Hendrycks et al.
+  2022; Liu et al., NeurIPS 2020): the sigmoid maps the unbounded -max logit / free energy into
+  (0, 1) without changing their order (ties only where float32 saturates: a max logit or
+  log-sum-exp above about 88 or below about -17).
+
+With two classes margin = 2 (1 - p_max) and doctor = 4 p (1 - p) are monotone in p_max and rank
+voxels exactly as ``max_softmax`` (as ``entropy`` and ``temperature`` do); ``max_logit`` and
+``energy`` depend on the logits' scale, not only on their difference, and rank differently. The
 prediction is the argmax of the family's (mean) probabilities: deterministic scores keep the
 network's own prediction, the multi-pass families change it (and Dice at coverage 1 with it).
 """
@@ -40,6 +55,11 @@ SCORES: dict[str, Score] = {
     "max_softmax": Score("deterministic", "argmax of one pass"),
     "entropy": Score("deterministic", "argmax of one pass"),
     "temperature": Score("deterministic", "argmax of one pass"),
+    "margin": Score("deterministic", "argmax of one pass"),
+    "doctor": Score("deterministic", "argmax of one pass"),
+    "max_logit": Score("deterministic", "argmax of one pass"),
+    "energy": Score("deterministic", "argmax of one pass"),
+    "tcp": Score("confidnet", "argmax of one pass"),
     "tta": Score("tta", "argmax of the mean over flips"),
     "tta_entropy": Score("tta", "argmax of the mean over flips"),
     "mc_dropout": Score("mc", "argmax of the mean over dropout passes"),
@@ -50,7 +70,7 @@ SCORES: dict[str, Score] = {
     "ensemble_mutual_information": Score("ensemble", "argmax of the mean over members"),
 }
 #: scores a single training run evaluates (ensembles come from ``uaseg ensemble``)
-RUN_FAMILIES = ("deterministic", "tta", "mc")
+RUN_FAMILIES = ("deterministic", "confidnet", "tta", "mc")
 
 
 def check_scores(names, allowed_families=RUN_FAMILIES) -> list[str]:
@@ -112,9 +132,18 @@ class MeanOfPasses:
 
 def deterministic_scores(logits: Tensor, temperature: float | None) -> dict[str, tuple[Tensor, Tensor]]:
     """The one-pass scores from logits ``(B, K, *spatial)``."""
-    prob = logits.float().softmax(dim=1)
+    z = logits.float()
+    prob = z.softmax(dim=1)
     u, pred = max_prob_uncertainty(prob)
-    out = {"max_softmax": (u, pred), "entropy": (entropy(prob), pred)}
+    k = prob.shape[1]
+    top = prob.topk(min(2, k), dim=1).values
+    gap = top[:, 0] - top[:, 1] if k > 1 else top[:, 0]
+    gini = 1.0 - (prob * prob).sum(dim=1)
+    out = {"max_softmax": (u, pred), "entropy": (entropy(prob), pred),
+           "margin": (1.0 - gap, pred),
+           "doctor": ((gini / (1.0 - 1.0 / k)).clamp(0.0, 1.0) if k > 1 else gini, pred),
+           "max_logit": (torch.sigmoid(-z.max(dim=1).values), pred),
+           "energy": (torch.sigmoid(-torch.logsumexp(z, dim=1)), pred)}
     if temperature is not None:
         out["temperature"] = (1.0 - (logits.float() / temperature).softmax(dim=1).max(dim=1).values, pred)
     return out
