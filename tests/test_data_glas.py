@@ -130,12 +130,12 @@ def test_cv_on_train_folds_persisted(root):
     assert [c["case_id"] for c in dm2.splits["test"]] == folds[2]["test"]
 
 
-def test_small_image_padded(root):
+def test_small_image_padded_for_training_only(root):
     dm = dm_for(root, patch_size=(48, 48))  # train_3 is 20x14, others ~60x44
     dm.setup()
     small = [c for s in ("train", "val") for c in dm.splits[s] if c["case_id"] == "train_3"]
-    out = dm.eval_transforms()(dict(small[0]))
-    assert tuple(out["image"].shape) == (3, 48, 48)
+    out = dm.eval_transforms()(dict(small[0]))  # evaluated at its own size: padding would count as covered
+    assert tuple(out["image"].shape) == (3, 20, 14) and tuple(out["label"].shape) == (1, 20, 14)
     tr = dm.train_transforms()(dict(small[0]))
     assert all(tuple(p["image"].shape) == (3, 48, 48) for p in tr)
     b = next(iter(dm.train_dataloader()))
@@ -228,9 +228,9 @@ def test_yaml_instantiates_and_meta_matches(root):
     dm = instantiate(d, _convert_="all")
     assert isinstance(dm, GlaSDataModule) and dm.patch_size == (192, 192) and not dm.cv_on_train
     assert meta == {"spatial_dims": 2, "in_channels": 3, "num_classes": 2, "class_names": ["gland"]}
-    dm.setup()  # images smaller than 192 are padded
+    dm.setup()  # images smaller than 192 are evaluated at their own size (the sliding window pads inside)
     b = next(iter(dm.test_dataloader()))
-    assert b["image"].shape[2:] == (192, 192)
+    assert b["image"].shape[2:] == b["label"].shape[2:] and max(b["image"].shape[2:]) < 192
 
 
 def test_check_dataset_script(root, capsys):

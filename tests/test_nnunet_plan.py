@@ -114,6 +114,23 @@ def test_resampling_is_inverted_onto_the_file_grid(tmp_path, make_cfg):
     assert (back[0].numpy() == lab).mean() > 0.95  # resampled there and back: only box edges may move
 
 
+def test_evaluation_sees_a_case_smaller_than_the_patch_at_its_own_size(tmp_path, make_cfg):
+    """Padding is for training crops only: a padded voxel in evaluation would count as a covered,
+    correct voxel in coverage and the curves (the sliding window pads internally and crops back)."""
+    root = make_aniso_ct(tmp_path / "Dataset010_Aniso")
+    dm, _ = dm_of(make_cfg, root)
+    dm.setup()
+    spacings, z = np.array(ANISO_SPACINGS), dm.plan["target_spacing"][2]
+    shapes = np.round(np.array(ANISO_SHAPE) * spacings / [1.0, 1.0, z]).astype(int)
+    small = [i for i, s in enumerate(shapes) if s[2] < dm.patch_size[2]]
+    assert small, "the dataset must have a case thinner than the patch"
+    case = case_of(dm, f"ct_{small[0]:03d}")
+    out = dm.eval_transforms()(dict(case))
+    assert tuple(out["image"].shape[1:]) == tuple(out["label"].shape[1:]) == tuple(shapes[small[0]])
+    patches = dm.train_transforms()(dict(case))
+    assert all(tuple(p["image"].shape[1:]) == tuple(dm.patch_size) for p in patches)
+
+
 # --------------------------------------------------------------------------------- zero background
 def test_zero_background_mr_is_cropped_and_normalised_inside_the_mask(tmp_path, make_cfg):
     root = make_zero_background_mr(tmp_path / "Dataset011_Brain")
@@ -135,17 +152,15 @@ def test_zero_background_mr_is_cropped_and_normalised_inside_the_mask(tmp_path, 
     lo, size = boxes["mr_001"]
     crop = tuple(slice(a, a + s) for a, s in zip(lo, size))
     head = head_mask(seed=1)[crop]  # the hole is inside the head: part of the mask
-    assert tuple(out["image"].shape[1:]) == (16, 16, 16)  # cropped to 12 x 10 x 9, padded to the patch
+    assert tuple(out["image"].shape[1:]) == tuple(size) == (12, 10, 9)  # cropped; evaluation does not pad
     for c in range(2):
         raw = np.asarray(nib.load(case["image"][c]).dataobj, dtype=np.float64)[crop]
         want = np.where(head, (raw - raw[head].mean()) / raw[head].std(), 0.0)
         got = out["image"][c].numpy()
-        # SpatialPadd centres the 12 x 10 x 9 crop in the 16^3 patch
-        inner = tuple(slice((16 - s) // 2, (16 - s) // 2 + s) for s in size)
-        np.testing.assert_allclose(got[inner], want, atol=1e-4)
-        assert not np.allclose(got[inner], (raw - raw.mean()) / raw.std(), atol=1e-2)  # not the plain z-score
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        assert not np.allclose(got, (raw - raw.mean()) / raw.std(), atol=1e-2)  # not the plain z-score
     lab = np.asarray(nib.load(case["label"]).dataobj)
-    np.testing.assert_array_equal(out["label"][0].numpy()[inner], lab[crop])
+    np.testing.assert_array_equal(out["label"][0].numpy(), lab[crop])
 
 
 def test_a_fingerprint_of_the_older_version_is_recomputed_with_a_warning(tmp_path, make_cfg, caplog):

@@ -112,7 +112,8 @@ class SegDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def eval_transforms(self) -> Compose:
-        """Case dict -> one whole image (padded to at least ``patch_size``)."""
+        """Case dict -> one whole image at its own size, never padded: the sliding window pads internally
+        and crops back, so every evaluated voxel is a voxel of the case."""
         raise NotImplementedError
 
     def predict_transforms(self) -> Compose:

@@ -255,8 +255,7 @@ class GlaSDataModule(FileSegDataModule):
             ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
         ]
         if not label:
-            return image + [SpatialPadd(keys="image", spatial_size=self.patch_size)]
-        keys = ["image", "label", "instances"]
+            return image
         return image + [
             LoadImageNamedd(keys="label", image_only=True, reader="PILReader"),
             EnsureChannelFirstd(keys="label"),
@@ -264,7 +263,6 @@ class GlaSDataModule(FileSegDataModule):
             CheckSameGeometryd("image", "label", check_affine=False),
             CopyItemsd(keys="label", names="instances"),
             Binarized(keys="label"),
-            SpatialPadd(keys=keys, spatial_size=self.patch_size),
         ]
 
     def _finish(self, label: bool = True) -> list:
@@ -275,6 +273,7 @@ class GlaSDataModule(FileSegDataModule):
     def train_transforms(self) -> Compose:
         keys = ["image", "label", "instances"]
         t = self._deterministic() + [
+            SpatialPadd(keys=keys, spatial_size=self.patch_size),  # training only: evaluation sees the image as it is
             RandCropByPosNegLabeld(
                 keys=keys,
                 label_key="label",

@@ -17,10 +17,12 @@ the labelled cases (:meth:`~StandardLayoutDataModule.discover`) and how to check
   channels) -> checks (channels, image/label grid: the label takes the image's affine, label values in
   ``0..K-1``, plus ``K`` = nnU-Net's ignore label when ``dataset.json`` has one) -> crop to the non-zero
   region -> per-channel normalisation (before resampling, as nnU-Net) -> 3-D: reorient to ``orientation``,
-  resample to the target spacing as nnU-Net (:mod:`uaseg.data.resample`) -> pad to the patch; training
+  resample to the target spacing as nnU-Net (:mod:`uaseg.data.resample`); training pads to the patch and
   adds ``RandCropByPosNegLabeld`` (with an ignore label: centred on labelled voxels only,
   :class:`AnnotatedIndicesd`) and augmentation (``augment``, as MM-WHS). A plan of an older uaseg (no
   ``crop_to_nonzero`` / ``resampling`` key) keeps its own preprocessing: no crop, ``Spacingd`` bilinear.
+  Evaluation and prediction see each case at its own size (the sliding window pads internally and
+  crops back), so no padded voxel counts in Dice, coverage or the curves.
 """
 
 from __future__ import annotations
@@ -335,7 +337,7 @@ class StandardLayoutDataModule(FileSegDataModule):
                 t.append(ResampleToSpacingd(keys=keys, pixdim=self.plan["target_spacing"]))
             else:  # a plan of an older uaseg: the preprocessing its checkpoint was trained with
                 t.append(Spacingd(keys=keys, pixdim=self.plan["target_spacing"], mode=("bilinear", "nearest")[: len(keys)]))
-        return t + [SpatialPadd(keys=keys, spatial_size=self.patch_size)]
+        return t
 
     def _finish(self, label: bool = True) -> list:
         return [EnsureTyped(keys="image", dtype=torch.float32)] + (
@@ -348,7 +350,8 @@ class StandardLayoutDataModule(FileSegDataModule):
                                       pos=self.fg_fraction, neg=1.0 - self.fg_fraction,
                                       num_samples=self.samples_per_image, allow_smaller=False, **indices)
         centres = [] if self.ignore_label is None else [AnnotatedIndicesd("label", self.ignore_label)]
-        return Compose(self._deterministic() + centres + [crop] + self._augmentation() + self._finish())
+        pad = SpatialPadd(keys=["image", "label"], spatial_size=self.patch_size)  # training only: evaluation sees the case as it is
+        return Compose(self._deterministic() + [pad] + centres + [crop] + self._augmentation() + self._finish())
 
     def _augmentation(self) -> list:
         a, keys, n = self.augment, ["image", "label"], self.spatial_dims

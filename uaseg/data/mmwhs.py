@@ -188,7 +188,6 @@ class MMWHSDataModule(FileSegDataModule):
                 CropForegroundd(keys=keys, source_key="label", margin=self.paper_crop_margin, allow_smaller=True),
                 Resized(keys=keys, spatial_size=self.patch_size, mode=("trilinear", "nearest")),
             ]
-        t.append(SpatialPadd(keys=keys, spatial_size=self.patch_size))
         return t
 
     def _finish(self, label: bool = True) -> list:
@@ -199,6 +198,7 @@ class MMWHSDataModule(FileSegDataModule):
     def train_transforms(self) -> Compose:
         keys = ["image", "label"]
         t = self._deterministic() + [
+            SpatialPadd(keys=keys, spatial_size=self.patch_size),  # training only: evaluation sees the volume as it is
             RandCropByPosNegLabeld(
                 keys=keys,
                 label_key="label",
