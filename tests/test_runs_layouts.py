@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from layoutfiles import make_aniso_ct, make_decathlon, make_nnunet_2d, make_nnunet_3d, make_zero_background_mr
 from PIL import Image
 
@@ -50,7 +51,10 @@ def test_train_test_and_predict_from_the_checkpoint_alone(tmp_path, make_cfg, la
     dataset, make, classes = LAYOUTS[layout]
     root = make(tmp_path)
     figures = layout in ("nnunet-2d-png", "nnunet-2d-ignore")  # the same code for every dataset: drawn twice, for time
-    cfg = make_cfg(dataset, f"dataset.root={root}", "dataset.num_workers=0", "eval.export=true", f"eval.figures={figures}")
+    # with an ignore label, a second one-pass score also stores its validation curve on annotated voxels only
+    scores = ["eval.scores=[max_softmax,margin]"] if layout == "nnunet-2d-ignore" else []
+    cfg = make_cfg(dataset, f"dataset.root={root}", "dataset.num_workers=0", "eval.export=true", f"eval.figures={figures}",
+                   *scores)
     train(cfg)
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
@@ -65,7 +69,7 @@ def test_train_test_and_predict_from_the_checkpoint_alone(tmp_path, make_cfg, la
     # prediction from the checkpoint alone: dataset.root (and its fingerprint.json) are gone
     ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
     trained_plan = build_datamodule(cfg.dataset).plan
-    patch = trained_plan["patch_size"]  # whole images are padded (with background) to the patch
+    patch = trained_plan["patch_size"]
     if layout == "nnunet-3d-sparse-shifted":  # test cases' annotated voxels on the evaluated (resampled) grid
         dm = build_datamodule(cfg.dataset)
         dm.setup()
@@ -101,6 +105,9 @@ def test_train_test_and_predict_from_the_checkpoint_alone(tmp_path, make_cfg, la
             with Image.open(moved / "labelsTr" / f"{case['case_id']}.png") as im:
                 lab = np.asarray(im)
             assert case["n_voxels"] == lab.size - int((lab == 3).sum()) < lab.size  # no padding counted either
+        from uaseg.models.module import VAL_CURVES_KEY
+
+        assert "margin" in torch.load(ckpt, map_location="cpu", weights_only=True)[VAL_CURVES_KEY]
         with Image.open(rec["outputs"]["seg"]) as im:  # the network has no output for "ignore"
             assert np.asarray(im).max() < 3 and sorted(rec["voxel_counts"]) == ["background", "gland", "lumen"]
     if layout == "nnunet-3d-two-channels":  # a case's channels are its files beside each other
