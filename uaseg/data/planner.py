@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-#: nnU-Net's ANISO_THRESHOLD
-ANISO_THRESHOLD = 3.0
+from .resample import ANISO_THRESHOLD
+
 #: patch sides when the network's strides are unknown (every conf/model: at most 4 downsamplings)
 DEFAULT_STRIDE = 16
 

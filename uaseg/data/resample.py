@@ -55,6 +55,8 @@ def resize_label(x: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
         return resize(x, shape, 0)
     out = np.zeros(tuple(int(s) for s in shape), dtype=np.float64)
     for c in np.unique(x):
+        if c == 0:
+            continue  # out starts as background
         out[resize((x == c).astype(np.float64), shape, order) >= 0.5] = c
     return out
 
@@ -86,15 +88,15 @@ def resample_case(arr: np.ndarray, spacing: Sequence[float], target: Sequence[fl
     if axis is None:
         return np.stack([fn(c, out_shape, order) for c in arr])
     in_plane = [n for i, n in enumerate(out_shape) if i != axis]
+    # nearest along the coarse axis: nnU-Net's map_coordinates(order=0, mode="nearest") on the coordinate
+    # map picks, per output slice, input slice floor(x + 0.5) of x = (in / out) (j + 0.5) - 0.5
+    n_in, n_out = shape[axis], out_shape[axis]
+    x = (n_in / n_out) * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5
+    nearest = np.clip(np.floor(x + 0.5), 0, n_in - 1).astype(np.intp)
     out = []
     for c in arr:
         slices = np.stack([fn(s, in_plane, order) for s in np.moveaxis(c, axis, 0)], axis=axis)
-        if slices.shape[axis] != out_shape[axis]:
-            grid = np.mgrid[tuple(slice(0, n) for n in out_shape)].astype(np.float64)
-            scale = np.asarray(slices.shape, float) / np.asarray(out_shape, float)
-            coords = scale.reshape(-1, 1, 1, 1) * (grid + 0.5) - 0.5
-            slices = ndimage.map_coordinates(slices, coords, order=0, mode="nearest")
-        out.append(slices)
+        out.append(np.take(slices, nearest, axis=axis) if n_in != n_out else slices)
     return np.stack(out)
 
 
