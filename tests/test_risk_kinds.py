@@ -206,6 +206,9 @@ def test_patients_loo_and_realised_values():
     assert r["test_risk"] == pytest.approx(r["test_values"]["structure_max"])
     img = calibrate(stats, 0.15, "crc", kind="structure")           # per image: no patients named
     assert img.unit == "case" and img.n_calibration == 24 and "not patients" in img.statement
+    # a calibration subset with patients of one image each selects its cases by unit number, not by name
+    one = calibrate(stats, 0.15, "crc", cases=range(10), units={c: f"p{c}" for c in ids})
+    assert one.n_calibration == 10 and one.values == calibrate(stats[:10], 0.15, "crc").values
 
 
 # ---------------------------------------------------------------- the guarantees

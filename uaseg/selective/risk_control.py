@@ -392,11 +392,12 @@ def calibrate(losses: RiskLosses | CaseLosses | list[CaseStats], alpha: float, m
     unit = "patient" if rl.grouped else "case"
     values = {}
     if stats is not None:
-        chosen = set(rl.unit_ids[i] for i in idx)
-        unit_map = units if rl.grouped else None
-        sel = [s for s in stats if str((unit_map or {}).get(s.case_id, s.case_id) or s.case_id) in chosen] \
-            if cases is not None else stats
-        values = realised_values(sel, t, _beta(rl.kind, alpha), unit_map, class_names)
+        sel = stats
+        if cases is not None:  # the selected units' cases, by the unit numbering risk_losses used
+            unit_of, _ = unit_numbers([s.case_id for s in stats], units)
+            keep = set(idx.tolist())
+            sel = [s for s, u in zip(stats, unit_of) if u in keep]
+        values = realised_values(sel, t, _beta(rl.kind, alpha), units if rl.grouped else None, class_names)
     n_min = min_calibration_cases(alpha, method, delta, pvalue if method == "ltt" else "hb", m)
     exp = None
     if expected_coverage and feasible and idx.size > 1:
