@@ -408,15 +408,16 @@ def calibrate(losses: RiskLosses | CaseLosses | list[CaseStats], alpha: float, m
 
 
 def evaluate(calibration: Calibration, stats: list[CaseStats], units: dict | None = None,
-             class_names=None) -> dict:
+             class_names=None, losses: RiskLosses | None = None) -> dict:
     """The calibrated threshold on held-out cases (exact counts; per patient when the calibration was
     and ``units`` names them), with every kind's realised value and the oracle: the coverage these
-    cases themselves would have allowed at risk ``alpha`` (no guarantee) and the coverage lost."""
+    cases themselves would have allowed at risk ``alpha`` (no guarantee) and the coverage lost.
+    ``losses``: ``risk_losses(stats, kind, units)`` when the caller already has it."""
     if not stats:
         raise ValueError("no cases to evaluate")
     t, alpha, kind = calibration.threshold, calibration.alpha, calibration.risk_kind
     units = units if calibration.unit == "patient" else None
-    rl = risk_losses(stats, kind, units)
+    rl = risk_losses(stats, kind, units) if losses is None else losses
     loss = np.stack([c.loss_at(t) for c in rl.components], axis=1)
     n_vox = sum(s.n for s in stats)
     coverage = float(sum(int(s.index.count_le(t)) for s in stats)) / n_vox
@@ -438,9 +439,15 @@ def evaluate(calibration: Calibration, stats: list[CaseStats], units: dict | Non
 
 
 def evaluate_all(record: dict, stats: list[CaseStats], units: dict | None = None, class_names=None) -> dict:
-    """``{method: {key: evaluate(...)}}`` for every calibration of a checkpoint record."""
+    """``{method: {key: evaluate(...)}}`` for every calibration of a checkpoint record; the test losses
+    are built once per (kind, unit), not once per calibration."""
     out: dict = {}
+    built: dict = {}
     for method, by_key in (record.get("calibrations") or {}).items():
         for key, d in by_key.items():
-            out.setdefault(method, {})[key] = evaluate(Calibration.from_dict(d), stats, units, class_names)
+            cal = Calibration.from_dict(d)
+            u = units if cal.unit == "patient" else None
+            if (cal.kind, cal.unit) not in built:
+                built[cal.kind, cal.unit] = risk_losses(stats, cal.risk_kind, u) if stats else None
+            out.setdefault(method, {})[key] = evaluate(cal, stats, units, class_names, built[cal.kind, cal.unit])
     return out
