@@ -59,6 +59,14 @@ def test_a_trainer_argument_lightning_refuses_is_one_config_line(make_cfg, overr
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
+def test_a_value_computed_from_a_bad_one_names_the_bad_one(make_cfg):
+    """loss=one_pass warms up over trainer.max_epochs / 3: with max_epochs=-1 (issue 27) the line names
+    max_epochs, not the -0.33 epochs of warm-up it makes."""
+    with pytest.raises(ConfigError) as err:
+        train(make_cfg("demo2d", "loss=one_pass", "trainer.max_epochs=-1"))
+    assert str(err.value).startswith("trainer.max_epochs=-1: expected an integer >= 1") and "\n" not in str(err.value)
+
+
 def test_more_folds_than_cases_names_the_key(make_cfg):
     with pytest.raises(ConfigError, match=r"dataset.num_folds=12: expected at most 10, the number of cases"):
         train(make_cfg("demo2d", "dataset.num_folds=12"))

@@ -41,6 +41,21 @@ def test_warmup_scales_the_fixed_weight():
     torch.testing.assert_close(total, logs["seg"] + 2000.0 * logs["rank"])
 
 
+def test_warmup_ramps_the_balanced_term_too():
+    """balance with warmup_epochs: the warm-up still ramps the term -- the gradient ratio at the logits
+    is balance x the ramp (0 at start_epoch, a quarter a quarter of the way up, then balance)."""
+    logits, target = _batch(6, seed=1)
+    z = logits.clone().requires_grad_(True)
+    g_seg = _grad(torch.nn.functional.cross_entropy(z, target), z)
+    loss = UncertaintyAwareLoss(lambda_=2.0, balance=0.8, warmup_epochs=4, start_epoch=1).double()
+    for epoch, mult in ((0.5, 0.0), (1.0, 0.0), (2.0, 0.25), (4.0, 0.75), (5.0, 1.0), (9.0, 1.0)):
+        total, logs = loss(z, target, epoch=epoch)
+        ratio = float((_grad(total, z) - g_seg).norm() / g_seg.norm())
+        assert ratio == pytest.approx(0.8 * mult, rel=1e-6, abs=1e-12), epoch
+        if epoch >= 1:
+            assert float(logs["grad_ratio"]) == pytest.approx(0.8 * mult, rel=1e-6, abs=1e-12), epoch
+
+
 @pytest.mark.parametrize("k", [2, 5])
 def test_grad_ratio_is_the_ratio_of_gradient_norms_at_the_logits(k):
     logits, target = _batch(k, seed=k)
@@ -125,18 +140,21 @@ def test_options_reach_the_training_loss_and_the_log(make_cfg, option, key, valu
     assert ck["hyper_parameters"]["loss"][key] == value
 
 
-def test_warmup_rises_per_step_in_training(make_cfg):
+@pytest.mark.parametrize("extra,column,expected", [([], "rank_weight", [0.0, 1000.0]),
+                                                    (["loss.balance=0.5"], "grad_ratio", [0.0, 0.25])])
+def test_warmup_rises_per_step_in_training(make_cfg, extra, column, expected):
     """The module hands the loss a fractional epoch: with 2 batches per epoch and a 1-epoch warm-up,
-    the weight is 0 at the first step and half of lambda * scale at the second."""
+    the weight is 0 at the first step and half of lambda * scale at the second; under balance the
+    gradient ratio is 0 and then half of balance (the warm-up is kept)."""
     import csv
 
     from uaseg.train import train
 
-    cfg = make_cfg("demo2d", "loss.lambda=2", "loss.warmup_epochs=1", "test=false", "trainer.limit_val_batches=1")
+    cfg = make_cfg("demo2d", "loss.lambda=2", "loss.warmup_epochs=1", *extra, "test=false", "trainer.limit_val_batches=1")
     train(cfg)
     rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open()))
-    weights = [float(r["train/rank_weight"]) for r in rows if r.get("train/rank_weight")]
-    assert weights == [0.0, 1000.0]
+    values = [float(r[f"train/{column}"]) for r in rows if r.get(f"train/{column}")]
+    assert values == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize("dataset,warned", [("demo3d", True), ("demo2d", False)])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -75,6 +76,109 @@ def test_anisotropic_ct_plans_spacing_and_patch_as_nnunet(tmp_path, make_cfg):
     # the paper's U-Net (model=unet) has the same 3 downsamplings; a fixed target spacing is not anisotropic
     dm2, _ = dm_of(make_cfg, root, "dataset.spacing=[1,1,5]")
     assert dm2.plan["target_spacing"] == [1.0, 1.0, 5.0] and not dm2.plan["fingerprint"]["anisotropic"]
+
+
+# ------------------------------------------------------------------------ the planning rules alone
+def _reference_target_spacing(spacings, shapes):
+    """nnU-Net v2's full-resolution target spacing, restated: the median spacing; if the coarsest axis
+    is more than 3x *every* other axis's spacing and its median size times 3 is below *every* other
+    axis's median size, that axis takes its 10th-percentile spacing, lifted just above the coarsest
+    other axis when it would fall below it."""
+    med, size = np.median(spacings, axis=0), np.median(shapes, axis=0)
+    order = sorted(range(3), key=lambda i: -med[i])
+    coarse, rest = order[0], order[1:]
+    flag = all(med[coarse] > 3 * med[i] and size[coarse] * 3 < size[i] for i in rest)
+    out = med.copy()
+    if flag:
+        low, ceiling = np.percentile(spacings[:, coarse], 10), max(med[i] for i in rest)
+        out[coarse] = low if low >= ceiling else ceiling + 1e-5
+    return out, flag
+
+
+@pytest.mark.parametrize("spacing,shape,aniso", [
+    ((0.5, 1.2, 2.0), (400, 170, 50), False),  # in plane not square: 2 mm is not 3x the 1.2 mm axis
+    ((0.5, 0.5, 2.0), (400, 170, 50), True),
+    ((0.5, 0.5, 2.0), (300, 100, 40), False),  # 40 slices x 3 is not below every other axis's 100
+    ((3.0, 0.8, 0.9), (20, 256, 200), True),  # the coarse axis first
+    ((1.0, 1.0, 4.0), (200, 200, 190), False),
+])
+def test_target_spacing_follows_nnunet_on_non_square_and_other_spacings(spacing, shape, aniso):
+    from uaseg.data.planner import target_spacing
+
+    rng = np.random.default_rng(0)
+    spacings = np.array(spacing) * rng.uniform(0.9, 1.1, (7, 3))
+    spacings[0, int(np.argmax(spacing))] *= 0.2  # one fine case: the 10th percentile differs from the median
+    shapes = np.round(np.array(shape) * rng.uniform(0.9, 1.1, (7, 3)))
+    got, flag = target_spacing(spacings, shapes)
+    want, want_flag = _reference_target_spacing(spacings, shapes)
+    assert flag == want_flag == aniso
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_target_spacing_matches_the_reference_on_random_fingerprints():
+    from uaseg.data.planner import target_spacing
+
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(400):
+        n = int(rng.integers(1, 9))
+        spacings = rng.uniform(0.3, 1.5, 3) * rng.choice([1, 1, 2.5, 4, 8], 3) * rng.uniform(0.7, 1.3, (n, 3))
+        shapes = np.round(rng.uniform(10, 400, 3) * rng.uniform(0.8, 1.2, (n, 3)))
+        got, flag = target_spacing(spacings, shapes)
+        want, want_flag = _reference_target_spacing(spacings, shapes)
+        assert flag == want_flag
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+        seen.add(flag)
+    assert seen == {True, False}
+
+
+def test_a_patch_cap_below_the_stride_is_refused_in_one_line(tmp_path, make_cfg):
+    """The case that exceeded the budget: a 16-voxel stride and a cap of 8 on one axis (budget
+    8 x 256 x 256 = 524,288) gave a 16 x 208 x 208 patch (692,224 voxels). Through train.py too,
+    before any run folder is made."""
+    from uaseg.data.planner import plan_patch
+    from uaseg.errors import ConfigError
+    from uaseg.train import train
+
+    cfg = make_cfg("nnunet", f"dataset.root={make_aniso_ct(tmp_path / 'Dataset010_Aniso')}", "dataset.num_workers=0",
+                   "dataset.max_patch_size_3d=[4,64,64]")
+    with pytest.raises(ConfigError) as e:
+        train(cfg)
+    assert str(e.value).startswith("dataset.max_patch_size_3d=[4,64,64]: each entry must be at least the network's "
+                                   "total stride [8,8,8]") and "\n" not in str(e.value)
+    assert not Path(cfg.paths.output_dir).exists()
+
+    with pytest.raises(ConfigError) as e:
+        plan_patch([5.0, 1.0, 1.0], [20, 200, 200], [16, 16, 16], [8, 256, 256])
+    assert str(e.value).startswith("dataset.max_patch_size_3d=[8,256,256]: each entry must be at least the network's "
+                                   "total stride [16,16,16]") and "\n" not in str(e.value)
+    assert plan_patch([5.0, 1.0, 1.0], [20, 200, 200], [16, 16, 16], [16, 256, 256]) == [16, 208, 208]
+
+
+def test_a_planned_patch_never_exceeds_its_caps_or_budget():
+    """Random spacings, median shapes, strides and caps: the patch is refused (a cap below the stride)
+    or every side is a positive multiple of the stride, at most its cap, and the voxels within the budget."""
+    from uaseg.data.planner import plan_patch
+    from uaseg.errors import ConfigError
+
+    rng = np.random.default_rng(2)
+    refused = planned = 0
+    for _ in range(3000):
+        dims = int(rng.choice([2, 3]))
+        spacing = rng.uniform(0.2, 6.0, dims)
+        median = rng.integers(1, 400, dims)
+        stride = [int(x) for x in (2 ** rng.integers(0, 6, dims) if rng.random() < 0.3 else [2 ** rng.integers(0, 6)] * dims)]
+        cap = [int(x) for x in rng.integers(1, 300, dims)]
+        try:
+            patch = plan_patch(spacing, median, stride, cap)
+        except ConfigError:
+            assert any(c < s for c, s in zip(cap, stride))
+            refused += 1
+            continue
+        planned += 1
+        assert all(p % s == 0 and s <= p <= c for p, s, c in zip(patch, stride, cap)), (patch, stride, cap)
+        assert np.prod(patch) <= np.prod(cap), (patch, cap)
+    assert refused > 100 and planned > 1000
 
 
 def test_anisotropic_resampling_matches_a_scipy_reference(tmp_path, make_cfg):

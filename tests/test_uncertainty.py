@@ -431,6 +431,96 @@ def test_an_ensemble_of_different_members_against_a_hand_computation(monkeypatch
         np.mean(pair_dice))
 
 
+def test_an_ensemble_leaves_the_ignore_label_out_of_every_number(monkeypatch, caplog):
+    """nnU-Net's ignore label (3, with K = 3): the ensemble's numbers are those of the cases with the
+    ignored voxels cut out -- each score's results, the case Dice behind the case-level risk and the
+    members' pairwise Dice -- and a case with no annotated voxel is left out with a warning."""
+    import logging
+
+    from selectivecases import bf_case_dice
+
+    import uaseg.inference.ensemble as ens
+    from uaseg.inference.model import LoadedModel
+    from uaseg.selective import SelectiveAccumulator
+
+    rng = np.random.default_rng(5)
+    k, n_cases, n_members, shape = 3, 5, 3, (6, 7)
+    probs = rng.dirichlet(np.ones(k) * 0.5, size=(n_members, n_cases, *shape)).transpose(0, 1, 4, 2, 3)
+    labels = rng.integers(0, k + 1, (n_cases, *shape))  # value k: not annotated
+    labels[4] = k  # a case with nothing annotated
+    evaluation = {"coverages": [0.9, 0.8], "quantize_bits": None, "case_aggregation": "mean", "bootstrap": 0}
+    data = _FakeData([torch.from_numpy(y) for y in labels])
+    members = []
+    for j in range(n_members):
+        module = _FakeModule(torch.from_numpy(probs[j]).float(), evaluation)
+        module.ignore_label = k
+        members.append(LoadedModel(module=module, datamodule=data, dataset_cfg={}, val_curve=None, spatial_dims=2,
+                                   in_channels=1, num_classes=k))
+    seen = {}
+    real_aurc = ens.case_level_aurc
+
+    def spy(u, risk, **kw):
+        seen["u"], seen["risk"] = np.asarray(u), np.asarray(risk)
+        return real_aurc(u, risk, **kw)
+
+    monkeypatch.setattr(ens, "case_level_aurc", spy)
+    with caplog.at_level(logging.WARNING, logger="uaseg.inference.ensemble"):
+        out = ens.evaluate_ensemble(members)
+    assert any("case4: every voxel is labelled ignore (3)" in r.getMessage() for r in caplog.records)
+
+    mean = probs.astype(np.float32).mean(0)
+    pred, member_pred, keep = mean.argmax(1), probs.argmax(2), labels != k
+    kept = range(n_cases - 1)
+    u_all = {"ensemble": 1.0 - mean.max(1), "ensemble_entropy": _h(mean, 1),
+             "ensemble_mutual_information": np.clip(_h(mean, 1) - _h(probs, 2).mean(0), 0, None)}
+    for name, u in u_all.items():
+        ref = SelectiveAccumulator(k, coverages=[0.9, 0.8], bootstrap=0)  # the cases without their ignored voxels
+        for i in kept:
+            m = keep[i]
+            ref.add_case(torch.from_numpy(u[i][m]).float(), torch.from_numpy(pred[i][m]),
+                         torch.from_numpy(labels[i][m]), case_id=f"case{i}")
+        want, got = ref.compute(), out["results"][name]
+        assert [c.case_id for c in got.cases] == [f"case{i}" for i in kept]
+        assert got.aurc == pytest.approx(want.aurc, abs=1e-6), name
+        assert got.aurc_dice == pytest.approx(want.aurc_dice, abs=1e-4), name
+        assert got.dice_full.mean == pytest.approx(want.dice_full.mean, abs=1e-12), name
+    pairs = ((0, 1), (0, 2), (1, 2))
+    want_u = [1.0 - np.mean([bf_case_dice(member_pred[a, i][keep[i]], member_pred[b, i][keep[i]], k) for a, b in pairs])
+              for i in kept]
+    np.testing.assert_allclose(seen["u"], want_u, atol=1e-12)
+    np.testing.assert_allclose(seen["risk"], [1 - bf_case_dice(pred[i][keep[i]], labels[i][keep[i]], k) for i in kept])
+    # counted, the ignored voxels would change the members' disagreement
+    every = [1.0 - np.mean([bf_case_dice(member_pred[a, i], member_pred[b, i], k) for a, b in pairs]) for i in kept]
+    assert not np.allclose(every, want_u, atol=1e-6)
+
+
+def test_uaseg_ensemble_on_a_dataset_with_an_ignore_label(tmp_path):
+    """Two seeds on a tiny nnU-Net dataset whose labels leave voxels unannotated: ``uaseg ensemble``
+    writes its run, and an ensemble of copies of one member gives that member's own test numbers
+    (which leave the ignored voxels out)."""
+    from layoutfiles import make_nnunet_2d
+
+    from uaseg.cli import main as cli
+    from uaseg.inference import load_model
+    from uaseg.inference.ensemble import evaluate_ensemble
+
+    data = make_nnunet_2d(tmp_path / "Dataset005_Sparse", ignore=True, n_test=0)
+    for i, seed in enumerate((1, 2)):
+        train(compose_cfg(["dataset=nnunet", f"dataset.root={data}", "dataset.num_workers=0", "dataset.cache=false",
+                           *FAST, f"seed={seed}", "loss.lambda=0", "eval.figures=false"],
+                          tmp_path / "multi" / f"{i}_seed={seed}", tmp_path / "cache"))
+    s = json.loads((tmp_path / "multi" / "0_seed=1" / "summary.json").read_text())
+    model = load_model(s["checkpoint"])
+    assert model.module.ignore_label == 3
+    one = evaluate_ensemble([model, model])["results"]["ensemble"]
+    assert one.aurc_dice == pytest.approx(s["aurc_dice"], abs=1e-9)
+    assert one.dice_full.mean == pytest.approx(s["dice_full"]["mean"], abs=1e-12)
+    assert cli(["ensemble", str(tmp_path / "multi")]) == 0
+    (folder,) = (tmp_path / "multi" / "ensembles").iterdir()
+    ens = json.loads((folder / "summary.json").read_text())
+    assert ens["method"] == "ensemble" and [c["case_id"] for c in ens["cases"]] == [c["case_id"] for c in s["cases"]]
+
+
 def test_ensemble_members_with_as_many_but_other_test_cases_are_refused(tmp_path, capsys):
     """Members are compared by their test case ids, not by how many there are."""
     from uaseg.cli import main as cli

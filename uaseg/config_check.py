@@ -62,6 +62,17 @@ DOMAINS: dict[str, Any] = {
     "score": Choice(("max_softmax", "entropy", "margin", "doctor", "max_logit", "energy", "tcp")),
     "overwrite": Flag(),
     "trust_checkpoint": Flag(),
+    # trainer (Lightning checks its other arguments); first, as loss=one_pass computes loss.warmup_epochs from it
+    "trainer.max_epochs": Number(1, integer=True, note="at least one epoch is trained"),
+    "trainer.max_steps": Number(-1, integer=True, note="-1 = no limit; 0 trains nothing"),
+    "trainer.limit_train_batches": BATCHES,
+    "trainer.limit_val_batches": BATCHES,
+    "trainer.limit_test_batches": BATCHES,
+    "trainer.log_every_n_steps": POSITIVE_INT,
+    "trainer.check_val_every_n_epoch": Number(1, integer=True, null=True),
+    "trainer.accumulate_grad_batches": POSITIVE_INT,
+    "trainer.gradient_clip_val": Number(0, null=True),
+    "trainer.num_sanity_val_steps": Number(-1, integer=True, note="-1 = all"),
     # loss
     "loss.lambda": Number(0, note="0 = the baseline"),
     "loss.margin": Number(0, 1, note="uncertainties u = 1 - max softmax lie in [0, 1]"),
@@ -122,17 +133,6 @@ DOMAINS: dict[str, Any] = {
     "model.inferer.overlap": Number(0, 1, high_open=True),
     "model.net.filters": Numbers(POSITIVE_INT),
     "model.dropout": Number(0, 1, high_open=True, note="0 = the paper's network"),
-    # trainer (Lightning checks its other arguments)
-    "trainer.max_epochs": Number(1, integer=True, note="at least one epoch is trained"),
-    "trainer.max_steps": Number(-1, integer=True, note="-1 = no limit; 0 trains nothing"),
-    "trainer.limit_train_batches": BATCHES,
-    "trainer.limit_val_batches": BATCHES,
-    "trainer.limit_test_batches": BATCHES,
-    "trainer.log_every_n_steps": POSITIVE_INT,
-    "trainer.check_val_every_n_epoch": Number(1, integer=True, null=True),
-    "trainer.accumulate_grad_batches": POSITIVE_INT,
-    "trainer.gradient_clip_val": Number(0, null=True),
-    "trainer.num_sanity_val_steps": Number(-1, integer=True, note="-1 = all"),
     # callbacks
     "callbacks.model_checkpoint.save_top_k": Number(-1, integer=True, note="-1 = all"),
     # eval

@@ -1,15 +1,16 @@
 """nnU-Net v2's planning rules (``ExperimentPlanner``), simplified where uaseg's network is fixed.
 
 * :func:`target_spacing` -- ``determine_fullres_target_spacing``: the median spacing, except on strongly
-  anisotropic data (coarsest median spacing > 3 x the others' and its median size x 3 < the others'),
-  where the coarse axis takes the 10th percentile of its spacings (never finer than the other axes).
+  anisotropic data (coarsest median spacing > 3 x every other axis's and its median size x 3 < every
+  other axis's), where the coarse axis takes the 10th percentile of its spacings (never finer than the
+  other axes); a non-square plane (0.5 x 1.2 x 2 mm) is compared with its coarser in-plane axis.
 * :func:`plan_patch` -- ``get_plans_for_configuration``: start from a patch with the spacing's aspect
   ratio (256³ voxels in 3-D, 2048² in 2-D), clip it to the median shape, round every axis up to a
-  multiple of the network's total stride, then -- while it exceeds the voxel budget -- take one stride
-  off the axis that is largest relative to the median shape. Differences: the network is uaseg's
+  multiple of the network's total stride and down to its cap. Differences: the network is uaseg's
   (``model.net.strides``, the same downsampling on every axis, so every axis is a multiple of the
-  total stride where nnU-Net adapts the pooling per axis), and the budget is a voxel count
-  (``dataset.max_patch_size_*``) where nnU-Net estimates GPU memory.
+  total stride where nnU-Net adapts the pooling per axis), and the budget is a per-axis voxel cap
+  (``dataset.max_patch_size_*``, its product the voxel budget) where nnU-Net shrinks the patch until
+  its GPU-memory estimate fits; a cap below the stride is refused, as no side could meet it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+
+from uaseg.errors import ConfigError
 
 from .resample import ANISO_THRESHOLD
 
@@ -57,18 +60,17 @@ def total_stride(strides: Any, dims: int) -> list[int]:
 
 def plan_patch(spacing: Sequence[float], median_shape: Sequence[float], stride: Sequence[int],
                cap: Sequence[int]) -> list[int]:
-    """The training patch (module docstring); ``cap``: per-axis maximum, its product the voxel budget."""
+    """The training patch (module docstring); ``cap``: per-axis maximum, its product the voxel budget
+    (met as every side is at most its cap). A cap below the stride is refused: no side can be under
+    the stride, so the patch would exceed both the cap and, possibly, the budget."""
     dims = len(median_shape)
+    if any(int(c) < s for c, s in zip(cap, stride)):
+        key, show = f"dataset.max_patch_size_{dims}d", lambda v: "[" + ",".join(str(int(x)) for x in v) + "]"
+        fit = [max(int(c), s) for c, s in zip(cap, stride)]
+        raise ConfigError(f"{key}={show(cap)}: each entry must be at least the network's total stride {show(stride)} "
+                          f"(every patch side is a multiple of it); e.g. {key}={show(fit)}")
     inv = 1.0 / np.asarray(spacing, dtype=np.float64)
     start = 256 ** 3 if dims == 3 else 2048 ** 2
     patch = np.minimum([round(v) for v in inv * (start / np.prod(inv)) ** (1 / dims)], median_shape)
     patch = [max(s, int(math.ceil(round(float(p), 6) / s)) * s) for p, s in zip(patch, stride)]
-    patch = [min(p, max(s, c // s * s)) for p, s, c in zip(patch, stride, cap)]
-    budget = int(np.prod([int(c) for c in cap]))
-    while int(np.prod(patch)) > budget:
-        ratio = [p / m if p > s else -1.0 for p, m, s in zip(patch, median_shape, stride)]
-        axis = int(np.argsort(ratio, kind="stable")[-1])
-        if ratio[axis] < 0:
-            break
-        patch[axis] -= stride[axis]
-    return [int(p) for p in patch]
+    return [int(min(p, int(c) // s * s)) for p, s, c in zip(patch, stride, cap)]

@@ -8,6 +8,8 @@ the mean softmax), ``ensemble_entropy`` and ``ensemble_mutual_information``, and
 failure-detection AURC with the members' disagreement ``1 - mean pairwise Dice`` as the case score
 (Zenk et al., MedIA 2025). Members are re-run from their tested checkpoints on their test split, which
 must hold the same cases for every member (the split has its own seed, never the training seed).
+With an ignore label (nnU-Net's ``"ignore"``) every number, the members' disagreement included, sees
+only the annotated voxels, as a run's own test does; a case with none is left out with a warning.
 """
 
 from __future__ import annotations
@@ -67,10 +69,10 @@ def evaluate_ensemble(members: list[LoadedModel], device: str | torch.device = "
     results, their cost, and the pairwise-Dice case-level failure detection."""
     first = members[0]
     evaluation = first.module.hparams["evaluation"]
-    k = first.num_classes
+    k, ignore = first.num_classes, getattr(first.module, "ignore_label", None)
     accs = {n: SelectiveAccumulator(k, coverages=evaluation["coverages"], quantize_bits=evaluation["quantize_bits"],
                                     case_aggregation=evaluation["case_aggregation"], bootstrap=evaluation["bootstrap"],
-                                    ignore_index=getattr(first.module, "ignore_label", None))
+                                    ignore_index=ignore)
             for n in ENSEMBLE_SCORES}
     for m in members:
         m.module.to(device).eval()
@@ -90,10 +92,16 @@ def evaluate_ensemble(members: list[LoadedModel], device: str | torch.device = "
         seconds += time.perf_counter() - start
         groups = batch.get("group") or ["test"] * label.shape[0]
         for i, case_id in enumerate(batch["case_id"]):
+            annotated = None if ignore is None else label[i] != ignore
+            if annotated is not None and not bool(annotated.any()):
+                log.warning("case %s: every voxel is labelled ignore (%d); it is left out of the ensemble's "
+                            "evaluation", case_id, ignore)
+                continue
             for n in ENSEMBLE_SCORES:
                 u, p = scores[n]
                 accs[n].add_case(u[i].cpu(), p[i].cpu(), label[i], case_id=str(case_id), group=str(groups[i]))
-            disagreement.append(1.0 - pairwise_dice([p[i] for p in preds], k))
+            member_preds = [p[i].cpu() if annotated is None else p[i].cpu()[annotated] for p in preds]
+            disagreement.append(1.0 - pairwise_dice(member_preds, k))
     results = {n: accs[n].compute() for n in ENSEMBLE_SCORES}
     n_cases = max(len(disagreement), 1)
     risk = 1.0 - np.array([c.at_coverage["1.00"].dice for c in results["ensemble"].cases])
