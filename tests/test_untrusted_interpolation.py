@@ -75,8 +75,8 @@ def test_every_leaf_of_the_hyper_parameters_is_checked(base, tmp_path):
         for i, load in enumerate(loaders):
             with pytest.raises((CheckpointError, PredictError)) as e:
                 load(path)
-            assert f"evil.ckpt: hyper_parameters.{_dotted(keys)}=" in str(e.value), (keys, i, str(e.value))
             assert not marker.exists(), (keys, i)
+            assert f"evil.ckpt: hyper_parameters.{_dotted(keys)}=" in str(e.value), (keys, i, str(e.value))
 
 
 def test_every_uaseg_entry_is_checked_too(base, tmp_path):
@@ -100,6 +100,7 @@ def test_predict_py_and_ensemble_refuse_an_interpolation(base, tmp_path):
                             "threshold": 0.5, "coverage": None, "trust_checkpoint": False})
     with pytest.raises(PredictError) as e:
         uaseg.predict.main(cfg)
+    assert not marker.exists()
     assert "evil.ckpt: hyper_parameters.net.dropout='${oc.create:" in str(e.value) and "\n" not in str(e.value)
     members = []
     for i in range(2):
@@ -152,18 +153,29 @@ def test_trust_checkpoint_turns_the_refusal_into_a_warning(base, caplog):
 
 def test_a_dataset_json_name_is_never_resolved(tmp_path):
     """A class name in dataset.json reaches the config through the plan, and instantiate resolves it."""
+    from conftest import compose_cfg
     from layoutfiles import make_decathlon
 
-    from uaseg.data.decathlon import DecathlonDataModule
+    from uaseg.data import build_datamodule
 
     marker = tmp_path / "marker"
     root = make_decathlon(tmp_path / "Task01", n_test=0)
+    cfg = compose_cfg(["dataset=nnunet", f"dataset.root={root}", "dataset._target_=uaseg.data.decathlon.DecathlonDataModule",
+                       "model=unet_small"], tmp_path / "run", tmp_path / "cache")
+    build_datamodule(cfg.dataset)  # computes and stores the fingerprint
+    (fingerprint,) = root.rglob("*fingerprint*.json")
+    fp = json.loads(fingerprint.read_text())
+    fp["channels"][1]["name"] = _evil(marker)
+    fingerprint.write_text(json.dumps(fp))
+    with pytest.raises(DatasetError, match=r"fingerprint.*\.json: channels\[1\]\.name='\$\{oc\.create:.*delete it"):
+        build_datamodule(cfg.dataset)
+    fingerprint.unlink()
     d = json.loads((root / "dataset.json").read_text())
     d["labels"]["1"] = _evil(marker)
     (root / "dataset.json").write_text(json.dumps(d))
     with pytest.raises(DatasetError, match=r"dataset\.json: labels\.1='\$\{oc\.create:.*a dataset\.json holds plain "
                                            r"values only"):
-        DecathlonDataModule.make_plan(str(root), str(tmp_path / "cache"), None, "RAS", [64, 64], [32, 32, 32])
+        build_datamodule(cfg.dataset)
     assert not marker.exists()
 
 
