@@ -255,21 +255,24 @@ def test_an_unimportable_target_is_one_line_saying_so(target):
 
 
 # ---------------------------------------------------------------------------------- 3. paths out of the folder
-@pytest.mark.parametrize("key, value", [
-    ("callbacks.model_checkpoint.dirpath", "OUTSIDE"),
-    ("callbacks.model_checkpoint.filename", "../../outside/best"),
-    ("logger.csv.save_dir", "OUTSIDE"),
-    ("logger.csv.name", "../../outside"),
-    ("trainer.default_root_dir", "OUTSIDE"),
-    ("dataset.cache_dir", "OUTSIDE"),
+@pytest.mark.parametrize("key, value, named", [
+    ("callbacks.model_checkpoint.dirpath", "OUTSIDE", None),
+    ("callbacks.model_checkpoint.filename", "../../outside/best", None),
+    ("logger.csv.save_dir", "OUTSIDE", None),
+    ("logger.csv.name", "../../outside", None),
+    ("trainer.default_root_dir", "OUTSIDE", None),
+    ("dataset.cache_dir", "OUTSIDE", None),
+    ("callbacks.writer", {"_target_": "uaseg.callbacks.SelectiveReportWriter", "output_dir": "OUTSIDE"},
+     "callbacks.writer.output_dir"),  # an allowed uaseg class with a path argument
 ])
-def test_resume_refuses_a_folder_out_of_the_run(base, make_cfg, tmp_path, key, value):
-    outside = tmp_path / "outside"
-    out = _resume_folder(base, tmp_path / "run", key, str(outside) if value == "OUTSIDE" else value)
-    with pytest.raises(CheckpointError, match=rf"run/\.hydra/config\.yaml: {key}='.*(is outside the run folder|steps "
-                                              r"out of).*a resumed run writes only"):
+def test_resume_refuses_a_folder_out_of_the_run(base, make_cfg, tmp_path, key, value, named):
+    outside = str(tmp_path / "outside")
+    value = {k: outside if v == "OUTSIDE" else v for k, v in value.items()} if isinstance(value, dict) else value
+    out = _resume_folder(base, tmp_path / "run", key, outside if value == "OUTSIDE" else value)
+    with pytest.raises(CheckpointError, match=rf"run/\.hydra/config\.yaml: {named or key}='.*(is outside the run "
+                                              r"folder|steps out of).*a resumed run writes only"):
         train(make_cfg("demo2d", f"resume={out}"))
-    assert not outside.exists()
+    assert not Path(outside).exists()
 
 
 def test_resume_takes_paths_and_trust_from_the_command(base, make_cfg, tmp_path):

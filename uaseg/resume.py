@@ -4,8 +4,8 @@ A run folder may come from someone else, so its ``.hydra/config.yaml`` is checke
 in it is resolved or built: every interpolation calls only the resolvers of uaseg's ``conf/``
 (:func:`uaseg.interpolation.check_resolvers`), every ``_target_`` is a class uaseg configures
 (:func:`uaseg.trust.check_targets`), and every folder it would write to -- checkpoints, logger
-folders, the trainer's root, the dataset cache -- lies inside the run folder (the cache: inside this
-machine's ``paths.cache_dir``). ``paths`` and ``trust_checkpoint`` are this command's, never the
+folders, the trainer's root, a report writer's folder, the dataset cache -- lies inside the run
+folder (the cache: inside it or this machine's ``paths.cache_dir``). ``paths`` and ``trust_checkpoint`` are this command's, never the
 stored file's; a key given on this command line is the user's own choice and is not checked.
 ``trust_checkpoint=true`` turns each refusal into a warning.
 """
@@ -18,12 +18,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from uaseg.errors import CheckpointError, ConfigError, RunFolderError, describe
+from uaseg.errors import CheckpointError, ConfigError, RunFolderError, UserError, describe, first_cause
 
 log = logging.getLogger(__name__)
 
-#: keys of the ``callbacks``, ``logger`` and ``trainer`` nodes that name a folder a run writes into
-WRITE_KEYS = ("dirpath", "save_dir", "dir", "default_root_dir", "log_dir", "root_dir", "tracking_uri")
+#: keys that name a folder a run writes into (Lightning's callbacks, loggers and Trainer, uaseg's
+#: report writer), checked in every node but ``paths`` (this command's) and ``dataset`` (its ``root``
+#: is read; its ``cache_dir`` is checked on its own)
+WRITE_KEYS = ("dirpath", "save_dir", "dir", "default_root_dir", "log_dir", "root_dir", "tracking_uri", "output_dir")
 #: keys Lightning joins onto that folder (``<save_dir>/<name>/<version>``, ``<dirpath>/<filename>``)
 JOINED_KEYS = ("name", "version", "sub_dir", "filename")
 
@@ -87,7 +89,7 @@ def check_write_paths(cfg: DictConfig, folder: Path, source: Path, own: set[str]
             refuse(f"dataset.cache_dir={cache!r} is outside the run folder and this machine's paths.cache_dir "
                    f"({mine}); a resumed run writes only there (pass dataset.cache_dir=... on the command line to "
                    "choose another cache)")
-    for group in ("trainer", "callbacks", "logger"):
+    for group in [str(k) for k in cfg if k not in ("paths", "dataset")]:
         node = _select(cfg, group, source)
         for key, value, written, within in _write_paths(node, group):
             if given(key) or _inside(written, folder if within is None else within):
@@ -102,6 +104,9 @@ def _select(cfg: DictConfig, key: str, source: Path) -> Any:
         value = OmegaConf.select(cfg, key, default=None)
         return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     except Exception as e:  # an interpolation that does not resolve (checked: no resolver ran code)
+        cause = first_cause(e, UserError)  # e.g. the dataset plan's own one line
+        if cause is not None:
+            raise type(cause)(str(cause)) from e
         raise CheckpointError(f"{source}: {key} cannot be resolved ({describe(e)})") from None
 
 
