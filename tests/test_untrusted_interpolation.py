@@ -264,13 +264,15 @@ def test_an_unimportable_target_is_one_line_saying_so(target):
     ("dataset.cache_dir", "OUTSIDE", None),
     ("callbacks.writer", {"_target_": "uaseg.callbacks.SelectiveReportWriter", "output_dir": "OUTSIDE"},
      "callbacks.writer.output_dir"),  # an allowed uaseg class with a path argument
+    ("trainer.default_root_dir", None, "trainer.default_root_dir is not set"),  # Lightning: the working directory
+    ("logger.csv.save_dir", None, "logger.csv.save_dir is not set"),
 ])
 def test_resume_refuses_a_folder_out_of_the_run(base, make_cfg, tmp_path, key, value, named):
     outside = str(tmp_path / "outside")
     value = {k: outside if v == "OUTSIDE" else v for k, v in value.items()} if isinstance(value, dict) else value
     out = _resume_folder(base, tmp_path / "run", key, outside if value == "OUTSIDE" else value)
-    with pytest.raises(CheckpointError, match=rf"run/\.hydra/config\.yaml: {named or key}='.*(is outside the run "
-                                              r"folder|steps out of).*a resumed run writes only"):
+    with pytest.raises(CheckpointError, match=rf"run/\.hydra/config\.yaml: {named or key}(='.*(is outside the run "
+                                              r"folder|steps out of)|, so).*a resumed run writes only"):
         train(make_cfg("demo2d", f"resume={out}"))
     assert not Path(outside).exists()
 

@@ -97,6 +97,16 @@ def check_write_paths(cfg: DictConfig, folder: Path, source: Path, own: set[str]
             what = f"is outside the run folder {folder}" if within is None else f"steps out of {within} ({written})"
             refuse(f"{key}={value!r} {what}; a resumed run writes only into its own folder (pass {key}=... on the "
                    "command line to choose another place)")
+    # left out, these fall back to the working directory (Lightning's Trainer, W&B and MLflow loggers)
+    unset = [] if given("trainer.default_root_dir") or _select(cfg, "trainer.default_root_dir", source) else [
+        "trainer.default_root_dir"]
+    loggers = _select(cfg, "logger", source)
+    unset += [f"logger.{name}.save_dir" for name, node in (loggers.items() if isinstance(loggers, dict) else ())
+              if isinstance(node, dict) and "_target_" in node and not (node.get("save_dir") or node.get("dir"))
+              and not given(f"logger.{name}.save_dir")]
+    for key in unset:
+        refuse(f"{key} is not set, so the resumed run would write into the working directory; a resumed run writes "
+               f"only into its own folder (pass {key}=... on the command line)")
 
 
 def _select(cfg: DictConfig, key: str, source: Path) -> Any:
