@@ -255,6 +255,14 @@ def test_an_unimportable_target_is_one_line_saying_so(target):
 
 
 # ---------------------------------------------------------------------------------- 3. paths out of the folder
+@pytest.mark.parametrize("logger", ["MLFlowLogger", "CometLogger", "NeptuneLogger"])
+def test_a_logger_that_sends_the_run_elsewhere_is_not_allowed(logger):
+    """An allowed package with a hostile argument: a server (and an API key) of the file's choosing."""
+    with pytest.raises(CheckpointError, match=rf"logger\.x\._target_='lightning\.pytorch\.loggers\.{logger}' is not a "
+                                              "class uaseg configures"):
+        check_targets({"logger": {"x": {"_target_": f"lightning.pytorch.loggers.{logger}", "api_key": "k"}}}, "c.yaml")
+
+
 @pytest.mark.parametrize("key, value, named", [
     ("callbacks.model_checkpoint.dirpath", "OUTSIDE", None),
     ("callbacks.model_checkpoint.filename", "../../outside/best", None),

@@ -5,9 +5,10 @@ in it is resolved or built: every interpolation calls only the resolvers of uase
 (:func:`uaseg.interpolation.check_resolvers`), every ``_target_`` is a class uaseg configures
 (:func:`uaseg.trust.check_targets`), and every folder it would write to -- checkpoints, logger
 folders, the trainer's root, a report writer's folder, the dataset cache -- lies inside the run
-folder (the cache: inside it or this machine's ``paths.cache_dir``). ``paths`` and ``trust_checkpoint`` are this command's, never the
-stored file's; a key given on this command line is the user's own choice and is not checked.
-``trust_checkpoint=true`` turns each refusal into a warning.
+folder (the cache: inside it or this machine's ``paths.cache_dir``). ``paths`` and
+``trust_checkpoint`` are this command's, never the stored file's; a key given on this command line
+is the user's own choice and is not checked. ``trust_checkpoint=true`` turns each refusal into a
+warning.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ A checkpoint's hyper-parameters (``net``, ``loss``, ``inferer``, ``dataset``, ..
 would run it on load; ``torch.load(weights_only=True)`` does not stop that, and Hydra blocks only a
 few names such as ``os.system``. Allowed are the classes and functions uaseg's own configs name
 (``grep _target_ conf/``): uaseg's classes, MONAI networks, inferers and losses, torch losses and
-optimisers, Lightning's Trainer, callbacks and loggers. Anything else is a :class:`CheckpointError`
+optimisers, Lightning's Trainer and callbacks, and the loggers of ``conf/logger``. Anything else is a :class:`CheckpointError`
 unless the user passes ``trust_checkpoint=true``, which logs a warning. A name that matches but cannot
 be imported (a typo, an optional package this installation lacks) is one line saying so, trusted or not.
 
@@ -37,9 +37,12 @@ CLASS_PACKAGES = {
     "torch.optim.lr_scheduler": "torch.optim.",
     "lightning.pytorch": "lightning.",
     "lightning.pytorch.callbacks": "lightning.",
-    "lightning.pytorch.loggers": "lightning.",
     "optuna.samplers": "optuna.",
 }
+#: Lightning's loggers that uaseg's configs name; the others send a run to a server an argument names
+#: (MLflow, Comet, Neptune), which a stored config must not choose
+LOGGERS = frozenset({"lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.TensorBoardLogger",
+                     "lightning.pytorch.loggers.WandbLogger"})
 _UASEG_CLASS = re.compile(r"uaseg(\.[a-z_][a-z0-9_]*)+\.[A-Z][A-Za-z0-9_]*")
 _CLASS = re.compile(r"[A-Z][A-Za-z0-9_]*")
 
@@ -62,6 +65,8 @@ def refusal(target: Any) -> str | None:
         return None
     if _UASEG_CLASS.fullmatch(target):
         home = "uaseg."
+    elif target in LOGGERS:
+        home = "lightning."
     else:
         package, _, name = target.rpartition(".")
         home = CLASS_PACKAGES.get(package)
