@@ -400,3 +400,18 @@ def test_a_confidence_head_must_fit_its_sizes(base, tmp_path):
         path = _save({**base[0], "uaseg_confidence_head": {**record, **bad}}, tmp_path / "bad.ckpt")
         with pytest.raises(CheckpointError, match=rf"bad\.ckpt: uaseg_confidence_head: .*{problem}"):
             SelectiveSegModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------- uaseg report
+def test_the_report_reads_run_folders_without_resolving(tmp_path):
+    from types import SimpleNamespace
+
+    from uaseg.report.collect import read_overrides
+    from uaseg.report.curves import ranking_weight
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- trainer.max_epochs=${uaseg.divide:10,2}\n")
+    (tmp_path / ".hydra" / "config.yaml").write_text("loss:\n  lambda: ${uaseg.divide:4,2}\n  scale: 3\n")
+    assert read_overrides(tmp_path) == ["trainer.max_epochs=${uaseg.divide:10,2}"]  # as the user typed it
+    run = SimpleNamespace(path=tmp_path, identity={"lambda": 1.0, "scale": 3})
+    assert ranking_weight(run) == 3.0  # the stored text is no number: the summary's identity instead

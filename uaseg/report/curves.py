@@ -121,7 +121,7 @@ def ranking_weight(run) -> float | None:
 
         try:
             loss = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False).get("loss") or {}  # never resolved
-            lam, scale = loss.get("lambda"), loss.get("scale")
+            lam, scale = _float(loss.get("lambda")), _float(loss.get("scale"))  # text (an interpolation): unknown
         except Exception:  # a damaged config must not stop the report
             pass
     ident = run.identity
