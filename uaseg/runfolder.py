@@ -59,7 +59,22 @@ def check_resumable(folder: str | Path) -> Path:
     if not last.is_file():
         raise RunFolderError(f"resume={folder}: no {last} to resume from (the run saved no checkpoint)")
     check_checkpoint_file(last, what=f"resume={folder}")
+    link = next(links_out_of(folder), None)
+    if link is not None:
+        raise RunFolderError(f"resume={folder}: {link} is a link to {link.resolve()}, outside the run folder, which the "
+                             "resumed run would write through; nothing was written (replace the link by a copy)")
     return last
+
+
+def links_out_of(folder: Path):
+    """Symbolic links in ``folder`` (at any depth) that lead out of it: Hydra's log, checkpoints and
+    logger files written there would land elsewhere."""
+    root = folder.resolve()
+    for here, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(here) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                yield path
 
 
 def _refuse_used(folder: Path, ignore: tuple[str, ...]) -> None:

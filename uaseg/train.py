@@ -18,7 +18,7 @@ from uaseg.callbacks import EpochLog, SelectiveReportWriter
 from uaseg.data import build_datamodule
 from uaseg.config_check import check_config, check_missing, unresolved_missing_keys  # noqa: F401 (re-exported)
 from uaseg.errors import (
-    ConfigError, NonFiniteLossError, RunFolderError, TerminatedError, UserError, describe, root_cause,
+    ConfigError, NonFiniteLossError, RunFolderError, TerminatedError, UserError, root_cause,
 )
 from uaseg.identity import run_identity
 from uaseg.inference.calibrate import (
@@ -31,13 +31,13 @@ from uaseg.inference.calibrate import (
 )
 from uaseg.io import WriteError, check_checkpoint_file, update_checkpoint, write_json
 from uaseg.models import SelectiveSegModule
+from uaseg.resume import own_checkpoint, resumed_config
 from uaseg.runfolder import claim_run_folder, discard_unused_folder, release_run_folder, retire_failure
 from uaseg.trust import check_checkpoint_file as check_checkpoint_targets
-from uaseg.trust import check_targets
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "build_datamodule", "build_module", "USER_ERRORS", "ConfigError"]
+__all__ = ["train", "build_datamodule", "build_module", "resumed_config", "USER_ERRORS", "ConfigError"]
 
 
 def build_module(cfg: DictConfig) -> SelectiveSegModule:
@@ -92,34 +92,6 @@ def _resolve_ckpt(cfg: DictConfig, out: Path) -> str | None:
     check_checkpoint_file(ckpt, what="ckpt_path")
     check_checkpoint_targets(ckpt, trust=bool(cfg.get("trust_checkpoint")))
     return str(ckpt)
-
-
-def resumed_config(cfg: DictConfig) -> DictConfig:
-    """``resume=<run folder>``: that run's own config, plus this command's value overrides
-    (e.g. ``trainer.max_epochs=20`` to train longer)."""
-    folder = Path(cfg.resume)
-    saved = folder / ".hydra" / "config.yaml"
-    try:
-        resumed = OmegaConf.load(saved)
-    except FileNotFoundError:
-        raise RunFolderError(f"resume={folder}: {saved} not found (is this a uaseg run folder?)") from None
-    except Exception as e:  # a damaged YAML file
-        raise ConfigError(f"resume={folder}: cannot read {saved} ({describe(e)})") from None
-    check_targets(resumed, saved, trust=bool(cfg.get("trust_checkpoint")))  # before anything resolves or builds
-    extra = []
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        extra = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
-    except ValueError:
-        pass
-    groups = [o for o in extra if "=" in o and "." not in o.split("=", 1)[0].lstrip("+~")]
-    if groups:
-        raise ConfigError(f"resume: config-group overrides {groups} cannot change a run being resumed")
-    resumed.merge_with(OmegaConf.from_dotlist([o.lstrip("+") for o in extra]))
-    resumed.resume = str(folder)
-    resumed.paths.output_dir = cfg.paths.output_dir
-    return resumed
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -229,7 +201,7 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
             )
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint else ""
+        best = own_checkpoint(checkpoint.best_model_path, checkpoint.dirpath) if checkpoint else ""
         if checkpoint is not None and checkpoint.best_model_score is not None:
             metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
     if risk_control is not None and best:

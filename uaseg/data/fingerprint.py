@@ -52,6 +52,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from uaseg.errors import DatasetError, first_cause, root_cause
+from uaseg.interpolation import refuse_interpolations
 from uaseg.io import read_image_header, read_nifti_header, write_json
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,8 @@ def load_or_compute_fingerprint(path: Path, root: Path, cases: list[dict], files
             fp = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise DatasetError(f"{path}: cannot read the dataset fingerprint ({e}); delete it to recompute") from e
+        refuse_interpolations(fp.get("channels"), path, error=DatasetError, what="a fingerprint", hint="delete it to "
+                              "recompute", path="channels")  # channel names reach the plan
         if fp.get("files") == stamps and fp.get("version") == 1:  # same files, older content: upgrade once
             old = path.with_name(path.stem + ".v1.json")
             log.warning("%s was written by an older uaseg (fingerprint version 1, without the non-zero crop); "

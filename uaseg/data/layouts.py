@@ -44,6 +44,7 @@ from uaseg.data.filebased import FileSegDataModule, cache_base_for, persisted_pa
 from uaseg.data.fingerprint import FINGERPRINT_FILE, describe_plan, file_stamps, load_or_compute_fingerprint, make_plan
 from uaseg.data.resample import ResampleToSpacingd, nonzero
 from uaseg.errors import ConfigError, DatasetError
+from uaseg.interpolation import refuse_interpolations
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def read_dataset_json(root: Path, layout: str, layout_text: str) -> tuple[Path, 
         raise DatasetError(f"{path}: cannot read it as JSON ({e})") from e
     if not isinstance(content, dict):
         raise DatasetError(f"{path}: expected a JSON object, got {type(content).__name__}")
+    refuse_interpolations(content, path, error=DatasetError, what="a dataset.json", hint="")  # names reach the config
     return path, content
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from uaseg.errors import ConfigError, PredictError, UserError
-from uaseg.io import save_torch
+from uaseg.io import check_checkpoint_file, save_torch
 from uaseg.selective.case_stats import CaseStats, make_case_stats
 from uaseg.selective.case_losses import risk_losses, unit_numbers
 from uaseg.selective.risk_control import (METHODS, PVALUES, Calibration, alpha_key, calibrate, min_calibration_cases,
@@ -200,15 +200,17 @@ def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamo
     the stored record and one line per change; ``write=False`` computes without writing (DDP ranks > 0).
     The classes the checkpoint names are checked before any is built (:mod:`uaseg.trust`).
     """
-    from uaseg.trust import check_checkpoint
+    from uaseg.trust import read_checkpoint
     from uaseg.data import build_datamodule
     from uaseg.models.module import RISK_CONTROL_KEY, SelectiveSegModule
 
     path = Path(ckpt).expanduser()
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    check_checkpoint(checkpoint, path, trust=trust_checkpoint)
+    check_checkpoint_file(path)  # a truncated copy: one line naming it
+    checkpoint = read_checkpoint(path, trust=trust_checkpoint)  # checked: no code runs, sound records
+    if checkpoint is None:  # trusted, but only weights_only=False reads it
+        raise UserError(f"{path}: calibrate rewrites checkpoints of plain data only (weights_only=True)")
     old = checkpoint.get(RISK_CONTROL_KEY) or {}
     old_cals = old.get("calibrations") or {}
     clash = [f"{m} {k} alpha={a:g}" for k, m, a in settings.triples() if alpha_key(a, k) in old_cals.get(m, {})]

@@ -180,9 +180,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
     For a run folder: the checkpoint that run tested (``summary.json`` ``checkpoint``: the file of
     that name in the folder's own ``checkpoints/``, so a moved or copied folder uses its own copy; the
-    recorded path itself only when the folder has none, e.g. a test-only run), else its single
+    recorded path itself only when it lies inside the folder), else its single
     ``checkpoints/best-*.ckpt``; several best checkpoints and no summary to choose between them, or
-    none at all, are a :class:`PredictError` naming the files, never a silent pick."""
+    none at all, are a :class:`PredictError` naming the files, never a silent pick. A summary naming a
+    file outside the folder (a test-only run of another checkpoint, or a crafted folder) is never
+    followed: ``uaseg calibrate`` would rewrite that file."""
     import json
 
     path = Path(path).expanduser()
@@ -190,20 +192,25 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path  # a missing path is reported by the loader, which names it
     folder = path / "checkpoints"
     summary = path / "summary.json"
+    tested = None
     if summary.is_file():
         try:
             tested = json.loads(summary.read_text()).get("checkpoint")
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             tested = None
-        if tested:
+        if tested and isinstance(tested, str):
             # the folder's own copy first: a copied run folder must not resolve to (and `uaseg
             # calibrate` must not rewrite) the original's file that its summary still names
             for candidate in (folder / Path(tested).name, Path(tested)):
-                if candidate.is_file():
+                if candidate.is_file() and candidate.resolve().is_relative_to(path.resolve()):
                     return candidate
     best = sorted(folder.glob("best-*.ckpt"), key=lambda p: natural_key(p.name))
     if len(best) == 1:
         return best[0]
+    if not best and isinstance(tested, str) and tested and not Path(tested).resolve().is_relative_to(path.resolve()):
+        raise PredictError(f"{path}: its summary.json names the checkpoint {tested}, outside this folder (a test-only "
+                           "run of another checkpoint?), and checkpoints/ holds no best-*.ckpt; pass the checkpoint "
+                           "file itself")
     if not best:
         others = sorted(p.name for p in folder.glob("*.ckpt"))
         hint = f" (it holds {', '.join(others)}: pass one of them as the file itself)" if others else ""

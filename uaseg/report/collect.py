@@ -71,7 +71,7 @@ def read_overrides(run_dir: Path) -> list[str]:
     from omegaconf import OmegaConf
 
     try:
-        return [str(x) for x in (OmegaConf.load(path) or [])]
+        return [str(x) for x in (OmegaConf.to_container(OmegaConf.load(path), resolve=False) or [])]  # never resolved
     except Exception:  # a damaged file must not stop the report
         return []
 

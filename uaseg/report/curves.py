@@ -120,8 +120,8 @@ def ranking_weight(run) -> float | None:
         from omegaconf import OmegaConf
 
         try:
-            cfg = OmegaConf.load(cfg_path)
-            lam, scale = OmegaConf.select(cfg, "loss.lambda"), OmegaConf.select(cfg, "loss.scale")
+            loss = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False).get("loss") or {}  # never resolved
+            lam, scale = _float(loss.get("lambda")), _float(loss.get("scale"))  # text (an interpolation): unknown
         except Exception:  # a damaged config must not stop the report
             pass
     ident = run.identity

@@ -53,9 +53,9 @@ def sweep_axes(multirun_yaml) -> "OrderedDict[str, list[str]]":
     """Key -> list of values for every override of the sweep (one value when not swept)."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(multirun_yaml)
-    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-    task = OmegaConf.select(cfg, "hydra.overrides.task") or []
+    hydra = OmegaConf.to_container(OmegaConf.load(multirun_yaml), resolve=False).get("hydra") or {}  # never resolved
+    params = (hydra.get("sweeper") or {}).get("params") or {}
+    task = (hydra.get("overrides") or {}).get("task") or []
     args = [f"{k}={v}" for k, v in params.items()] + [str(t) for t in task]
     axes: "OrderedDict[str, list[str]]" = OrderedDict()
     for o in _parser().parse_overrides(args):

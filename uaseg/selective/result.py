@@ -132,8 +132,19 @@ class ThresholdGrid:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ThresholdGrid":
-        return cls(np.asarray(d.get("coverage", []), dtype=np.float64),
-                   np.asarray(d.get("threshold", []), dtype=np.float64))
+        """A stored grid, checked (it is read from a file): a ``ValueError`` saying what is wrong
+        with it, never a grid whose NaN thresholds silently refer nothing."""
+        try:
+            cov, thr = (np.asarray(d[k], dtype=np.float64) for k in ("coverage", "threshold"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a coverage/threshold grid ({type(e).__name__}: {e})") from None
+        if cov.ndim != 1 or cov.shape != thr.shape or cov.size == 0:
+            raise ValueError(f"malformed coverage/threshold grid (shapes {cov.shape} and {thr.shape})")
+        if not np.isfinite(cov).all() or (cov < 0).any() or (cov > 1).any() or np.isnan(thr).any():
+            raise ValueError("the grid holds NaN values, or coverages outside [0, 1]")
+        if (np.diff(cov) > 0).any() or (np.diff(thr) > 0).any():
+            raise ValueError("coverage and threshold must fall together along the grid")
+        return cls(cov, thr)
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,24 @@ class ConfidenceHead(nn.Module):
 
     @classmethod
     def from_record(cls, record: dict) -> "ConfidenceHead":
-        head = cls(int(record["spatial_dims"]), int(record["in_channels"]), int(record["hidden"]), str(record["layer"]))
-        head.load_state_dict(record["state_dict"])
+        """The head stored by :meth:`to_record`, checked first (it is read from a file): a
+        ``ValueError`` saying what is wrong, before a layer is built from the stored sizes."""
+        try:
+            dims, c, h, layer, state = (record[k] for k in ("spatial_dims", "in_channels", "hidden", "layer", "state_dict"))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a confidence-head record ({type(e).__name__}: {e})") from None
+        if dims not in (2, 3) or not all(type(v) is int and v > 0 for v in (c, h)) or not isinstance(layer, str):
+            raise ValueError(f"spatial_dims={dims!r}, in_channels={c!r}, hidden={h!r}, layer={layer!r}: not a 2-D or "
+                             "3-D head with positive integer sizes")
+        k3, k1 = (3,) * dims, (1,) * dims
+        want = {"body.0.weight": (h, c, *k3), "body.0.bias": (h,), "body.2.weight": (h, h, *k3), "body.2.bias": (h,),
+                "body.4.weight": (1, h, *k1), "body.4.bias": (1,)}
+        if not isinstance(state, dict) or {k: tuple(getattr(v, "shape", ())) for k, v in state.items()} != want:
+            raise ValueError(f"its weights are not those of a head with in_channels={c}, hidden={h}")
+        if not all(torch.is_tensor(v) and v.is_floating_point() and torch.isfinite(v).all() for v in state.values()):
+            raise ValueError("its weights are not all finite floating-point tensors")
+        head = cls(dims, c, h, layer)
+        head.load_state_dict(state)
         return head.eval()
 
 
