@@ -149,6 +149,45 @@ def test_sigterm_says_what_happened_and_how_to_resume(make_cfg, monkeypatch):
     assert json.loads((out / "failed.json").read_text())["error"] == f"TerminatedError: {message}"
 
 
+def test_a_multiruns_sigterm_is_left_to_lightning_in_fit_raised_outside_and_ends_the_sweep(tmp_path, capsys):
+    """The multirun's SIGTERM handler: inside fit Lightning's handler (which calls it) stops training;
+    outside fit it raises Lightning's SIGTERMException itself; when the job ends, the sweep ends with
+    the resume command of the stopped job and the next job's command (the end-to-end run is in
+    tests/test_runs.py)."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from omegaconf import OmegaConf
+
+    from uaseg.sweep_stop import StopSweepOnSigterm
+
+    stop = StopSweepOnSigterm()
+    stop._jobs, stop._pid = [["a=1"], ["a=2"], ["a=3"]], os.getpid()
+    job = OmegaConf.create({"hydra": {"job": {"num": 0}, "runtime": {"output_dir": str(tmp_path)}}})
+    previous = signal.signal(signal.SIGTERM, stop._handler)
+    try:
+        stop.on_job_start(job)
+        with pytest.raises(SIGTERMException):
+            os.kill(os.getpid(), signal.SIGTERM)
+        stop._received = False
+        seen = []
+        signal.signal(signal.SIGTERM, _HandlersCompose([lambda *a: seen.append(1), stop._handler]))  # as in fit
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [1] and stop._received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    done = JobReturn(status=JobStatus.FAILED, _return_value=TerminatedError("terminated by SIGTERM"))
+    with pytest.raises(SystemExit) as exit_:
+        stop.on_job_end(job, done)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == (
+        f"TerminatedError: the multirun was stopped by SIGTERM in job 0 ({tmp_path}); continue it with: python train.py "
+        f"resume={tmp_path}; the 2 later job(s) of 3 were not started: run each with python train.py <its overrides>, "
+        "the next one: python train.py a=2\n")
+
+
 # ---------------------------------------------------------------------------------------- metrics.csv
 def test_metrics_csv_rows_say_which_attempt_logged_them(tmp_path):
     from uaseg.loggers import CSVLogger
