@@ -64,6 +64,34 @@ def test_a_folder_that_existed_keeps_its_record(make_cfg):
     assert (out / "notes.txt").read_text() == "mine" and (out / "failed.json").exists()
 
 
+def test_a_value_refused_in_the_set_up_leaves_no_folder_and_the_retry_runs(make_cfg):
+    """Too few validation cases for alpha=0.1 is found only once the data is there, inside the set-up:
+    still before any work, so no folder (failed.json, lock) is left to refuse the corrected retry."""
+    cfg = make_cfg("demo2d", "eval.risk_control.alpha=[0.1]", "eval.figures=false")
+    out = Path(cfg.paths.output_dir)
+    with pytest.raises(ConfigError, match=r"eval.risk_control: 2 validation cases are too few \(crc alpha=0.1 needs >= 9\)"):
+        train(cfg)
+    assert not out.exists()
+    cfg.eval.risk_control.alpha = [0.5]
+    train(cfg)
+    assert (out / "summary.json").exists() and not (out / ".uaseg.lock").exists()
+
+
+@pytest.mark.slow
+def test_train_py_leaves_no_folder_for_a_value_refused_in_the_set_up(tmp_path):
+    """Under Hydra, which writes .hydra/ and train.log before the task runs: too few calibration
+    cases and a missing ckpt_path leave no folder, and the corrected retry into it runs."""
+    run = tmp_path / "run"
+    for value, message in (("eval.risk_control.alpha=[0.1]", "ConfigError: eval.risk_control: 2 validation cases are too few"),
+                           (f"ckpt_path={tmp_path}/none.ckpt", f"ConfigError: ckpt_path={tmp_path}/none.ckpt: file not found")):
+        proc = _cli([value, f"hydra.run.dir={run}",], tmp_path)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert message in proc.stdout + proc.stderr and not run.exists()
+    proc = _cli(["eval.risk_control.alpha=[0.5]", f"hydra.run.dir={run}", "eval.figures=false"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "summary.json").exists() and not (run / ".uaseg.lock").exists()
+
+
 def _cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
     flags = [a for a in args if a.startswith("-")]
