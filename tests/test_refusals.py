@@ -53,6 +53,25 @@ def test_the_rules_let_good_values_through(make_cfg):
         check_config(make_cfg("demo2d", *extra))
 
 
+def test_debug_fast_on_a_file_dataset_says_it_is_for_the_demo_data(make_cfg, tmp_path):
+    """``debug=fast`` shrinks the built-in data (dataset.num_cases, image_size), options an nnU-Net
+    folder does not have: one line before any work instead of the datamodule's TypeError."""
+    from layoutfiles import make_nnunet_2d
+
+    root = make_nnunet_2d(tmp_path / "Dataset003_Png")
+    cfg = make_cfg("nnunet", "debug=fast", f"dataset.root={root}")
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert str(err.value) == (
+        "dataset.num_cases: an option of the built-in demo data (dataset=demo2d|demo3d|demo3d_abdomen), not of "
+        "NnUNetDataModule; debug=fast sets it and is for the demo data only: for a quick run of your own data use "
+        "trainer.max_epochs=1 trainer.limit_train_batches=2 trainer.limit_val_batches=2 trainer.limit_test_batches=2")
+    assert not Path(cfg.paths.output_dir).exists()
+    from uaseg.config_check import check_config
+
+    check_config(make_cfg("demo3d", "debug=fast"))  # the demo data takes them
+
+
 def test_a_folder_that_existed_keeps_its_record(make_cfg):
     """Only a folder the refused run created is removed; one that was there before gets failed.json."""
     cfg = make_cfg("demo2d", "dataset.patch_size=[33,37]")
