@@ -210,6 +210,16 @@ def test_risk_control_settings_refused_by_the_config_check(tmp_path, capsys, ext
         check_config(_cfg(tmp_path, *kinds_ok))
 
 
+def test_uaseg_calibrate_on_a_truncated_checkpoint_is_one_line(tmp_path, capsys):
+    ckpt = tmp_path / "best-000.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1000)}}, ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:-200])  # a copy cut off
+    assert cli_main(["calibrate", str(ckpt), "alpha=0.3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"uaseg calibrate: error: {ckpt}: not a readable checkpoint: the file is truncated or corrupted")
+    assert err.count("\n") == 1 and "PytorchStreamReader" not in err
+
+
 def test_report_rows_are_means_over_folds(tmp_path):
     """Synthetic summaries (no training): per arm and alpha, the mean over folds and the folds above alpha;
     the eval.risk_control override does not split the baseline from its runs."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from uaseg.errors import ConfigError, PredictError, UserError
-from uaseg.io import save_torch
+from uaseg.io import check_checkpoint_file, save_torch
 from uaseg.selective.case_stats import CaseStats, make_case_stats
 from uaseg.selective.case_losses import risk_losses
 from uaseg.selective.risk_control import METHODS, Calibration, alpha_key, calibrate, split_key
@@ -110,6 +110,7 @@ def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamo
     path = Path(ckpt).expanduser()
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    check_checkpoint_file(path)  # a truncated copy: one line naming it, not torch's reader error
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     check_checkpoint(checkpoint, path, trust=trust_checkpoint)
     old = checkpoint.get(RISK_CONTROL_KEY) or {}
