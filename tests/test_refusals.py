@@ -109,6 +109,9 @@ def test_train_py_leaves_no_folder_for_a_value_refused_in_the_set_up(tmp_path):
     proc = _cli(["eval.risk_control.alpha=[0.5]", f"hydra.run.dir={run}", "eval.figures=false"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "summary.json").exists() and not (run / ".uaseg.lock").exists()
+    proc = _cli(["+trainer.max_steps=0", f"hydra.run.dir={tmp_path}/failed"], tmp_path)  # fails after the set-up
+    assert proc.returncode == 1 and (tmp_path / "failed" / "failed.json").exists()
+    assert not (tmp_path / "failed" / ".uaseg.lock").exists()  # released, though train.py exits before Hydra's end
 
 
 def _cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:

@@ -179,8 +179,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         _close_wandb()
-        if claimed:
-            release_run_folder(out)
+        release_run_folder(out)  # also RunFolderGuard's lock: train.py exits on an error before Hydra's on_run_end
         if new_folder and not started and (claimed or created_here(out)):
             discard_unused_folder(out, hydra_files=not claimed)  # Hydra wrote its record of this run
 
