@@ -152,6 +152,7 @@ def release_run_folder(folder: str | Path) -> None:
     so a claimant either fails on the held lock or creates a new file)."""
     folder = Path(folder).absolute()
     fd = _held.pop(_key(folder), None) if folder.exists() else None
+    _created.discard(_key(folder))
     if fd is not None:
         if _same_file(fd, folder / LOCK_NAME):
             (folder / LOCK_NAME).unlink(missing_ok=True)
@@ -182,7 +183,6 @@ def discard_unused_folder(folder: str | Path, hydra_files: bool = False) -> bool
         folder.rmdir()
     except OSError:
         return False
-    _created.discard(_key(folder.absolute()))
     return True
 
 

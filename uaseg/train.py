@@ -147,7 +147,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     claimed first (:mod:`uaseg.runfolder`), then every config value is checked, before any work. A
     value refused before any work leaves no run folder behind when this call created it."""
     out = Path(cfg.paths.output_dir)
-    new_folder = not out.exists() or created_here(out)  # or RunFolderGuard made it for this run
+    created = created_here(out)  # RunFolderGuard made it for this run (before Hydra wrote into it)
+    new_folder = created or not out.exists()
     claimed = started = False
     resume = bool(cfg.get("resume"))
     try:
@@ -179,9 +180,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         _close_wandb()
-        release_run_folder(out)  # also RunFolderGuard's lock: train.py exits on an error before Hydra's on_run_end
-        if new_folder and not started and (claimed or created_here(out)):
+        if new_folder and not started and (claimed or created):  # emptied while still locked, then released
             discard_unused_folder(out, hydra_files=not claimed)  # Hydra wrote its record of this run
+        release_run_folder(out)  # also RunFolderGuard's lock: train.py exits on an error before Hydra's on_run_end
 
 
 def _hydra_running() -> bool:
