@@ -237,6 +237,19 @@ def test_a_multiruns_sigterm_is_left_to_lightning_in_fit_raised_outside_and_ends
         f"resume={tmp_path}; the 2 later job(s) of 3 were not started: run each with python train.py <its overrides>, "
         "the next one: python train.py a=2\n")
 
+    between = StopSweepOnSigterm()  # job 0 ended without a signal (the sweep goes on), then SIGTERM arrives
+    between._jobs, between._pid = stop._jobs, os.getpid()
+    between.on_job_end(job, JobReturn(status=JobStatus.COMPLETED, _return_value=0.5))
+    previous = signal.signal(signal.SIGTERM, between._handler)
+    try:
+        with pytest.raises(SystemExit):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err == (
+        "TerminatedError: the multirun was stopped by SIGTERM between jobs; the 2 later job(s) of 3 were not started: "
+        "run each with python train.py <its overrides>, the next one: python train.py a=2\n")
+
 
 # ---------------------------------------------------------------------------------------- metrics.csv
 def test_metrics_csv_rows_say_which_attempt_logged_them(tmp_path):

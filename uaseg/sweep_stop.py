@@ -30,6 +30,7 @@ class StopSweepOnSigterm(Callback):
         self._pid: int | None = None
         self._received = False
         self._in_job: DictConfig | None = None
+        self._last = -1  # the number of the last job that ended
         self._previous: Any = None
         self._sweep_dir: Path | None = None
         self._handler = self._on_sigterm  # one bound method: identity says whether it is the installed handler
@@ -54,6 +55,7 @@ class StopSweepOnSigterm(Callback):
         from uaseg.errors import TerminatedError
 
         self._in_job = None
+        self._last = int(OmegaConf.select(config, "hydra.job.num", default=self._last + 1))
         if os.getpid() != self._pid:
             return  # a launcher's worker process (joblib): the multirun's own process decides
         error = job_return._return_value if job_return.status == JobStatus.FAILED else None
@@ -86,7 +88,7 @@ class StopSweepOnSigterm(Callback):
 
         jobs = self._jobs
         if config is None:
-            num, text = -1, "the multirun was stopped by SIGTERM between jobs"
+            num, text = self._last, "the multirun was stopped by SIGTERM between jobs"
         else:
             num = int(OmegaConf.select(config, "hydra.job.num", default=0))
             folder = Path(str(OmegaConf.select(config, "hydra.runtime.output_dir")))
