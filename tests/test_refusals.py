@@ -99,16 +99,17 @@ def test_a_value_refused_in_the_set_up_leaves_no_folder_and_the_retry_runs(make_
 @pytest.mark.slow
 def test_train_py_leaves_no_folder_for_a_value_refused_in_the_set_up(tmp_path):
     """Under Hydra, which writes .hydra/ and train.log before the task runs: too few calibration
-    cases and a missing ckpt_path leave no folder, and the corrected retry into it runs."""
+    cases and a missing ckpt_path leave no folder, and a retry into it runs; a run that fails after
+    the set-up keeps its failed.json but not the lock file."""
     run = tmp_path / "run"
     for value, message in (("eval.risk_control.alpha=[0.1]", "ConfigError: eval.risk_control: 2 validation cases are too few"),
                            (f"ckpt_path={tmp_path}/none.ckpt", f"ConfigError: ckpt_path={tmp_path}/none.ckpt: file not found")):
         proc = _cli([value, f"hydra.run.dir={run}",], tmp_path)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert message in proc.stdout + proc.stderr and not run.exists()
-    proc = _cli(["eval.risk_control.alpha=[0.5]", f"hydra.run.dir={run}", "eval.figures=false"], tmp_path)
+    proc = _cli([f"hydra.run.dir={run}", "train=false", "test=false"], tmp_path)  # corrected (the full retry: above)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (run / "summary.json").exists() and not (run / ".uaseg.lock").exists()
+    assert (run / "metrics.json").exists() and not (run / ".uaseg.lock").exists()
     proc = _cli(["+trainer.max_steps=0", f"hydra.run.dir={tmp_path}/failed"], tmp_path)  # fails after the set-up
     assert proc.returncode == 1 and (tmp_path / "failed" / "failed.json").exists()
     assert not (tmp_path / "failed" / ".uaseg.lock").exists()  # released, though train.py exits before Hydra's end
