@@ -166,7 +166,8 @@ HYDRA_RECORDS = (".hydra", "train.log")
 def discard_unused_folder(folder: str | Path, hydra_files: bool = False) -> bool:
     """Remove ``folder`` if it holds nothing but this process's lock file (a run refused before any
     work) and, with ``hydra_files``, Hydra's records of this very run (:data:`HYDRA_RECORDS`); only
-    for a folder the run itself created. Releases the lock first. Returns whether it was removed."""
+    for a folder the run itself created, while it still holds the lock (released here, which removes
+    the lock file). Returns whether it was removed."""
     import shutil
 
     folder = Path(folder)
@@ -179,8 +180,7 @@ def discard_unused_folder(folder: str | Path, hydra_files: bool = False) -> bool
             path = folder / name
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         release_run_folder(folder)
-        (folder / LOCK_NAME).unlink(missing_ok=True)
-        folder.rmdir()
+        folder.rmdir()  # fails, keeping the folder, if another run has just claimed it
     except OSError:
         return False
     return True
