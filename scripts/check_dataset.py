@@ -12,7 +12,8 @@ orientation (3-D) or size / mode (GlaS), per channel the intensity range (nnU-Ne
 ``chN min/max`` column per channel, also for 4-D files and RGB images), label values and per-class
 voxel counts (and the ignore label's, when ``dataset.json`` has one). The checks are
 those of training (:mod:`uaseg.data.checks`): NaN / infinite voxels, label values that are not exact
-integers of the dataset's code list; all-background labels are noted. For nnU-Net and Decathlon
+integers of the dataset's code list; a label without foreground (all background, or only the ignore
+label) is a warning, and no foreground in any label an error. For nnU-Net and Decathlon
 folders it also checks ``dataset.json`` against the files (numTraining, a channel file for every
 channel, labels) and that every channel and the label share one grid. All problems
 are collected (not only the first) and listed at the end, each naming its file. Exit code 0 when the
@@ -34,8 +35,10 @@ from uaseg.data.checks import (
     check_nifti_pair,
     check_same_geometry,
     describe_values,
+    foreground_note,
     nonfinite_problem,
 )
+from uaseg.data.checks.files import NO_FOREGROUND
 from uaseg.data.glas import IMAGE_MODES, LABEL_MODES, find_glas_cases
 from uaseg.data.mmwhs import MMWHS_CLASSES, MMWHS_FIXUPS, MMWHS_VALUES, find_mmwhs_cases
 from uaseg.errors import DatasetError, describe
@@ -78,8 +81,8 @@ def scan_mmwhs(root: Path) -> tuple[list[Row], list[str]]:
             fixed = [v for v in values.tolist() if v in MMWHS_FIXUPS]  # exact: 421.5 is not 421
             if fixed:
                 row["note"] = f"{describe_values(fixed)} -> {describe_values([MMWHS_FIXUPS[int(v)] for v in fixed])}"
-            if values.tolist() == [0]:
-                row["note"] = "all background"
+            if foreground_note(values.tolist()):
+                row["note"] = foreground_note(values.tolist())
             check_label_values(c["label"], values.tolist(), (0, *MMWHS_VALUES), MMWHS_FIXUPS)
         except DatasetError as e:
             problems.append(str(e))
@@ -112,7 +115,7 @@ def scan_glas(root: Path) -> tuple[list[Row], list[str]]:
             row["gland px"] = str(int((inst > 0).sum()))
             row["gland %"] = f"{100.0 * (inst > 0).mean():.1f}"
             if not (inst > 0).any():
-                row["note"] = "all background"
+                row["note"] = foreground_note([0])
         except DatasetError as e:
             problems.append(str(e))
         rows.append(row)
@@ -175,6 +178,8 @@ def scan_layout(cls) -> Callable[[Path], tuple[list[Row], list[str]]]:
                     row[name] = str(by_value.get(k, 0))
                 if ignore is not None:
                     row["ignore"] = str(by_value.get(ignore, 0))
+                if foreground_note(values.tolist(), ignore):
+                    row["note"] = foreground_note(values.tolist(), ignore)
                 bad = [v for v in values.tolist() if v not in allowed]
                 if bad:
                     problems.append(f"{c['label']}: unexpected label values {describe_values(bad)}; "
@@ -219,12 +224,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print_table(rows)
     print(f"\n{len(rows)} cases in {args.root}")
+    empty = [r for r in rows if r.get("note") in NO_FOREGROUND]
+    if empty:
+        print(f"\n{len(empty)} label(s) without foreground (training warns about each):")
+        for r in empty:
+            print(f"  - {r['case']}: {r['note']}")
+        if len(empty) == len(rows):
+            problems.append(f"none of the {len(rows)} labels has any foreground: check that the label files belong "
+                            "to the images and hold the dataset's label values")
     if problems:
         print(f"\n{len(problems)} problem(s):")
         for p in problems:
             print(f"  - {p}")
         return 1
-    print("OK: no problems found")
+    print("OK: no problems found" + (f" ({len(empty)} warning(s) above)" if empty else ""))
     return 0
 
 

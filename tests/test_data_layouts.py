@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from layoutfiles import (
-    CT_SPACINGS, SWAPPED, affine_for, boxes, make_decathlon, make_nnunet_3d, save_nifti, write_json,
+    CT_SPACINGS, SWAPPED, affine_for, boxes, make_decathlon, make_nnunet_2d, make_nnunet_3d, save_nifti, write_json,
 )
 
 from uaseg.errors import DatasetError
@@ -234,6 +234,44 @@ def test_check_dataset_script(tmp_path, capsys):
     os.remove(nn / "imagesTr" / "case_002_0001.nii.gz")
     assert mod.main(["--dataset", "nnunet", "--root", str(nn)]) == 2
     assert "case_002_0001.nii.gz is missing" in capsys.readouterr().out
+
+
+def test_labels_without_foreground_are_warnings_and_none_with_foreground_an_error(tmp_path, make_cfg, capsys, caplog):
+    """A label of only the ignore label is not annotated, not "all background": check_dataset.py and
+    training say which; every label without foreground is no longer "OK" but a problem (exit 1)."""
+    import importlib.util
+    import logging
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("check_dataset", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    root = make_nnunet_2d(tmp_path / "Dataset005_Ignore", n_test=0, ignore=True)
+    labels = sorted((root / "labelsTr").glob("*.png"))
+    shape = {p: np.asarray(Image.open(p)).shape for p in labels}
+    Image.fromarray(np.full(shape[labels[0]], 3, np.uint8), "L").save(labels[0])  # not annotated at all
+    half = np.zeros(shape[labels[1]], np.uint8)
+    half[:6] = 3
+    Image.fromarray(half, "L").save(labels[1])  # background and unannotated rows
+    assert mod.main(["--dataset", "nnunet", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert ("2 label(s) without foreground (training warns about each):\n"
+            "  - img_000: only the ignore label (no voxel is annotated)\n"
+            "  - img_001: only background and the ignore label\n") in out
+    assert "all background" not in out and out.rstrip().endswith("OK: no problems found (2 warning(s) above)")
+    dm, _ = dm_of(make_cfg, "nnunet", root, "dataset.cache=false")
+    with caplog.at_level(logging.WARNING):
+        dm.prepare_data()
+    warned = sorted(r.getMessage().split(": ", 1)[1] for r in caplog.records if "the label" in r.getMessage())
+    assert [w.split(" holds only ")[0] for w in warned] == [f"the label {labels[0]}", f"the label {labels[1]}"]
+    assert all(w.endswith("the ignore label (no voxel is annotated)") or w.endswith("background and the ignore label")
+               for w in warned)  # the training grid may pad the label with background
+    for path in labels:
+        Image.fromarray(np.zeros(shape[path], np.uint8), "L").save(path)
+    assert mod.main(["--dataset", "nnunet", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "none of the 5 labels has any foreground" in out and "OK" not in out and "img_004: all background" in out
 
 
 def test_non_finite_voxels_are_an_error_naming_the_channel_file(tmp_path, make_cfg, capsys):

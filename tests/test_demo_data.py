@@ -110,3 +110,40 @@ def test_export_demo_writes_the_test_split_as_files_predict_reads(tmp_path):
     with pytest.raises(ConfigError, match="unknown dataset key"):
         demo_datamodule("demo2d", ["num_casez=3"], cache)
     assert main(["export-demo", str(tmp_path / "x"), "--dataset", "glas"]) == 2
+
+
+def test_export_demo_refuses_a_folder_of_other_files_and_one_it_cannot_write(tmp_path, capsys):
+    """The same export again is fine; other cases (another num_cases) or other files in the folder are
+    refused before anything is written, unless --force; a file in the way is one line, not a traceback."""
+    from uaseg.cli import main
+
+    def export(folder, *extra):
+        code = main(["export-demo", str(folder), "num_cases=10", "image_size=32", *extra, "--cache-dir", str(tmp_path / "c")])
+        return code, capsys.readouterr().err
+
+    out = tmp_path / "d2"
+    assert export(out) == (0, "")
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert export(out) == (0, "")  # the quick start run twice
+    code, err = export(out, "data_seed=1")
+    assert code == 2 and err == (f"uaseg export-demo: error: export-demo: {out} is not empty ({len(files) - 1} files, e.g. "
+                                 f"{sorted(p.relative_to(out).as_posix() for p in files)[0]}): it holds an export of demo2d "
+                                 "test image_size=32 num_cases=10; choose an empty folder, or pass --force to write these "
+                                 "cases into it as well\n")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    (out / "mine.txt").write_text("mine")
+    code, err = export(out)
+    assert code == 2 and "it holds an export of demo2d test image_size=32 num_cases=10 and other files" in err
+    assert export(out, "data_seed=1", "--force")[0] == 0 and (out / "mine.txt").read_text() == "mine"
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    for target, reason in ((blocker, "File exists"), (blocker / "sub", "Not a directory")):
+        code, err = export(target)
+        assert code == 2 and err == (f"uaseg export-demo: error: export-demo: cannot write the cases into {target} "
+                                     f"({reason}); give a folder\n")
+    (tmp_path / "d3").mkdir()
+    (tmp_path / "d3" / "labels").write_text("in the way")  # labels/ cannot be made: the write error is one line
+    code, err = export(tmp_path / "d3", "--force")
+    assert code == 2 and err.startswith("uaseg export-demo: error: ") and "labels" in err and err.count("\n") == 1
+    assert blocker.read_text() == "mine"

@@ -53,6 +53,25 @@ def test_the_rules_let_good_values_through(make_cfg):
         check_config(make_cfg("demo2d", *extra))
 
 
+def test_debug_fast_on_a_file_dataset_says_it_is_for_the_demo_data(make_cfg, tmp_path):
+    """``debug=fast`` shrinks the built-in data (dataset.num_cases, image_size), options an nnU-Net
+    folder does not have: one line before any work instead of the datamodule's TypeError."""
+    from layoutfiles import make_nnunet_2d
+
+    root = make_nnunet_2d(tmp_path / "Dataset003_Png")
+    cfg = make_cfg("nnunet", "debug=fast", f"dataset.root={root}")
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert str(err.value) == (
+        "dataset.num_cases: an option of the built-in demo data (dataset=demo2d|demo3d|demo3d_abdomen), not of "
+        "NnUNetDataModule; debug=fast sets it and is for the demo data only: for a quick run of your own data use "
+        "trainer.max_epochs=1 trainer.limit_train_batches=2 trainer.limit_val_batches=2 trainer.limit_test_batches=2")
+    assert not Path(cfg.paths.output_dir).exists()
+    from uaseg.config_check import check_config
+
+    check_config(make_cfg("demo3d", "debug=fast"))  # the demo data takes them
+
+
 def test_a_folder_that_existed_keeps_its_record(make_cfg):
     """Only a folder the refused run created is removed; one that was there before gets failed.json."""
     cfg = make_cfg("demo2d", "dataset.patch_size=[33,37]")
@@ -62,6 +81,38 @@ def test_a_folder_that_existed_keeps_its_record(make_cfg):
     with pytest.raises(ConfigError):
         train(cfg)
     assert (out / "notes.txt").read_text() == "mine" and (out / "failed.json").exists()
+
+
+def test_a_value_refused_in_the_set_up_leaves_no_folder_and_the_retry_runs(make_cfg):
+    """Too few validation cases for alpha=0.1 is found only once the data is there, inside the set-up:
+    still before any work, so no folder (failed.json, lock) is left to refuse the corrected retry."""
+    cfg = make_cfg("demo2d", "eval.risk_control.alpha=[0.1]", "eval.figures=false")
+    out = Path(cfg.paths.output_dir)
+    with pytest.raises(ConfigError, match=r"eval.risk_control: 2 validation cases are too few \(crc alpha=0.1 needs >= 9\)"):
+        train(cfg)
+    assert not out.exists()
+    cfg.eval.risk_control.alpha = [0.5]
+    train(cfg)
+    assert (out / "summary.json").exists() and not (out / ".uaseg.lock").exists()
+
+
+@pytest.mark.slow
+def test_train_py_leaves_no_folder_for_a_value_refused_in_the_set_up(tmp_path):
+    """Under Hydra, which writes .hydra/ and train.log before the task runs: too few calibration
+    cases and a missing ckpt_path leave no folder, and a retry into it runs; a run that fails after
+    the set-up keeps its failed.json but not the lock file."""
+    run = tmp_path / "run"
+    for value, message in (("eval.risk_control.alpha=[0.1]", "ConfigError: eval.risk_control: 2 validation cases are too few"),
+                           (f"ckpt_path={tmp_path}/none.ckpt", f"ConfigError: ckpt_path={tmp_path}/none.ckpt: file not found")):
+        proc = _cli([value, f"hydra.run.dir={run}",], tmp_path)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert message in proc.stdout + proc.stderr and not run.exists()
+    proc = _cli([f"hydra.run.dir={run}", "train=false", "test=false"], tmp_path)  # corrected (the full retry: above)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "metrics.json").exists() and not (run / ".uaseg.lock").exists()
+    proc = _cli(["+trainer.max_steps=0", f"hydra.run.dir={tmp_path}/failed"], tmp_path)  # fails after the set-up
+    assert proc.returncode == 1 and (tmp_path / "failed" / "failed.json").exists()
+    assert not (tmp_path / "failed" / ".uaseg.lock").exists()  # released, though train.py exits before Hydra's end
 
 
 def _cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
@@ -147,6 +198,58 @@ def test_sigterm_says_what_happened_and_how_to_resume(make_cfg, monkeypatch):
     assert message.startswith("terminated by SIGTERM (e.g. a cluster scheduler's preemption or time limit); ")
     assert message.endswith(f"continue with resume={out}") and "\n" not in message
     assert json.loads((out / "failed.json").read_text())["error"] == f"TerminatedError: {message}"
+
+
+def test_a_multiruns_sigterm_is_left_to_lightning_in_fit_raised_outside_and_ends_the_sweep(tmp_path, capsys):
+    """The multirun's SIGTERM handler: inside fit Lightning's handler (which calls it) stops training;
+    outside fit it raises Lightning's SIGTERMException itself; when the job ends, the sweep ends with
+    the resume command of the stopped job and the next job's command (the end-to-end run is in
+    tests/test_runs.py)."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from omegaconf import OmegaConf
+
+    from uaseg.sweep_stop import StopSweepOnSigterm
+
+    stop = StopSweepOnSigterm()
+    stop._jobs, stop._pid = [["a=1"], ["a=2"], ["a=3"]], os.getpid()
+    job = OmegaConf.create({"hydra": {"job": {"num": 0}, "runtime": {"output_dir": str(tmp_path)}}})
+    previous = signal.signal(signal.SIGTERM, stop._handler)
+    try:
+        stop.on_job_start(job)
+        with pytest.raises(SIGTERMException):
+            os.kill(os.getpid(), signal.SIGTERM)
+        stop._received = False
+        seen = []
+        signal.signal(signal.SIGTERM, _HandlersCompose([lambda *a: seen.append(1), stop._handler]))  # as in fit
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [1] and stop._received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    done = JobReturn(status=JobStatus.FAILED, _return_value=TerminatedError("terminated by SIGTERM"))
+    with pytest.raises(SystemExit) as exit_:
+        stop.on_job_end(job, done)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == (
+        f"TerminatedError: the multirun was stopped by SIGTERM in job 0 ({tmp_path}); continue it with: python train.py "
+        f"resume={tmp_path}; the 2 later job(s) of 3 were not started: run each with python train.py <its overrides>, "
+        "the next one: python train.py a=2\n")
+
+    between = StopSweepOnSigterm()  # job 0 ended without a signal (the sweep goes on), then SIGTERM arrives
+    between._jobs, between._pid = stop._jobs, os.getpid()
+    between.on_job_end(job, JobReturn(status=JobStatus.COMPLETED, _return_value=0.5))
+    previous = signal.signal(signal.SIGTERM, between._handler)
+    try:
+        with pytest.raises(SystemExit):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err == (
+        "TerminatedError: the multirun was stopped by SIGTERM between jobs; the 2 later job(s) of 3 were not started: "
+        "run each with python train.py <its overrides>, the next one: python train.py a=2\n")
 
 
 # ---------------------------------------------------------------------------------------- metrics.csv

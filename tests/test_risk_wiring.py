@@ -183,6 +183,43 @@ def test_risk_control_refusals_before_training(tmp_path):
         assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("extra,message", [
+    (["eval.risk_control.alpha=[0.1,0.2,0.1]"],
+     "eval.risk_control.alpha=[0.1,0.2,0.1]: 0.1 is listed more than once; give each value once"),
+    (["eval.risk_control.alpha=0.3", "eval.risk_control.method=[ltt,crc,ltt]"],
+     "eval.risk_control.method=[ltt,crc,ltt]: ltt is listed more than once; give each value once"),
+    (["eval.risk_control.alpha=0.3", "eval.risk_control.risk=[dice,tail@0.1]", "eval.risk_control.method=[crc,ltt]",
+      "eval.risk_control.pvalue=binom"],
+     "eval.risk_control.pvalue=binom is valid only for 0/1 losses: every risk must be tail@<beta>, not dice (use hb or "
+     "wsr for those, or calibrate them in another run)"),
+])
+def test_risk_control_settings_refused_by_the_config_check(tmp_path, capsys, extra, message):
+    """Checked as a whole with the other config values (before any run folder, and for every job of a
+    multirun before the first starts), not after the set-up (binom with dice: after training); the
+    same rules in uaseg calibrate."""
+    from uaseg.config_check import check_config
+
+    with pytest.raises(ConfigError) as err:
+        check_config(_cfg(tmp_path, *extra))
+    assert str(err.value) == message
+    options = [o.replace("eval.risk_control.", "") for o in extra]
+    assert cli_main(["calibrate", str(tmp_path / "no_run"), *options]) == 2
+    assert capsys.readouterr().err == f"uaseg calibrate: error: {message.replace('eval.risk_control', 'uaseg calibrate')}\n"
+    kinds_ok = [o.replace("[dice,tail@0.1]", "[tail@0.1,tail@0.2]") for o in extra]
+    if kinds_ok != extra:  # binom with 0/1 risks only is fine
+        check_config(_cfg(tmp_path, *kinds_ok))
+
+
+def test_uaseg_calibrate_on_a_truncated_checkpoint_is_one_line(tmp_path, capsys):
+    ckpt = tmp_path / "best-000.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1000)}}, ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:-200])  # a copy cut off
+    assert cli_main(["calibrate", str(ckpt), "alpha=0.3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"uaseg calibrate: error: {ckpt}: not a readable checkpoint: the file is truncated or corrupted")
+    assert err.count("\n") == 1 and "PytorchStreamReader" not in err
+
+
 def test_report_rows_are_means_over_folds(tmp_path):
     """Synthetic summaries (no training): per arm and alpha, the mean over folds and the folds above alpha;
     the eval.risk_control override does not split the baseline from its runs."""

@@ -8,6 +8,7 @@ import csv
 import errno
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -180,9 +181,11 @@ def test_unreadable_ckpt_path_is_one_clear_error_before_any_work(make_cfg, tmp_p
     cfg = make_cfg("demo2d", f"ckpt_path={bad}")
     with pytest.raises(CheckpointError, match=f"ckpt_path: {bad}: not a readable checkpoint: the file is truncated"):
         train(cfg)
-    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
-    with pytest.raises(RunFolderError, match="already holds a run"):  # failed.json marks the folder as used
-        train(cfg)
+    assert not Path(cfg.paths.output_dir).exists()  # refused before any work: no folder to block the retry
+    cfg.ckpt_path, cfg.train, cfg.test = None, False, False
+    train(cfg)  # the retry into the same folder, with the value corrected
+    out = Path(cfg.paths.output_dir)
+    assert (out / "metrics.json").exists() and not (out / ".uaseg.lock").exists()  # accepted; the lock is removed
 
 
 def test_a_folder_holding_only_hydra_is_a_run(make_cfg, tmp_path):
@@ -211,3 +214,83 @@ def test_a_folder_holding_only_hydra_is_a_run(make_cfg, tmp_path):
     (tmp_path / "free" / "notes.txt").write_text("mine")
     assert claim_run_folder(tmp_path / "free")
     release_run_folder(tmp_path / "free")
+
+
+def test_a_folder_that_cannot_be_made_is_one_line(tmp_path):
+    """``hydra.run.dir`` under a regular file (root can write anywhere else): one line, nothing made."""
+    from uaseg.runfolder import claim_run_folder, claim_sweep_folder
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    for claim in (claim_run_folder, claim_sweep_folder):
+        with pytest.raises(RunFolderError, match=f"{blocker}/run: cannot use this folder for a run .*Not a directory"):
+            claim(blocker / "run")
+    proc = cli(f"hydra.run.dir={blocker}/run")
+    assert proc.returncode == 1 and one_error_line(proc).startswith(f"RunFolderError: {blocker}/run: cannot use")
+    assert blocker.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_a_released_lock_file_is_removed_and_a_claimant_of_the_old_file_locks_the_new_one(tmp_path, monkeypatch):
+    """The run that ends removes its lock file while holding it. A claimant that opened the old file
+    just before (its flock then succeeds on a file no path names) locks the path's new file instead."""
+    import fcntl
+
+    from uaseg import runfolder
+
+    run = tmp_path / "run"
+    assert runfolder.claim_run_folder(run)
+    runfolder.release_run_folder(run)
+    assert sorted(p.name for p in run.iterdir()) == []  # a finished run keeps no lock file
+
+    assert runfolder.claim_run_folder(run)
+    other = runfolder._held.pop(runfolder._key(run))  # the first holder, as if another process
+    real_flock, calls = fcntl.flock, []
+
+    def flock(fd, op):  # the first holder releases between the claimant's open and its flock
+        if not calls:
+            (run / runfolder.LOCK_NAME).unlink()
+            os.close(other)
+        calls.append(fd)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    runfolder._lock(run)
+    held = runfolder._held[runfolder._key(run)]
+    assert len(calls) == 2 and os.path.samestat(os.fstat(held), os.stat(run / runfolder.LOCK_NAME))
+    runfolder.release_run_folder(run)
+
+
+def test_a_checkpoint_of_another_network_is_one_line_before_any_work(make_cfg, tmp_path):
+    """``ckpt_path=`` of a wider network, or ``resume=<run> model.net.filters=[...]`` (here: the run's
+    config asks for another width than its last.ckpt holds): one line naming the first parameter that
+    does not fit, instead of Lightning's line per parameter; a new folder is not kept, a resumed one
+    is left as it was."""
+    import lightning as L
+
+    from uaseg.train import build_module
+
+    wide = build_module(make_cfg("demo2d"))
+    ckpt = tmp_path / "wide.ckpt"
+    torch.save({"state_dict": wide.state_dict(), "hyper_parameters": dict(wide.hparams), "epoch": 0, "global_step": 1,
+                "pytorch-lightning_version": L.__version__}, ckpt)
+    narrow = make_cfg("demo2d", "model.net.filters=[8,16,32,64]", f"ckpt_path={ckpt}")
+    first = next(iter(wide.state_dict()))
+    fits = (rf"{ckpt}: the checkpoint's weights do not fit the network the config builds \({re.escape(first)}: shape "
+            rf"\[16, 3, 3, 3\] in the checkpoint, shape \[8, 3, 3, 3\] in the network, and \d+ more parameter\(s\)\); ")
+    with pytest.raises(CheckpointError, match=f"^ckpt_path: {fits}set the model.. values of the run that wrote it$"):
+        train(narrow)
+    assert not Path(narrow.paths.output_dir).exists()
+
+    run = tmp_path / "run2"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(ckpt.read_bytes())
+    narrow.ckpt_path = None
+    OmegaConf.save(narrow, run / ".hydra" / "config.yaml")
+    before = hashes(run)
+    resumed = make_cfg("demo2d", f"resume={run}")
+    resumed.paths.output_dir = str(run)
+    with pytest.raises(CheckpointError, match=f"^resume: {run}/checkpoints/last.ckpt: the checkpoint's weights do not "
+                                              "fit the network .*; resume continues the run's own network"):
+        train(resumed)
+    assert hashes(run) == before and not (run / ".uaseg.lock").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -52,6 +53,47 @@ def test_multirun_goes_on_after_a_failed_job(tmp_path):
     failed = [j for j in jobs if (j / "failed.json").exists()]
     assert len(done) == 2 and len(failed) == 2, proc.stderr[-2000:]
     assert "accelerator" in json.loads((failed[0] / "failed.json").read_text())["error"]
+
+
+PREEMPTED_TRAIN_PY = """
+import os, runpy, signal, sys
+from uaseg.models import SelectiveSegModule
+
+original = SelectiveSegModule.training_step
+
+def preempted(self, batch, batch_idx):  # SIGTERM to this process in epoch 1, once: a scheduler's preemption
+    if self.current_epoch == 1 and not os.environ.get("SIGTERM_SENT"):
+        os.environ["SIGTERM_SENT"] = "1"
+        os.kill(os.getpid(), signal.SIGTERM)
+    return original(self, batch, batch_idx)
+
+SelectiveSegModule.training_step = preempted
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_multirun_and_says_how_to_resume(tmp_path):
+    """SIGTERM during the first of three jobs: that job stops with its checkpoint, no later job
+    starts, and one line names the resume command of the stopped job and the jobs not started."""
+    script = tmp_path / "preempted_train.py"
+    script.write_text(PREEMPTED_TRAIN_PY)
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    args = [a for a in TINY_CLI if not a.startswith("trainer.max_epochs")]
+    proc = subprocess.run([sys.executable, str(script), "-m", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path}/cache",
+                           "loss.lambda=0,1,2", "trainer.max_epochs=2", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    jobs = [p for p in sweep.iterdir() if p.is_dir()]
+    assert len(jobs) == 1 and (jobs[0] / "checkpoints" / "last.ckpt").is_file(), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not (sweep / ".uaseg.lock").exists()
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("TerminatedError: ")]
+    assert f"stopped by SIGTERM in job 0 ({jobs[0]}); continue it with: python train.py " in line
+    assert shlex.join(["python", "train.py", f"resume={jobs[0]}"]) in line
+    assert "the 2 later job(s) of 3 were not started" in line and "loss.lambda=1" in line
+    assert "TerminatedError: terminated by SIGTERM" in (jobs[0] / "failed.json").read_text()
 
 
 @pytest.mark.slow

@@ -36,3 +36,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
         except Exception as e:
             raise CheckpointError(f"{Path(path)}: cannot load this checkpoint ({describe(e)})") from e
+
+
+def check_weights_fit(module: Any, path: str | Path, what: str, hint: str) -> None:
+    """A :class:`CheckpointError` naming the first parameter of ``path`` that does not fit ``module``
+    (another shape, or a parameter one of them lacks), before Lightning's strict load prints one
+    line per parameter. ``what``/``hint``: the option that named the file, and what to do instead."""
+    import torch
+
+    try:  # memory-mapped: the tensors' data is not read
+        stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("state_dict") or {}
+    except Exception as e:
+        raise CheckpointError(f"{what}: {path}: cannot load this checkpoint ({describe(e)})") from None
+    own = module.state_dict()
+    bad = [(k, tuple(stored[k].shape), tuple(v.shape)) for k, v in own.items()
+           if k in stored and hasattr(stored[k], "shape") and tuple(stored[k].shape) != tuple(v.shape)]
+    bad += [(k, None, tuple(v.shape)) for k, v in own.items() if k not in stored]
+    bad += [(k, tuple(getattr(v, "shape", ())), None) for k, v in stored.items() if k not in own]
+    if not bad:
+        return
+    name, theirs, ours = bad[0]
+    shown = lambda s: "absent" if s is None else f"shape {list(s)}"  # noqa: E731
+    more = f", and {len(bad) - 1} more parameter(s)" if len(bad) > 1 else ""
+    raise CheckpointError(f"{what}: {path}: the checkpoint's weights do not fit the network the config builds "
+                          f"({name}: {shown(theirs)} in the checkpoint, {shown(ours)} in the network{more}); {hint}")

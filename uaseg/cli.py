@@ -136,16 +136,19 @@ def add_export_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="test (default: the cases a run with these settings tests), "
                                                    "val, train or all")
     p.add_argument("--cache-dir", default=None, help="the demo cache (default: $UASEG_CACHE, else ./.cache as train.py)")
+    p.add_argument("--force", action="store_true", help="write into a folder that holds other files (default: refused "
+                                                        "unless it holds an earlier export of the same cases)")
 
 
 def run_export_demo(args) -> int:
     """Exit 0 when the files were written, 2 on a user error."""
     from .data.export_demo import export_demo
     from .errors import UserError
+    from .io import WriteError
 
     try:
-        files = export_demo(args.folder, args.dataset, args.split, args.overrides, args.cache_dir)
-    except UserError as e:
+        files = export_demo(args.folder, args.dataset, args.split, args.overrides, args.cache_dir, force=args.force)
+    except (UserError, WriteError) as e:
         print(f"uaseg export-demo: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(files)} {args.dataset} {args.split} case(s) to {args.folder} "

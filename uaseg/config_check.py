@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from uaseg import config_rules
 from uaseg.config_domains import Batches, Choice, Flag, Names, Number, Numbers, RiskKinds
 from uaseg.errors import ConfigError, UserError, first_cause
 
@@ -304,7 +305,7 @@ def _rule_ignore_label(get) -> str | None:
 #: rules between keys, each ``get -> message or None`` (run after every key passed its own domain)
 RULES: tuple[Callable[[Callable[[str], Any]], str | None], ...] = (
     _rule_fold, _rule_batch, _rule_patch_dims, _rule_windows, _rule_patch_stride, _rule_start_epoch,
-    _rule_dataset_root, _rule_test_scores, _rule_ignore_label)
+    _rule_dataset_root, _rule_test_scores, _rule_ignore_label, *config_rules.RULES)
 
 
 def check_config(cfg: Mapping | DictConfig) -> None:

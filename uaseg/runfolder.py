@@ -6,7 +6,9 @@
   ``checkpoints/last.ckpt``.
 * One process at a time: an exclusive ``flock`` on ``<folder>/.uaseg.lock``, taken before anything
   else is written and held until the run ends. The kernel drops it when the process dies (even by
-  SIGKILL), so a killed run leaves no stale lock behind.
+  SIGKILL), so a killed run leaves no stale lock behind. A run that ends removes the file while it
+  still holds the lock; a claimant that locked the file just before is then told so by the file's
+  inode (:func:`_lock` checks that the path still names the file it locked).
 
 :class:`uaseg.hydra_callbacks.RunFolderGuard` claims the folder in Hydra's ``on_run_start``, before
 Hydra writes ``.hydra/``; :func:`uaseg.train.train` claims it again (a no-op in the same process),
@@ -28,6 +30,8 @@ LOCK_NAME = ".uaseg.lock"
 
 #: folders this process holds the lock of -> the lock file's descriptor
 _held: dict[str, int] = {}
+#: folders this process created by claiming them
+_created: set[str] = set()
 
 
 def relaunched_rank() -> bool:
@@ -90,21 +94,45 @@ def _refuse_used(folder: Path, ignore: tuple[str, ...]) -> None:
 def _lock(folder: Path) -> None:
     import fcntl
 
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    created = not folder.exists()
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise RunFolderError(
-            f"{folder} is in use by another run (process {holder}); nothing was written. Wait for it to "
-            "finish, or choose another hydra.run.dir"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+        folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):
+            fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise RunFolderError(
+                    f"{folder} is in use by another run (process {holder}); nothing was written. Wait for it to "
+                    "finish, or choose another hydra.run.dir"
+                ) from None
+            if _same_file(fd, folder / LOCK_NAME):
+                break
+            os.close(fd)  # the run that held it removed the file on release: lock the path's new file
+        else:
+            raise RunFolderError(f"{folder}: could not lock {LOCK_NAME} (other runs keep replacing it); try again")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as e:  # under a file, read-only, no space: one line, not a traceback from the callback
+        raise RunFolderError(f"{folder}: cannot use this folder for a run ({e.strerror or e}); "
+                             "choose another hydra.run.dir (or hydra.sweep.dir)") from None
     _held[_key(folder)] = fd
+    if created:
+        _created.add(_key(folder))
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def created_here(folder: str | Path) -> bool:
+    """Whether this process created ``folder`` when it claimed it (it may then discard it)."""
+    return _key(Path(folder).absolute()) in _created
 
 
 def claim_run_folder(folder: str | Path, *, resume: str | Path | None = None, hydra_files: bool = False) -> bool:
@@ -135,21 +163,39 @@ def claim_run_folder(folder: str | Path, *, resume: str | Path | None = None, hy
 
 
 def release_run_folder(folder: str | Path) -> None:
+    """Drop this process's lock of ``folder`` and remove its lock file (unlinked while still held,
+    so a claimant either fails on the held lock or creates a new file)."""
     folder = Path(folder).absolute()
     fd = _held.pop(_key(folder), None) if folder.exists() else None
+    _created.discard(_key(folder))
     if fd is not None:
+        if _same_file(fd, folder / LOCK_NAME):
+            (folder / LOCK_NAME).unlink(missing_ok=True)
         os.close(fd)  # closing the last descriptor drops the flock
 
 
-def discard_unused_folder(folder: str | Path) -> bool:
-    """Remove ``folder`` if it holds nothing but this process's released lock file (a run refused
-    before any work); only for a folder the run itself created. Returns whether it was removed."""
+#: what Hydra writes into a run folder before the task starts (its config record and the job log)
+HYDRA_RECORDS = (".hydra", "train.log")
+
+
+def discard_unused_folder(folder: str | Path, hydra_files: bool = False) -> bool:
+    """Remove ``folder`` if it holds nothing but this process's lock file (a run refused before any
+    work) and, with ``hydra_files``, Hydra's records of this very run (:data:`HYDRA_RECORDS`); only
+    for a folder the run itself created, while it still holds the lock (released here, which removes
+    the lock file). Returns whether it was removed."""
+    import shutil
+
     folder = Path(folder)
+    keep = {LOCK_NAME, *(HYDRA_RECORDS if hydra_files else ())}
     try:
-        if {p.name for p in folder.iterdir()} - {LOCK_NAME}:
+        names = {p.name for p in folder.iterdir()}
+        if names - keep:
             return False
-        (folder / LOCK_NAME).unlink(missing_ok=True)
-        folder.rmdir()
+        for name in names - {LOCK_NAME}:
+            path = folder / name
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        release_run_folder(folder)
+        folder.rmdir()  # fails, keeping the folder, if another run has just claimed it
     except OSError:
         return False
     return True

@@ -31,8 +31,11 @@ from uaseg.inference.calibrate import (
 )
 from uaseg.io import WriteError, check_checkpoint_file, update_checkpoint, write_json
 from uaseg.models import SelectiveSegModule
+from uaseg.checkpoint_io import check_weights_fit
 from uaseg.resume import own_checkpoint, resumed_config
-from uaseg.runfolder import claim_run_folder, discard_unused_folder, release_run_folder, retire_failure
+from uaseg.runfolder import (
+    claim_run_folder, created_here, discard_unused_folder, release_run_folder, retire_failure,
+)
 from uaseg.trust import check_checkpoint_file as check_checkpoint_targets
 
 log = logging.getLogger(__name__)
@@ -116,17 +119,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     claimed first (:mod:`uaseg.runfolder`), then every config value is checked, before any work. A
     value refused before any work leaves no run folder behind when this call created it."""
     out = Path(cfg.paths.output_dir)
-    new_folder = not out.exists()
+    created = created_here(out)  # RunFolderGuard made it for this run (before Hydra wrote into it)
+    new_folder = created or not out.exists()
     claimed = started = False
+    resume = bool(cfg.get("resume"))
     try:
         claimed = claim_run_folder(out, resume=cfg.get("resume"), hydra_files=_hydra_running())
         check_missing(cfg)
-        if cfg.get("resume"):
+        if resume:
             cfg = resumed_config(cfg)
-            retire_failure(out)
         check_config(cfg)
+        built = _set_up(cfg, out)
+        if resume:
+            retire_failure(out)
         started = True
-        return _train(cfg, out)
+        return _train(cfg, out, *built)
     except RunFolderError:
         raise  # never write into a folder this run may not use
     except FloatingPointError as e:
@@ -134,8 +141,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _record_failure(out, error)
         raise error from e
     except BaseException as e:
-        if not started and new_folder and isinstance(e, UserError):
-            raise  # refused before any work: the folder is removed below, nothing to record
+        if not started and (new_folder or resume) and isinstance(e, UserError):
+            raise  # refused before any work: a new folder is removed below, a resumed one left as it was
         if isinstance(e, SIGTERMException):  # Lightning's, raised without a message
             e = TerminatedError(f"terminated by SIGTERM (e.g. a cluster scheduler's preemption or time limit); "
                                 f"{_checkpoint_status(out)}")
@@ -145,10 +152,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         _close_wandb()
-        if claimed:
-            release_run_folder(out)
-        if claimed and new_folder and not started:
-            discard_unused_folder(out)
+        if new_folder and not started and (claimed or created):  # emptied while still locked, then released
+            discard_unused_folder(out, hydra_files=not claimed)  # Hydra wrote its record of this run
+        release_run_folder(out)  # also RunFolderGuard's lock: train.py exits on an error before Hydra's on_run_end
 
 
 def _hydra_running() -> bool:
@@ -170,7 +176,9 @@ def log_lightning_once() -> None:
         lg.propagate = True
 
 
-def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
+def _set_up(cfg: DictConfig, out: Path) -> tuple:
+    """Everything built before the first write into the run folder; a value refused here is refused
+    before any work (the run folder is not kept)."""
     log_lightning_once()
     ckpt_path = _resolve_ckpt(cfg, out)
     if cfg.get("seed") is not None:
@@ -181,12 +189,22 @@ def _train(cfg: DictConfig, out: Path) -> dict[str, Any]:
     datamodule = build_datamodule(cfg.dataset)
     risk_control = _risk_control_settings(cfg, datamodule)
     model = build_module(cfg)
+    if ckpt_path:
+        check_weights_fit(model, ckpt_path, *(
+            ("resume", "resume continues the run's own network: drop the model.* overrides, or start a new run")
+            if cfg.get("resume") else
+            ("ckpt_path", "set the model.* values of the run that wrote it")))
     callbacks = build_callbacks(cfg)
     loggers = _instantiate_group(cfg.get("logger"))
     trainer = _build_trainer(cfg, callbacks, loggers)
     if risk_control is not None and trainer.checkpoint_callback is None:
         raise ConfigError("eval.risk_control calibrates the selected checkpoint, but no checkpoint is saved "
                           "(callbacks.model_checkpoint is off, or trainer.enable_checkpointing=false)")
+    return ckpt_path, datamodule, risk_control, model, loggers, trainer
+
+
+def _train(cfg: DictConfig, out: Path, ckpt_path, datamodule, risk_control, model, loggers,
+           trainer: L.Trainer) -> dict[str, Any]:
     for lg in loggers:
         lg.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
 

@@ -10,6 +10,8 @@ cases of one split (by default the test split a default run tests: same ``data_s
 
 and their ground truth beside them in ``<folder>/labels/`` (palette PNG / uint8 NIfTI, values = class
 indices), which ``predict.py`` does not read (it takes the files directly inside the folder).
+``<folder>/export-demo.json`` records what was exported: a folder that holds anything else is
+refused (``force``), so two test sets are never mixed in one folder without a word.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from uaseg.errors import ConfigError
 
 DATASETS = ("demo2d", "demo3d")
+RECORD = "export-demo.json"
 SPLITS = ("test", "val", "train", "all")
 CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 
@@ -51,25 +54,55 @@ def demo_datamodule(dataset: str = "demo2d", overrides: Sequence[str] = (), cach
 
 
 def export_demo(folder: str | Path, dataset: str = "demo2d", split: str = "test", overrides: Sequence[str] = (),
-                cache_dir: str | Path | None = None) -> list[Path]:
-    """Write the cases of ``split`` into ``folder`` (labels into ``folder/labels``); returns the image files."""
-    from uaseg.io import save_label_png, save_nifti, save_png
+                cache_dir: str | Path | None = None, force: bool = False) -> list[Path]:
+    """Write the cases of ``split`` into ``folder`` (labels into ``folder/labels``); returns the image
+    files. ``folder`` must be new, empty or an earlier export of the same cases, unless ``force``."""
+    from uaseg.io import save_label_png, save_nifti, save_png, write_json
 
     if split not in SPLITS:
         raise ConfigError(f"export-demo: split {split!r}: choose from {list(SPLITS)}")
+    folder = Path(folder)
+    what = {"dataset": dataset, "split": split,
+            "overrides": sorted(o[len("dataset."):] if o.startswith("dataset.") else o for o in overrides)}
+    _check_target(folder, what, force)
     dm = demo_datamodule(dataset, overrides, cache_dir)
     dm.setup()
     cases = [c for s in ("train", "val", "test") for c in dm.splits[s]] if split == "all" else dm.splits[split]
-    folder = Path(folder)
-    written = []
+    written, labels = [], []
     for case in cases:
         image, label = np.asarray(case["image"]), np.asarray(case["label"])[0]
         if dm.spatial_dims == 2:
             # MONAI reads a 2-D file as (width, height): the file holds the array transposed
             rgb = np.round(np.clip(np.moveaxis(image, 0, -1), 0, 1) * 255).astype(np.uint8).transpose(1, 0, 2)
             written.append(save_png(folder / f"{case['case_id']}.png", rgb))
-            save_label_png(folder / "labels" / f"{case['case_id']}.png", label.T)
+            labels.append(save_label_png(folder / "labels" / f"{case['case_id']}.png", label.T))
         else:
             written.append(save_nifti(folder / f"{case['case_id']}.nii.gz", image[0].astype(np.int16)))
-            save_nifti(folder / "labels" / f"{case['case_id']}.nii.gz", label.astype(np.uint8))
+            labels.append(save_nifti(folder / "labels" / f"{case['case_id']}.nii.gz", label.astype(np.uint8)))
+    write_json(folder / RECORD, {**what, "files": sorted(str(f.relative_to(folder)) for f in written + labels)})
     return written
+
+
+def _check_target(folder: Path, what: dict, force: bool) -> None:
+    """A :class:`ConfigError` before any case is generated when ``folder`` cannot be written, or holds
+    files that are not an earlier export of the same cases (``what``) and ``force`` is not given."""
+    import json
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file there or above it, no permission
+        raise ConfigError(f"export-demo: cannot write the cases into {folder} ({e.strerror or e}); give a folder") from None
+    present = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir() and p.name != RECORD)
+    if not present or force:
+        return
+    try:
+        record = json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and {k: record.get(k) for k in what} == what and set(present) <= set(record.get("files") or ()):
+        return  # the same export again: the same files are written over themselves
+    earlier = (f"an export of {record.get('dataset')} {record.get('split')} {' '.join(record.get('overrides') or [])}".rstrip()
+               + (" and other files" if set(present) - set(record.get("files") or ()) else "")
+               if isinstance(record, dict) else "other files")
+    raise ConfigError(f"export-demo: {folder} is not empty ({len(present)} files, e.g. {present[0]}): it holds {earlier}; "
+                      "choose an empty folder, or pass --force to write these cases into it as well")

@@ -17,8 +17,8 @@ skip and never wrong numbers. Everything here raises :class:`~uaseg.errors.Datas
 * :class:`CheckLabelValuesd` / :func:`check_label_values` -- label values must be exact integers from
   an allowed set (optionally fixing known typos like MM-WHS ``421`` -> ``420`` with a warning).
 * :class:`CheckFinited` / :func:`nonfinite_problem` -- no NaN or infinite voxel in an image.
-* :func:`check_foreground` -- a warning naming each all-background label; an error when no training
-  case has foreground.
+* :func:`check_foreground` / :func:`foreground_note` -- a warning naming each label without foreground
+  (all background, or only the ignore label); an error when no training case has foreground.
 * :data:`COLOUR_MODES` / :func:`check_image_mode` -- the Pillow modes a 2-D RGB dataset reads, the
   same for training and prediction.
 """
@@ -30,6 +30,7 @@ from uaseg.data.checks.files import (
     check_channel_files,
     check_file_channels,
     check_foreground,
+    foreground_note,
     check_image_mode,
     check_image_pair,
     check_label_values,
@@ -57,7 +58,7 @@ from uaseg.errors import DatasetError
 
 __all__ = [
     "DatasetError", "COLOUR_MODES", "GRAY_MODES", "MULTICHANNEL_MODES", "check_channel_files", "check_file_channels",
-    "check_foreground", "geometry_difference", "image_file_channels", "check_image_mode",
+    "check_foreground", "foreground_note", "geometry_difference", "image_file_channels", "check_image_mode",
     "check_image_pair", "check_label_values", "check_multimodal_pair", "check_nifti_pair", "check_same_geometry",
     "count_nonfinite", "describe_values", "expected_layout_error", "natural_key", "nonfinite_problem",
     "source_name", "Binarized", "CheckChannelsd", "CheckFinited", "CheckLabelValuesd", "CheckSameGeometryd",

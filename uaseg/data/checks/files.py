@@ -165,15 +165,33 @@ def check_label_values(name: str, values: Iterable[float], allowed: Iterable[flo
     return fixed
 
 
-def check_foreground(labels: Mapping[str, Mapping[str, tuple[str, bool]]]) -> None:
-    """``labels``: split -> case id -> (label file, has foreground). Warns naming every case whose label
-    is all background; raises when the training split has no foreground at all."""
+#: what a label without foreground holds (:func:`foreground_note`)
+NO_FOREGROUND = ("all background", "only the ignore label (no voxel is annotated)",
+                 "only background and the ignore label")
+
+
+def foreground_note(values: Any, ignore: float | None = None) -> str | None:
+    """None when the label ``values`` include a foreground class; else which of :data:`NO_FOREGROUND`
+    the label holds (a voxel of the ignore label is not annotated, so it is not background either)."""
+    present = {float(v) for v in values}
+    if any(v > 0 and v != ignore for v in present):
+        return None
+    if ignore is None or float(ignore) not in present:
+        return NO_FOREGROUND[0]
+    return NO_FOREGROUND[1] if present == {float(ignore)} else NO_FOREGROUND[2]
+
+
+def check_foreground(labels: Mapping[str, Mapping[str, tuple]]) -> None:
+    """``labels``: split -> case id -> (label file, has foreground[, :func:`foreground_note`]). Warns
+    naming every case whose label has no foreground; raises when the training split has none at all."""
     for split, cases in labels.items():
-        for cid, (name, has_fg) in cases.items():
+        for cid, (name, has_fg, *note) in cases.items():
             if not has_fg:
-                log.warning("case %s (%s split): the label %s is all background", cid, split, name or "?")
+                what = (note[0] if note else None) or NO_FOREGROUND[0]
+                log.warning("case %s (%s split): the label %s %s %s", cid, split, name or "?",
+                            "is" if what == NO_FOREGROUND[0] else "holds", what)
     train = labels.get("train", {})
-    if train and not any(fg for _, fg in train.values()):
+    if train and not any(fg for _, fg, *_ in train.values()):
         raise DatasetError(
             f"none of the {len(train)} training labels has any foreground (e.g. {next(iter(train.values()))[0]}); "
             "check that the label files belong to the images and hold the dataset's label values"
