@@ -145,7 +145,7 @@ def test_the_ignore_label_reaches_the_loss_the_metrics_and_the_crops(tmp_path, m
     assert module.net.out_channels == 3 and module.ignore_label == 3  # no output for "ignore"
     assert module.loss.ignore_index == 3 and module.loss.seg_loss.ignore_index == 3
     assert module.val_metric._acc.ignore_index == 3 and all(m._acc.ignore_index == 3 for m in module.test_metrics.values())
-    from uaseg.config_check import check_config
+    from uaseg.config.check import check_config
 
     for key in ("loss.ignore_index", "loss.seg_loss.ignore_index"):  # refused with the values, before any work
         with pytest.raises(ConfigError, match=rf"{key}=null: the dataset marks unannotated voxels with its ignore label 3"):

@@ -45,7 +45,7 @@ def test_values_that_failed_late_are_refused_before_any_work(make_cfg, overrides
 
 
 def test_the_rules_let_good_values_through(make_cfg):
-    from uaseg.config_check import check_config
+    from uaseg.config.check import check_config
 
     for extra in (["dataset.patch_size=[40,48]"], ["loss.start_epoch=1", "loss.lambda=0"],
                   ["loss.start_epoch=1", "trainer.max_epochs=2"],
@@ -151,7 +151,7 @@ def test_sigterm_says_what_happened_and_how_to_resume(make_cfg, monkeypatch):
 
 # ---------------------------------------------------------------------------------------- metrics.csv
 def test_metrics_csv_rows_say_which_attempt_logged_them(tmp_path):
-    from uaseg.loggers import CSVLogger
+    from uaseg.runs.loggers import CSVLogger
 
     def attempt(metrics: list[dict]) -> None:
         logger = CSVLogger(str(tmp_path), name="csv", version="")

@@ -92,7 +92,7 @@ def run_calibrate(args) -> int:
     """Exit 0 when the checkpoint was calibrated, 2 on a user error (one line, no traceback)."""
     from omegaconf import OmegaConf
 
-    from .config_check import check_config
+    from .config.check import check_config
     from .errors import UserError
     from .inference.calibrate import RiskControlSettings, calibrate_checkpoint, find_best_checkpoint
     from .selective.risk_control import Calibration, alpha_key

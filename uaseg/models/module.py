@@ -153,9 +153,9 @@ class SelectiveSegModule(L.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, trust_checkpoint: bool = False, **kwargs):
-        """Lightning's, after :func:`uaseg.trust.check_checkpoint_file`: the stored hyper-parameters
+        """Lightning's, after :func:`uaseg.runs.trust.check_checkpoint_file`: the stored hyper-parameters
         are instantiated, so a file naming any other class is refused unless ``trust_checkpoint``."""
-        from uaseg.trust import check_checkpoint_file
+        from uaseg.runs.trust import check_checkpoint_file
 
         check_checkpoint_file(checkpoint_path, trust=trust_checkpoint)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from uaseg.config.moved import current_target
 from uaseg.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def is_allowed(target: Any) -> bool:
     be a class defined in the allowed package (``uaseg.train.Path`` is pathlib's, not uaseg's)."""
     if not isinstance(target, str):
         return False
+    target = current_target(target)  # a file made before a module moved (uaseg.config.moved)
     if target in FUNCTIONS:
         return True
     if _UASEG_CLASS.fullmatch(target):

@@ -8,7 +8,7 @@
   else is written and held until the run ends. The kernel drops it when the process dies (even by
   SIGKILL), so a killed run leaves no stale lock behind.
 
-:class:`uaseg.hydra_callbacks.RunFolderGuard` claims the folder in Hydra's ``on_run_start``, before
+:class:`uaseg.runs.hydra_callbacks.RunFolderGuard` claims the folder in Hydra's ``on_run_start``, before
 Hydra writes ``.hydra/``; :func:`uaseg.train.train` claims it again (a no-op in the same process),
 which covers in-process calls without Hydra and the jobs of a multirun. A new multirun needs a sweep
 folder without ``multirun.yaml`` (:func:`claim_sweep_folder`). Kept free of torch imports: the Hydra

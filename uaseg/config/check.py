@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from uaseg.config_domains import Batches, Choice, Flag, Names, Number, Numbers, RiskKinds
+from uaseg.config.domains import Batches, Choice, Flag, Names, Number, Numbers, RiskKinds
 from uaseg.errors import ConfigError, UserError, first_cause
 
 _ABSENT = object()
