@@ -14,7 +14,7 @@ from layoutfiles import ANISO_SPACINGS, ANISO_SHAPE, MR_SHAPE, head_mask, make_a
 from monai.transforms import CropForegroundd, Spacingd
 from scipy import ndimage
 
-from uaseg.data.resample import ResampleToSpacingd, resample_case
+from uaseg.data.plan.resample import ResampleToSpacingd, resample_case
 from uaseg.train import build_datamodule
 
 
@@ -174,7 +174,7 @@ def test_a_fingerprint_of_the_older_version_is_recomputed_with_a_warning(tmp_pat
     for c in old["cases"].values():
         del c["shape_after_crop"]
     path.write_text(json.dumps(old))
-    from uaseg.data import layouts
+    from uaseg.data.formats import layouts
 
     layouts._PLANS.clear()
     with caplog.at_level(logging.WARNING):
@@ -193,11 +193,11 @@ def test_a_fingerprint_of_the_older_version_is_recomputed_with_a_warning(tmp_pat
 # --------------------------------------------------------------------------------- 2-D axes
 def test_a_non_square_2d_patch_says_its_axes_are_width_height(tmp_path, make_cfg, caplog):
     root = make_nnunet_2d(tmp_path / "Dataset003_Png")
-    with caplog.at_level(logging.WARNING, logger="uaseg.data.layouts"):
+    with caplog.at_level(logging.WARNING, logger="uaseg.data.formats.layouts"):
         dm_of(make_cfg, root, "dataset.patch_size=[24,16]")
     assert any("(width, height)" in r.getMessage() and "[16, 24]" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="uaseg.data.layouts"):
+    with caplog.at_level(logging.WARNING, logger="uaseg.data.formats.layouts"):
         dm_of(make_cfg, root, "dataset.patch_size=[16,16]")
     assert not caplog.records
 

@@ -110,7 +110,7 @@ def _broken_nifti(path: Path, field: str, value) -> Path:
 ])
 def test_a_broken_nifti_header_is_named(tmp_path, field, value, problem):
     from uaseg.data.checks import check_nifti_pair, check_same_geometry
-    from uaseg.data.fingerprint import case_geometry
+    from uaseg.data.plan.fingerprint import case_geometry
 
     bad = _broken_nifti(tmp_path / "case_001.nii.gz", field, value)
     good = tmp_path / "label_001.nii.gz"

@@ -221,7 +221,7 @@ def test_decathlon_entries_must_stay_in_the_dataset_folder(tmp_path, entry):
 
     from layoutfiles import make_decathlon
 
-    from uaseg.data.decathlon import DecathlonDataModule
+    from uaseg.data.formats.decathlon import DecathlonDataModule
     from uaseg.errors import DatasetError
 
     root = make_decathlon(tmp_path / "Task01", n_test=0)
@@ -239,14 +239,14 @@ def test_decathlon_entries_must_stay_in_the_dataset_folder(tmp_path, entry):
 def test_a_symlink_out_of_the_dataset_folder_is_allowed_and_logged_once(tmp_path, caplog):
     from layoutfiles import make_decathlon
 
-    from uaseg.data.decathlon import DecathlonDataModule
+    from uaseg.data.formats.decathlon import DecathlonDataModule
 
     root = make_decathlon(tmp_path / "Task01", n_test=0)
     for name in ("BRATS_001.nii.gz", "BRATS_002.nii.gz"):
         label = root / "labelsTr" / name
         label.rename(tmp_path / name)
         label.symlink_to(tmp_path / name)
-    with caplog.at_level(logging.INFO, logger="uaseg.data.layouts"):
+    with caplog.at_level(logging.INFO, logger="uaseg.data.formats.layouts"):
         cases = DecathlonDataModule.discover(root, DecathlonDataModule.read_info(root))
     assert len(cases) == 5
     assert caplog.text.count("outside the dataset folder") == 1 and "BRATS_001" in caplog.text

@@ -140,7 +140,7 @@ def add_export_demo(p: argparse.ArgumentParser) -> None:
 
 def run_export_demo(args) -> int:
     """Exit 0 when the files were written, 2 on a user error."""
-    from .data.export_demo import export_demo
+    from .data.datasets.export_demo import export_demo
     from .errors import UserError
 
     try:

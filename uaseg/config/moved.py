@@ -15,6 +15,8 @@ MOVED = {
     "uaseg.checkpoint_io": "uaseg.runs.checkpoint_io",
     "uaseg.hydra_callbacks": "uaseg.runs.hydra_callbacks",
     "uaseg.loggers": "uaseg.runs.loggers",
+    **{f"uaseg.data.{m}": f"uaseg.data.datasets.{m}" for m in ("demo2d", "demo3d", "demo3d_abdomen", "glas", "mmwhs")},
+    **{f"uaseg.data.{m}": f"uaseg.data.formats.{m}" for m in ("nnunet", "decathlon")},
 }
 
 

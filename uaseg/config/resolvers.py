@@ -72,7 +72,7 @@ def hydra_subdir(resume: str | None) -> str:
 def dataset_plan(target: str, root: str, cache_dir, spacing, orientation: str, max_patch_size_2d,
                  max_patch_size_3d, strides=None) -> dict:
     """The preprocessing plan of a dataset in a standard layout (nnU-Net, Decathlon): the datamodule
-    class ``target`` reads its ``dataset.json`` and fingerprint (see ``uaseg/data/fingerprint.py``);
+    class ``target`` reads its ``dataset.json`` and fingerprint (see ``uaseg/data/plan/fingerprint.py``);
     ``strides`` (``model.net.strides``) decide what the patch sides are multiples of."""
     import re
 
