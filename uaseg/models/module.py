@@ -28,7 +28,7 @@ from uaseg.data.base import as_tensor
 from uaseg.errors import ConfigError
 from uaseg.losses.variants import second_view_logits
 from uaseg.selective import SelectiveResult, SelectiveSegmentationMetric, ThresholdGrid
-from uaseg.selective.risk_control import evaluate_all
+from uaseg.selective.risk_evaluate import evaluate_all
 from uaseg.uncertainty import SCORES, MeanOfPasses, check_scores, deterministic_scores
 from uaseg.uncertainty.confidnet import HEAD_KEY, ConfidenceHead, WithConfidence
 from uaseg.uncertainty.mc_dropout import dropout_active
