@@ -9,7 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from uaseg.overrides import quote_hint
+from uaseg.config.overrides import quote_hint
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

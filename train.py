@@ -8,8 +8,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import uaseg.resolvers  # noqa: F401  (${uaseg.*} resolvers of the run folder; torch is imported later)
-from uaseg.overrides import quote_hint
+import uaseg.config.resolvers  # noqa: F401  (${uaseg.*} resolvers of the run folder; torch is imported later)
+from uaseg.config.overrides import quote_hint
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time nnU-Net's resampling (``uaseg.data.resample.ResampleToSpacingd``, what ``dataset=nnunet`` plans
+"""Time nnU-Net's resampling (``uaseg.data.plan.resample.ResampleToSpacingd``, what ``dataset=nnunet`` plans
 use) against MONAI's ``Spacingd`` (bilinear image, nearest label: the previous preprocessing) on one
 synthetic anisotropic CT volume.
 
@@ -20,7 +20,7 @@ from monai.data import MetaTensor
 from monai.transforms import Spacingd
 from scipy import ndimage
 
-from uaseg.data.resample import ResampleToSpacingd
+from uaseg.data.plan.resample import ResampleToSpacingd
 
 
 def volume(shape, spacing, seed=0):

@@ -39,8 +39,8 @@ from uaseg.data.checks import (
     nonfinite_problem,
 )
 from uaseg.data.checks.files import NO_FOREGROUND
-from uaseg.data.glas import IMAGE_MODES, LABEL_MODES, find_glas_cases
-from uaseg.data.mmwhs import MMWHS_CLASSES, MMWHS_FIXUPS, MMWHS_VALUES, find_mmwhs_cases
+from uaseg.data.datasets.glas import IMAGE_MODES, LABEL_MODES, find_glas_cases
+from uaseg.data.datasets.mmwhs import MMWHS_CLASSES, MMWHS_FIXUPS, MMWHS_VALUES, find_mmwhs_cases
 from uaseg.errors import DatasetError, describe
 from uaseg.io import read_nifti_header
 
@@ -138,7 +138,7 @@ def _voxels(path: str, spatial_dims: int) -> np.ndarray:
 
 def scan_layout(cls) -> Callable[[Path], tuple[list[Row], list[str]]]:
     """Scanner of a standard layout (nnU-Net, Decathlon): ``dataset.json``, then every case's files."""
-    from uaseg.data.fingerprint import case_geometry
+    from uaseg.data.plan.fingerprint import case_geometry
 
     def scan(root: Path) -> tuple[list[Row], list[str]]:
         info = cls.read_info(root)
@@ -193,8 +193,8 @@ def scan_layout(cls) -> Callable[[Path], tuple[list[Row], list[str]]]:
 
 
 def _layouts() -> dict[str, Callable[[Path], tuple[list[Row], list[str]]]]:
-    from uaseg.data.decathlon import DecathlonDataModule
-    from uaseg.data.nnunet import NnUNetDataModule
+    from uaseg.data.formats.decathlon import DecathlonDataModule
+    from uaseg.data.formats.nnunet import NnUNetDataModule
 
     return {"nnunet": scan_layout(NnUNetDataModule), "decathlon": scan_layout(DecathlonDataModule)}
 

@@ -1,4 +1,4 @@
-"""Config values are checked where they enter, by one table (uaseg.config_check): a bad value is one
+"""Config values are checked where they enter, by one table (uaseg.config.check): a bad value is one
 line naming the key, the value and what is allowed, before any work -- for train.py and predict.py."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from conftest import CONF
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from uaseg.config_check import DOMAINS, check_config
+from uaseg.config.check import DOMAINS, check_config
 from uaseg.errors import ConfigError, PredictError
 from uaseg.train import train
 
@@ -89,7 +89,7 @@ def test_every_numeric_key_of_every_config_has_a_domain():
                 if numeric and not any(_match(key, p) for p in patterns):
                     unchecked.add(key)
             check_config(cfg)  # the defaults pass
-    assert not unchecked, f"numeric config keys without a domain in uaseg.config_check.DOMAINS: {sorted(unchecked)}"
+    assert not unchecked, f"numeric config keys without a domain in uaseg.config.check.DOMAINS: {sorted(unchecked)}"
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         check_config(compose("predict", overrides=["ckpt=a", "input=b", "output=c"]))
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from uaseg.data.checks import DatasetError
-from uaseg.data.glas import GlaSDataModule, find_glas_cases, read_grade_csv
+from uaseg.data.datasets.glas import GlaSDataModule, find_glas_cases, read_grade_csv
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset" / "glas.yaml"
 PATCH = (32, 32)

@@ -79,7 +79,7 @@ def _by_hand_ct(root: Path) -> np.ndarray:
 
 def test_fingerprint_matches_numbers_computed_by_hand(tmp_path, make_cfg, caplog):
     root = make_nnunet_3d(tmp_path / "Dataset001_CT")
-    with caplog.at_level(logging.INFO, logger="uaseg.data.layouts"):
+    with caplog.at_level(logging.INFO, logger="uaseg.data.formats.layouts"):
         dm, cfg = dm_of(make_cfg, "nnunet", root)
         dm.setup()
         dm.setup("test")
@@ -132,7 +132,7 @@ def test_a_changed_dataset_never_reuses_its_fingerprint(tmp_path, make_cfg):
 
 
 def test_read_only_root_keeps_fingerprint_next_to_the_splits(tmp_path, make_cfg, monkeypatch):
-    import uaseg.data.layouts as layouts
+    import uaseg.data.formats.layouts as layouts
 
     root = make_nnunet_3d(tmp_path / "Dataset001_CT")
     monkeypatch.setattr(layouts, "root_writable", lambda root: False)

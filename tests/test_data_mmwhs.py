@@ -26,9 +26,9 @@ from omegaconf import OmegaConf
 
 from uaseg.data import checks as checks_mod
 from uaseg.data.checks import DatasetError
-from uaseg.data.datasets import NamedErrorsDataset
-from uaseg.data.filebased import FileSegDataModule
-from uaseg.data.mmwhs import MMWHSDataModule
+from uaseg.data.monai_datasets import NamedErrorsDataset
+from uaseg.data.formats.filebased import FileSegDataModule
+from uaseg.data.datasets.mmwhs import MMWHSDataModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset" / "mmwhs.yaml"
 PATCH = (16, 16, 16)

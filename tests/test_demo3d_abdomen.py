@@ -13,8 +13,8 @@ import torch
 from scipy import ndimage as ndi
 
 from uaseg.data.checks import check_foreground
-from uaseg.data.demo3d_abdomen import Demo3DAbdomenDataModule
-from uaseg.data.synth_abdomen import ABDOMEN_CLASSES, ABDOMEN_SPACING, abdomen_volume
+from uaseg.data.datasets.demo3d_abdomen import Demo3DAbdomenDataModule
+from uaseg.data.datasets.synth_abdomen import ABDOMEN_CLASSES, ABDOMEN_SPACING, abdomen_volume
 from uaseg.train import train
 
 LIVER, SPLEEN, KIDNEY, PANCREAS, URETER, LESION = range(1, 7)
@@ -115,7 +115,7 @@ def test_datamodule_caches_splits_and_batches(tmp_path):
     assert val["image"].shape == (1, 1, 32, 32, 16)
     assert 0 <= val["image"].min() and val["image"].max() <= 1  # HU window scaled to [0, 1]
     assert dm.case_dir.name.startswith("demo3d_abdomen-") and len(list(dm.case_dir.glob("case_*.npz"))) == 10
-    # the checks the file-based datasets get from uaseg.data.scan: finite images, label values
+    # the checks the file-based datasets get from uaseg.data.formats.scan: finite images, label values
     # 0..6 only, foreground in every case of every split
     foreground = {}
     for split in ("train", "val", "test"):

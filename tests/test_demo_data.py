@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from uaseg.data.demo2d import Demo2DDataModule
-from uaseg.data.demo3d import Demo3DDataModule
-from uaseg.data.synth import gland_image, heart_volume
+from uaseg.data.datasets.demo2d import Demo2DDataModule
+from uaseg.data.datasets.demo3d import Demo3DDataModule
+from uaseg.data.datasets.synth import gland_image, heart_volume
 
 
 def test_gland_generator_is_deterministic_and_binary():
@@ -84,7 +84,7 @@ def test_export_demo_writes_the_test_split_as_files_predict_reads(tmp_path):
     from PIL import Image
 
     from uaseg.cli import main
-    from uaseg.data.export_demo import demo_datamodule
+    from uaseg.data.datasets.export_demo import demo_datamodule
     from uaseg.errors import ConfigError
     from uaseg.inference.files import list_inputs
 

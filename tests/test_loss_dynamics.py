@@ -164,7 +164,7 @@ def test_a_dominating_ranking_term_is_warned_once_with_more_than_two_classes(mak
     from uaseg.train import train
 
     cfg = make_cfg(dataset, "loss.lambda=2", "test=false", "trainer.limit_val_batches=1")
-    with caplog.at_level(logging.WARNING, logger="uaseg.models.module"):
+    with caplog.at_level(logging.WARNING, logger="uaseg.losses.schedule"):
         train(cfg)
     hits = [r for r in caplog.records if "ranking term's gradient" in r.getMessage()]
     assert len(hits) == (1 if warned else 0)

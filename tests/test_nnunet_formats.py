@@ -145,13 +145,13 @@ def test_the_ignore_label_reaches_the_loss_the_metrics_and_the_crops(tmp_path, m
     assert module.net.out_channels == 3 and module.ignore_label == 3  # no output for "ignore"
     assert module.loss.ignore_index == 3 and module.loss.seg_loss.ignore_index == 3
     assert module.val_metric._acc.ignore_index == 3 and all(m._acc.ignore_index == 3 for m in module.test_metrics.values())
-    from uaseg.config_check import check_config
+    from uaseg.config.check import check_config
 
     for key in ("loss.ignore_index", "loss.seg_loss.ignore_index"):  # refused with the values, before any work
         with pytest.raises(ConfigError, match=rf"{key}=null: the dataset marks unannotated voxels with its ignore label 3"):
             check_config(make_cfg("nnunet", f"dataset.root={root}", f"{key}=null"))
     # training patches are centred on annotated voxels only
-    from uaseg.data.layouts import AnnotatedIndicesd
+    from uaseg.data.formats.layouts import AnnotatedIndicesd
 
     lab = torch.as_tensor(np.asarray(Image.open(root / "labelsTr" / "img_000.png")).T[None].copy())
     d = AnnotatedIndicesd("label", 3)({"label": lab})
@@ -321,7 +321,7 @@ def test_check_dataset_prints_every_channel_range_and_the_ignore_count(tmp_path,
 
 def test_the_plan_line_prints_the_patch_the_run_uses(tmp_path, make_cfg, caplog):
     root = make_nnunet_2d(tmp_path / "Dataset003_Png", n_test=0)
-    with caplog.at_level(logging.INFO, logger="uaseg.data.layouts"):
+    with caplog.at_level(logging.INFO, logger="uaseg.data.formats.layouts"):
         dm, _ = dm_of(make_cfg, root, "dataset.patch_size=[16,32]")
         dm.setup()
     text = "\n".join(r.getMessage() for r in caplog.records if "fingerprint" in r.getMessage())

@@ -15,7 +15,7 @@ from layoutfiles import ANISO_SPACINGS, ANISO_SHAPE, MR_SHAPE, head_mask, make_a
 from monai.transforms import CropForegroundd, Spacingd
 from scipy import ndimage
 
-from uaseg.data.resample import ResampleToSpacingd, resample_case
+from uaseg.data.plan.resample import ResampleToSpacingd, resample_case
 from uaseg.train import build_datamodule
 
 
@@ -103,7 +103,7 @@ def _reference_target_spacing(spacings, shapes):
     ((1.0, 1.0, 4.0), (200, 200, 190), False),
 ])
 def test_target_spacing_follows_nnunet_on_non_square_and_other_spacings(spacing, shape, aniso):
-    from uaseg.data.planner import target_spacing
+    from uaseg.data.plan.planner import target_spacing
 
     rng = np.random.default_rng(0)
     spacings = np.array(spacing) * rng.uniform(0.9, 1.1, (7, 3))
@@ -116,7 +116,7 @@ def test_target_spacing_follows_nnunet_on_non_square_and_other_spacings(spacing,
 
 
 def test_target_spacing_matches_the_reference_on_random_fingerprints():
-    from uaseg.data.planner import target_spacing
+    from uaseg.data.plan.planner import target_spacing
 
     rng = np.random.default_rng(1)
     seen = set()
@@ -136,7 +136,7 @@ def test_a_patch_cap_below_the_stride_is_refused_in_one_line(tmp_path, make_cfg)
     """The case that exceeded the budget: a 16-voxel stride and a cap of 8 on one axis (budget
     8 x 256 x 256 = 524,288) gave a 16 x 208 x 208 patch (692,224 voxels). Through train.py too,
     before any run folder is made."""
-    from uaseg.data.planner import plan_patch
+    from uaseg.data.plan.planner import plan_patch
     from uaseg.errors import ConfigError
     from uaseg.train import train
 
@@ -158,7 +158,7 @@ def test_a_patch_cap_below_the_stride_is_refused_in_one_line(tmp_path, make_cfg)
 def test_a_planned_patch_never_exceeds_its_caps_or_budget():
     """Random spacings, median shapes, strides and caps: the patch is refused (a cap below the stride)
     or every side is a positive multiple of the stride, at most its cap, and the voxels within the budget."""
-    from uaseg.data.planner import plan_patch
+    from uaseg.data.plan.planner import plan_patch
     from uaseg.errors import ConfigError
 
     rng = np.random.default_rng(2)
@@ -278,7 +278,7 @@ def test_a_fingerprint_of_the_older_version_is_recomputed_with_a_warning(tmp_pat
     for c in old["cases"].values():
         del c["shape_after_crop"]
     path.write_text(json.dumps(old))
-    from uaseg.data import layouts
+    from uaseg.data.formats import layouts
 
     layouts._PLANS.clear()
     with caplog.at_level(logging.WARNING):
@@ -297,11 +297,11 @@ def test_a_fingerprint_of_the_older_version_is_recomputed_with_a_warning(tmp_pat
 # --------------------------------------------------------------------------------- 2-D axes
 def test_a_non_square_2d_patch_says_its_axes_are_width_height(tmp_path, make_cfg, caplog):
     root = make_nnunet_2d(tmp_path / "Dataset003_Png")
-    with caplog.at_level(logging.WARNING, logger="uaseg.data.layouts"):
+    with caplog.at_level(logging.WARNING, logger="uaseg.data.formats.layouts"):
         dm_of(make_cfg, root, "dataset.patch_size=[24,16]")
     assert any("(width, height)" in r.getMessage() and "[16, 24]" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="uaseg.data.layouts"):
+    with caplog.at_level(logging.WARNING, logger="uaseg.data.formats.layouts"):
         dm_of(make_cfg, root, "dataset.patch_size=[16,16]")
     assert not caplog.records
 

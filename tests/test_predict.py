@@ -240,7 +240,7 @@ def test_glas_model_pads_small_images_and_crops_back(tmp_path):
 def test_checkpoint_metadata_is_plain_for_weights_only(demo2d_ckpt):
     _, ckpt = demo2d_ckpt
     ck = torch.load(ckpt, weights_only=True)  # a Trainer-written checkpoint loads without pickled objects
-    assert ck["hyper_parameters"]["dataset"]["_target_"] == "uaseg.data.demo2d.Demo2DDataModule"
+    assert ck["hyper_parameters"]["dataset"]["_target_"] == "uaseg.data.datasets.demo2d.Demo2DDataModule"
     assert ck["hyper_parameters"]["dataset"]["meta"]["in_channels"] == 3
     curve = ck["uaseg_val_curve"]
     assert curve["coverage"][0] == 1.0 and curve["coverage"][-1] == 0.0

@@ -45,7 +45,7 @@ def test_values_that_failed_late_are_refused_before_any_work(make_cfg, overrides
 
 
 def test_the_rules_let_good_values_through(make_cfg):
-    from uaseg.config_check import check_config
+    from uaseg.config.check import check_config
 
     for extra in (["dataset.patch_size=[40,48]"], ["loss.start_epoch=1", "loss.lambda=0"],
                   ["loss.start_epoch=1", "trainer.max_epochs=2"],
@@ -67,7 +67,7 @@ def test_debug_fast_on_a_file_dataset_says_it_is_for_the_demo_data(make_cfg, tmp
         "NnUNetDataModule; debug=fast sets it and is for the demo data only: for a quick run of your own data use "
         "trainer.max_epochs=1 trainer.limit_train_batches=2 trainer.limit_val_batches=2 trainer.limit_test_batches=2")
     assert not Path(cfg.paths.output_dir).exists()
-    from uaseg.config_check import check_config
+    from uaseg.config.check import check_config
 
     check_config(make_cfg("demo3d", "debug=fast"))  # the demo data takes them
 
@@ -161,7 +161,7 @@ def _broken_nifti(path: Path, field: str, value) -> Path:
 ])
 def test_a_broken_nifti_header_is_named(tmp_path, field, value, problem):
     from uaseg.data.checks import check_nifti_pair, check_same_geometry
-    from uaseg.data.fingerprint import case_geometry
+    from uaseg.data.plan.fingerprint import case_geometry
 
     bad = _broken_nifti(tmp_path / "case_001.nii.gz", field, value)
     good = tmp_path / "label_001.nii.gz"
@@ -210,7 +210,7 @@ def test_a_multiruns_sigterm_is_left_to_lightning_in_fit_raised_outside_and_ends
     from lightning.pytorch.utilities.exceptions import SIGTERMException
     from omegaconf import OmegaConf
 
-    from uaseg.sweep_stop import StopSweepOnSigterm
+    from uaseg.runs.sweep_stop import StopSweepOnSigterm
 
     stop = StopSweepOnSigterm()
     stop._jobs, stop._pid = [["a=1"], ["a=2"], ["a=3"]], os.getpid()
@@ -254,7 +254,7 @@ def test_a_multiruns_sigterm_is_left_to_lightning_in_fit_raised_outside_and_ends
 
 # ---------------------------------------------------------------------------------------- metrics.csv
 def test_metrics_csv_rows_say_which_attempt_logged_them(tmp_path):
-    from uaseg.loggers import CSVLogger
+    from uaseg.runs.loggers import CSVLogger
 
     def attempt(metrics: list[dict]) -> None:
         logger = CSVLogger(str(tmp_path), name="csv", version="")

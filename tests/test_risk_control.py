@@ -12,8 +12,9 @@ from selectivecases import bf_case_dice, random_cases
 from uaseg.selective.case_losses import case_losses
 from uaseg.selective.case_stats import make_case_stats
 from uaseg.selective.risk_check import check_splits, format_rows
-from uaseg.selective.risk_control import (Calibration, calibrate, evaluate, hb_pvalue,
-                                          min_calibration_cases)
+from uaseg.selective.risk_bounds import hb_pvalue, min_calibration_cases
+from uaseg.selective.risk_control import Calibration, calibrate
+from uaseg.selective.risk_evaluate import evaluate
 
 
 # ---------------------------------------------------------------- brute force

@@ -14,8 +14,9 @@ from selectivecases import random_cases
 from uaseg.selective.case_losses import risk_losses
 from uaseg.selective.case_stats import make_case_stats
 from uaseg.selective.risk_check import check_splits, format_rows
-from uaseg.selective.risk_control import (Calibration, calibrate, evaluate, hb_pvalue, min_calibration_cases,
-                                          wsr_pvalue)
+from uaseg.selective.risk_bounds import hb_pvalue, min_calibration_cases, wsr_pvalue
+from uaseg.selective.risk_control import Calibration, calibrate
+from uaseg.selective.risk_evaluate import evaluate
 from uaseg.selective.risk_kinds import parse_kind
 
 KINDS = ["dice", "structure", "tail@0.3", "fnr"]

@@ -197,7 +197,7 @@ def test_risk_control_settings_refused_by_the_config_check(tmp_path, capsys, ext
     """Checked as a whole with the other config values (before any run folder, and for every job of a
     multirun before the first starts), not after the set-up (binom with dice: after training); the
     same rules in uaseg calibrate."""
-    from uaseg.config_check import check_config
+    from uaseg.config.check import check_config
 
     with pytest.raises(ConfigError) as err:
         check_config(_cfg(tmp_path, *extra))

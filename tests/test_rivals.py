@@ -13,7 +13,7 @@ import torch
 from conftest import FAST, TINY, compose_cfg
 from PIL import Image
 
-from uaseg.config_check import check_config
+from uaseg.config.check import check_config
 from uaseg.errors import ConfigError
 from uaseg.losses.scores import get_score
 from uaseg.uncertainty import deterministic_scores

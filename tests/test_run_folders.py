@@ -127,7 +127,7 @@ def test_two_runs_into_one_folder_one_proceeds_and_a_killed_run_leaves_no_lock(t
     assert "RunFolderError" in loser and ("is in use by another run" in loser or "already holds a run" in loser), loser
     assert (run / ".hydra" / "config.yaml").exists() and (run / "metrics.json").exists()
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from uaseg.runfolder import claim_run_folder; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from uaseg.runs.folder import claim_run_folder; "
                                "claim_run_folder(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(tmp_path / "r2")],
                               cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -136,7 +136,7 @@ def test_two_runs_into_one_folder_one_proceeds_and_a_killed_run_leaves_no_lock(t
     assert sorted(p.name for p in (tmp_path / "r2").iterdir()) == [".uaseg.lock"]  # nothing else was written
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    from uaseg.runfolder import claim_run_folder, release_run_folder
+    from uaseg.runs.folder import claim_run_folder, release_run_folder
 
     assert claim_run_folder(tmp_path / "r2")  # the kernel dropped the killed holder's lock
     release_run_folder(tmp_path / "r2")
@@ -147,7 +147,7 @@ def test_checkpoint_and_summary_writes_are_atomic_and_name_the_file(tmp_path, mo
     file intact and no temporary behind, and the error names the file and the reason."""
     import resource
 
-    from uaseg.checkpoint_io import AtomicCheckpointIO
+    from uaseg.runs.checkpoint_io import AtomicCheckpointIO
     from uaseg.io import write_json
 
     io = AtomicCheckpointIO()
@@ -193,7 +193,7 @@ def test_a_folder_holding_only_hydra_is_a_run(make_cfg, tmp_path):
     (nothing written, not even the lock), resume finds no checkpoint, Hydra's own record of a multirun
     job is not mistaken for an earlier run, and the report lists the folder as an unfinished job."""
     from uaseg.report import collect
-    from uaseg.runfolder import claim_run_folder, release_run_folder
+    from uaseg.runs.folder import claim_run_folder, release_run_folder
 
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
@@ -218,7 +218,7 @@ def test_a_folder_holding_only_hydra_is_a_run(make_cfg, tmp_path):
 
 def test_a_folder_that_cannot_be_made_is_one_line(tmp_path):
     """``hydra.run.dir`` under a regular file (root can write anywhere else): one line, nothing made."""
-    from uaseg.runfolder import claim_run_folder, claim_sweep_folder
+    from uaseg.runs.folder import claim_run_folder, claim_sweep_folder
 
     blocker = tmp_path / "a_file"
     blocker.write_text("mine")
@@ -235,7 +235,7 @@ def test_a_released_lock_file_is_removed_and_a_claimant_of_the_old_file_locks_th
     just before (its flock then succeeds on a file no path names) locks the path's new file instead."""
     import fcntl
 
-    from uaseg import runfolder
+    from uaseg.runs import folder as runfolder
 
     run = tmp_path / "run"
     assert runfolder.claim_run_folder(run)

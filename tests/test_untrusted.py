@@ -1,5 +1,5 @@
 """Opening a checkpoint or run folder someone else made runs no code: every ``_target_`` it names is
-checked against the classes uaseg configures before anything is instantiated (:mod:`uaseg.trust`).
+checked against the classes uaseg configures before anything is instantiated (:mod:`uaseg.runs.trust`).
 
 Each entry point gets a crafted file whose stored config names ``shutil.copyfile`` writing a marker
 file: the marker must not appear, and the one-line error names the file, the key and the target."""
@@ -18,7 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
 from uaseg.errors import CheckpointError, PredictError, UserError
-from uaseg.trust import check_targets, is_allowed
+from uaseg.runs.trust import check_targets, is_allowed
 from uaseg.train import build_module, train
 
 EVIL = "shutil.copyfile"
@@ -118,7 +118,7 @@ def test_trust_checkpoint_lets_an_unlisted_but_legitimate_target_through(base, t
     src = _png(tmp_path / "x.png")
     with pytest.raises(PredictError, match="hyper_parameters.inferer._target_='monai.inferers.inferer"):
         predict_files(ckpt, src, tmp_path / "out", threshold=0.5)
-    with caplog.at_level(logging.WARNING, logger="uaseg.trust"):
+    with caplog.at_level(logging.WARNING, logger="uaseg.runs.trust"):
         (rec,) = predict_files(ckpt, src, tmp_path / "out", threshold=0.5, trust_checkpoint=True)
     assert Path(rec["outputs"]["seg"]).is_file()
     assert "instantiated anyway because trust_checkpoint=true" in caplog.text
@@ -221,7 +221,7 @@ def test_decathlon_entries_must_stay_in_the_dataset_folder(tmp_path, entry):
 
     from layoutfiles import make_decathlon
 
-    from uaseg.data.decathlon import DecathlonDataModule
+    from uaseg.data.formats.decathlon import DecathlonDataModule
     from uaseg.errors import DatasetError
 
     root = make_decathlon(tmp_path / "Task01", n_test=0)
@@ -239,14 +239,14 @@ def test_decathlon_entries_must_stay_in_the_dataset_folder(tmp_path, entry):
 def test_a_symlink_out_of_the_dataset_folder_is_allowed_and_logged_once(tmp_path, caplog):
     from layoutfiles import make_decathlon
 
-    from uaseg.data.decathlon import DecathlonDataModule
+    from uaseg.data.formats.decathlon import DecathlonDataModule
 
     root = make_decathlon(tmp_path / "Task01", n_test=0)
     for name in ("BRATS_001.nii.gz", "BRATS_002.nii.gz"):
         label = root / "labelsTr" / name
         label.rename(tmp_path / name)
         label.symlink_to(tmp_path / name)
-    with caplog.at_level(logging.INFO, logger="uaseg.data.layouts"):
+    with caplog.at_level(logging.INFO, logger="uaseg.data.formats.layouts"):
         cases = DecathlonDataModule.discover(root, DecathlonDataModule.read_info(root))
     assert len(cases) == 5
     assert caplog.text.count("outside the dataset folder") == 1 and "BRATS_001" in caplog.text

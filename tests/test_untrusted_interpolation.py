@@ -2,8 +2,8 @@
 the artefact: an OmegaConf interpolation stored as a string in a checkpoint or ``dataset.json``, one
 in a resumed run's ``.hydra/config.yaml``, an allowed class with a path argument out of the run
 folder, and ``uaseg calibrate`` following ``summary.json`` out of the folder it was given; plus the
-stored curves, temperatures and heads that must be sound (:mod:`uaseg.interpolation`,
-:mod:`uaseg.stored_records`, :mod:`uaseg.resume`).
+stored curves, temperatures and heads that must be sound (:mod:`uaseg.runs.interpolation`,
+:mod:`uaseg.runs.stored_records`, :mod:`uaseg.runs.resume`).
 
 A planted interpolation writes a marker file when resolved and instantiated: it must never appear."""
 
@@ -20,9 +20,9 @@ from omegaconf import OmegaConf, open_dict
 from test_untrusted import _png, _run_folder, _save, base  # noqa: F401  (base: the module-scoped checkpoint)
 
 from uaseg.errors import CheckpointError, ConfigError, DatasetError, PredictError, RunFolderError
-from uaseg.interpolation import PLAN, check_resolvers
+from uaseg.runs.interpolation import PLAN, check_resolvers
 from uaseg.train import train
-from uaseg.trust import check_checkpoint, check_targets, read_checkpoint
+from uaseg.runs.trust import check_checkpoint, check_targets, read_checkpoint
 
 
 def _evil(marker: Path) -> str:
@@ -146,7 +146,7 @@ def test_trust_checkpoint_turns_the_refusal_into_a_warning(base, caplog):
     ckpt = {**base[0], "hyper_parameters": {**base[0]["hyper_parameters"], "run_identity": {"tag": "${oc.env:HOME}"}}}
     with pytest.raises(CheckpointError, match="run_identity.tag"):
         check_checkpoint(ckpt, "f.ckpt")
-    with caplog.at_level(logging.WARNING, logger="uaseg.trust"):
+    with caplog.at_level(logging.WARNING, logger="uaseg.runs.trust"):
         check_checkpoint(ckpt, "f.ckpt", trust=True)
     assert "resolved anyway because trust_checkpoint=true" in caplog.text
 
@@ -160,7 +160,7 @@ def test_a_dataset_json_name_is_never_resolved(tmp_path):
 
     marker = tmp_path / "marker"
     root = make_decathlon(tmp_path / "Task01", n_test=0)
-    cfg = compose_cfg(["dataset=nnunet", f"dataset.root={root}", "dataset._target_=uaseg.data.decathlon.DecathlonDataModule",
+    cfg = compose_cfg(["dataset=nnunet", f"dataset.root={root}", "dataset._target_=uaseg.data.formats.decathlon.DecathlonDataModule",
                        "model=unet_small"], tmp_path / "run", tmp_path / "cache")
     build_datamodule(cfg.dataset)  # computes and stores the fingerprint
     (fingerprint,) = root.rglob("*fingerprint*.json")
@@ -201,7 +201,7 @@ def _resume_folder(base, out: Path, key: str, value) -> Path:
     ("${oc.decode:'${oc.create:1}'}", "calls the resolver 'oc.decode'"),
     ("${${trainer.accelerator}:1}", "names its resolver by an interpolation"),
     ("${oc.env:HOME}", "reads an environment variable other than PROJECT_ROOT or UASEG_CACHE"),
-    ("${uaseg.dataset_plan:uaseg.data.nnunet.NnUNetDataModule,/data,/tmp,null,RAS,1,1}", "calls uaseg.dataset_plan"),
+    ("${uaseg.dataset_plan:uaseg.data.formats.nnunet.NnUNetDataModule,/data,/tmp,null,RAS,1,1}", "calls uaseg.dataset_plan"),
     ("${uaseg.get:${oc.select:x,'${now:%Y}'},${oc.create:{}}}", "calls the resolver 'oc.create'"),
 ], ids=["oc.create", "oc.decode", "name_interpolation", "oc.env", "dataset_plan", "nested"])
 def test_resume_refuses_an_unlisted_resolver_before_resolving(base, make_cfg, tmp_path, value, problem):
@@ -288,7 +288,7 @@ def test_resume_refuses_a_folder_out_of_the_run(base, make_cfg, tmp_path, key, v
 def test_resume_takes_paths_and_trust_from_the_command(base, make_cfg, tmp_path):
     """A stored trust_checkpoint=true does not let a crafted last.ckpt through; stored paths are replaced."""
     marker = tmp_path / "marker"
-    from uaseg.resume import resumed_config
+    from uaseg.runs.resume import resumed_config
 
     out = _resume_folder(base, tmp_path / "run", "trust_checkpoint", True)
     _planted(base, out / "checkpoints" / "last.ckpt", ("inferer", "overlap"), _evil(marker))
@@ -303,7 +303,7 @@ def test_resume_takes_paths_and_trust_from_the_command(base, make_cfg, tmp_path)
 
 
 def test_paths_given_on_the_command_line_are_the_users(make_cfg, tmp_path):
-    from uaseg.resume import check_write_paths
+    from uaseg.runs.resume import check_write_paths
 
     cfg = make_cfg("demo2d")
     with open_dict(cfg):
@@ -315,7 +315,7 @@ def test_paths_given_on_the_command_line_are_the_users(make_cfg, tmp_path):
 
 def test_a_best_checkpoint_restored_from_a_checkpoint_stays_in_the_folder(base, tmp_path):
     """Lightning restores ``best_model_path`` from the checkpoint training starts from."""
-    from uaseg.resume import own_checkpoint
+    from uaseg.runs.resume import own_checkpoint
 
     ckpts = tmp_path / "run" / "checkpoints"
     ckpts.mkdir(parents=True)
@@ -331,7 +331,7 @@ def test_a_best_checkpoint_restored_from_a_checkpoint_stays_in_the_folder(base, 
 
 
 def test_resume_refuses_a_link_out_of_the_run_folder(base, tmp_path):
-    from uaseg.runfolder import claim_run_folder
+    from uaseg.runs.folder import claim_run_folder
 
     out = _run_folder(base, tmp_path / "run", None, None)
     victim = tmp_path / "victim.txt"

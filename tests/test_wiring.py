@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from scipy.stats import chi2
 
 import uaseg.losses.uncertainty_aware as ua_mod
-from uaseg.data.mmwhs import MMWHSDataModule
+from uaseg.data.datasets.mmwhs import MMWHSDataModule
 from uaseg.losses import random_mask_subset, uncertainty_aware_loss
 from uaseg.selective import SelectiveAccumulator, SelectiveResult
 from uaseg.train import build_module

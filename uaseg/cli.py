@@ -92,7 +92,7 @@ def run_calibrate(args) -> int:
     """Exit 0 when the checkpoint was calibrated, 2 on a user error (one line, no traceback)."""
     from omegaconf import OmegaConf
 
-    from .config_check import check_config
+    from .config.check import check_config
     from .errors import UserError
     from .inference.calibrate import RiskControlSettings, calibrate_checkpoint, find_best_checkpoint
     from .selective.risk_control import Calibration, alpha_key
@@ -142,7 +142,7 @@ def add_export_demo(p: argparse.ArgumentParser) -> None:
 
 def run_export_demo(args) -> int:
     """Exit 0 when the files were written, 2 on a user error."""
-    from .data.export_demo import export_demo
+    from .data.datasets.export_demo import export_demo
     from .errors import UserError
     from .io import WriteError
 

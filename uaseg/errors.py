@@ -31,7 +31,7 @@ class RunFolderError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint file that cannot be read (truncated, corrupted, not a checkpoint), or a checkpoint
-    or run folder that names a class uaseg does not configure (:mod:`uaseg.trust`)."""
+    or run folder that names a class uaseg does not configure (:mod:`uaseg.runs.trust`)."""
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from uaseg.config_check import check_config
+from uaseg.config.check import check_config
 from uaseg.errors import ConfigError, PredictError
 from uaseg.inference import predict_files
 

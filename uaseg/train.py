@@ -13,14 +13,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-import uaseg.resolvers  # noqa: F401  (registers ${uaseg.*} config resolvers)
+import uaseg.config.resolvers  # noqa: F401  (registers ${uaseg.*} config resolvers)
 from uaseg.callbacks import EpochLog, SelectiveReportWriter
 from uaseg.data import build_datamodule
-from uaseg.config_check import check_config, check_missing, unresolved_missing_keys  # noqa: F401 (re-exported)
+from uaseg.config.check import check_config, check_missing, unresolved_missing_keys  # noqa: F401 (re-exported)
 from uaseg.errors import (
     ConfigError, NonFiniteLossError, RunFolderError, TerminatedError, UserError, root_cause,
 )
-from uaseg.identity import run_identity
+from uaseg.config.identity import run_identity
 from uaseg.inference.calibrate import (
     RiskControlSettings,
     calibrate_checkpoint,
@@ -31,12 +31,12 @@ from uaseg.inference.calibrate import (
 )
 from uaseg.io import WriteError, check_checkpoint_file, update_checkpoint, write_json
 from uaseg.models import SelectiveSegModule
-from uaseg.checkpoint_io import check_weights_fit
-from uaseg.resume import own_checkpoint, resumed_config
-from uaseg.runfolder import (
+from uaseg.runs.checkpoint_io import check_weights_fit
+from uaseg.runs.resume import own_checkpoint, resumed_config
+from uaseg.runs.folder import (
     claim_run_folder, created_here, discard_unused_folder, release_run_folder, retire_failure,
 )
-from uaseg.trust import check_checkpoint_file as check_checkpoint_targets
+from uaseg.runs.trust import check_checkpoint_file as check_checkpoint_targets
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ _LIGHTNING_ALIASES = ("last", "best", "hpc", "registry")
 def _resolve_ckpt(cfg: DictConfig, out: Path) -> str | None:
     """``resume``'s last checkpoint, or an explicit ``ckpt_path`` (checked readable, and naming only
     classes uaseg configures, before any work). Whether this run may use its folder was decided by
-    :func:`uaseg.runfolder.claim_run_folder`."""
+    :func:`uaseg.runs.folder.claim_run_folder`."""
     if cfg.get("resume"):
         last = out / "checkpoints" / "last.ckpt"
         check_checkpoint_targets(last, trust=bool(cfg.get("trust_checkpoint")))
@@ -116,7 +116,7 @@ USER_ERRORS = (UserError, FileExistsError, FileNotFoundError, NonFiniteLossError
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; a failure is recorded in the run folder, then re-raised
     (so a multirun goes on with its other jobs and reports this one as failed). The run folder is
-    claimed first (:mod:`uaseg.runfolder`), then every config value is checked, before any work. A
+    claimed first (:mod:`uaseg.runs.folder`), then every config value is checked, before any work. A
     value refused before any work leaves no run folder behind when this call created it."""
     out = Path(cfg.paths.output_dir)
     created = created_here(out)  # RunFolderGuard made it for this run (before Hydra wrote into it)

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from uaseg.inference.files import file_kind, output_paths, write_segmentation
-from uaseg.loggers import log_test_report
+from uaseg.runs.loggers import log_test_report
 from uaseg.report.curves import run_figure
 from uaseg.uncertainty import SCORES
 from uaseg.selective import (

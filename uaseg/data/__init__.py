@@ -11,6 +11,7 @@ def build_datamodule(dataset_cfg: Any):
     from hydra.utils import instantiate
     from omegaconf import DictConfig, OmegaConf
 
+    from uaseg.config.moved import current_target
     from uaseg.errors import UserError, first_cause
 
     try:
@@ -21,4 +22,5 @@ def build_datamodule(dataset_cfg: Any):
             raise
         raise type(cause)(str(cause)) from e
     cfg.pop("meta", None)
+    cfg["_target_"] = current_target(cfg.get("_target_"))  # a checkpoint made before its module moved
     return instantiate(cfg, _convert_="all")

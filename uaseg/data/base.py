@@ -24,13 +24,13 @@ import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Compose
 
-from uaseg.config_check import check_config
+from uaseg.config.check import check_config
 from uaseg.data.splits import carve_validation, load_or_make_folds
 from uaseg.errors import DatasetError
 
 
 def check_dataset_options(**options: Any) -> None:
-    """A datamodule's constructor arguments, by the config rules of :mod:`uaseg.config_check` (the
+    """A datamodule's constructor arguments, by the config rules of :mod:`uaseg.config.check` (the
     same checks as ``train.py``'s, for datamodules built in scripts or from checkpoints)."""
     check_config({"dataset": options})
 

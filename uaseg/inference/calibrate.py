@@ -101,9 +101,9 @@ def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamo
     ``datamodule``: the run's (default: rebuilt from the dataset config in the checkpoint). An
     existing calibration of the same (method, risk, alpha) is replaced only with ``overwrite``. Returns
     the stored record and one line per change; ``write=False`` computes without writing (DDP ranks > 0).
-    The classes the checkpoint names are checked before any is built (:mod:`uaseg.trust`).
+    The classes the checkpoint names are checked before any is built (:mod:`uaseg.runs.trust`).
     """
-    from uaseg.trust import read_checkpoint
+    from uaseg.runs.trust import read_checkpoint
     from uaseg.data import build_datamodule
     from uaseg.models.module import RISK_CONTROL_KEY, SelectiveSegModule
 

@@ -123,7 +123,7 @@ def write_ensemble(folder: Path, members: list[tuple[Path, dict]], overrides: li
     models = [load_model(c, device, trust_checkpoint=trust_checkpoint) for c in checkpoints]
     out = evaluate_ensemble(models, device)
     first_summary = members[0][1]
-    from uaseg.identity import IDENTITY_KEYS
+    from uaseg.config.identity import IDENTITY_KEYS
 
     identity = {k: first_summary.get(k) for k in IDENTITY_KEYS}
     identity.update(method="ensemble", seed=None)

@@ -79,7 +79,7 @@ def load_model(ckpt: str | Path, device: str | torch.device = "cpu", trust_check
         module = SelectiveSegModule.load_from_checkpoint(
             str(path), map_location="cpu", weights_only=not trust_checkpoint, trust_checkpoint=trust_checkpoint
         )
-    except CheckpointError as e:  # a class uaseg does not configure (uaseg.trust): one line
+    except CheckpointError as e:  # a class uaseg does not configure (uaseg.runs.trust): one line
         raise PredictError(str(e)) from None
     except pickle.UnpicklingError as e:
         raise PredictError(

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from uaseg.config_check import check_config
+from uaseg.config.check import check_config
 from uaseg.errors import ConfigError, PredictError
 from uaseg.inference.calibrate import risk_threshold
 from uaseg.inference.files import case_name, list_inputs, output_paths, resolve_checkpoint, write_segmentation
@@ -51,7 +51,7 @@ def _device(device: str | torch.device) -> torch.device:
 def check_threshold_options(coverage: float | None, threshold: float | None, risk: float | None = None,
                             risk_method: str | None = None, risk_kind: str | None = None,
                             score: str = "max_softmax") -> None:
-    """Each option in its domain (:mod:`uaseg.config_check`) and exactly one of ``coverage``,
+    """Each option in its domain (:mod:`uaseg.config.check`) and exactly one of ``coverage``,
     ``threshold`` and ``risk`` given (checked before any work)."""
     try:
         check_config({"coverage": coverage, "threshold": threshold, "risk": risk, "risk_method": risk_method,

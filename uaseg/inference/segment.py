@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from uaseg.data.invert import invert_to_file_grid
+from uaseg.data.plan.invert import invert_to_file_grid
 from uaseg.errors import DatasetError, PredictError, first_cause
 from uaseg.inference.model import LoadedModel
 

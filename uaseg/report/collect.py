@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uaseg.identity import identity_of
+from uaseg.config.identity import identity_of
 from uaseg.selective.result import SelectiveResult
 
 #: folders a run writes that never hold another run (not descended into)

@@ -261,7 +261,7 @@ def figure(arms: list[ArmCurves], path, title: str | None = None) -> Path | None
 
 def run_title(identity: dict) -> str:
     """A one-run figure's title: dataset, model, loss setting, seed, fold."""
-    from uaseg.identity import LOSS_KEYS
+    from uaseg.config.identity import LOSS_KEYS
 
     loss = {k: identity.get(k) for k in LOSS_KEYS}
     if loss.get("sampling") == "exact":

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from uaseg.identity import LOSS_KEYS, REPLICATE_KEYS
+from uaseg.config.identity import LOSS_KEYS, REPLICATE_KEYS
 
 from .collect import Run
 

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from uaseg.identity import LOSS_KEYS
+from uaseg.config.identity import LOSS_KEYS
 from uaseg.io import write_text
 from uaseg.selective.result import FULL_COVERAGE, SelectiveResult
 

@@ -47,10 +47,9 @@ import numpy as np
 from .case_losses import CaseLosses, RiskLosses, risk_losses, unit_numbers
 from .case_stats import CaseStats
 from .dice_curve import counts_at_threshold
+from .risk_bounds import METHODS, PVALUES, check_settings, condition_holds, min_calibration_cases, wsr_pvalue  # noqa: F401 (METHODS, PVALUES: the API)
 from .risk_kinds import RiskKind, n_components, parse_kind, values_at
 
-METHODS = ("crc", "ltt")
-PVALUES = ("hb", "wsr", "binom")
 NEG_INF = -math.inf
 QUANTILES = (0.5, 0.9, 0.95)
 #: a calibration with fewer than this many times the minimum number of units gets a warning
@@ -68,100 +67,6 @@ def split_key(key: str) -> tuple[str, float]:
     """``"structure:0.1" -> ("structure", 0.1)``, ``"0.05" -> ("dice", 0.05)``."""
     kind, _, a = key.rpartition(":")
     return (kind or "dice"), float(a)
-
-
-def check_settings(alpha: float, method: str, delta: float | None, pvalue: str = "hb", kind="dice") -> None:
-    if method not in METHODS:
-        raise ValueError(f"risk control method must be one of {METHODS}, got {method!r}")
-    if not 0.0 < float(alpha) < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if method == "ltt" and (delta is None or not 0.0 < float(delta) < 1.0):
-        raise ValueError(f"ltt needs delta in (0, 1), got {delta}")
-    if pvalue not in PVALUES:
-        raise ValueError(f"ltt p-value must be one of {PVALUES}, got {pvalue!r}")
-    if method == "ltt" and pvalue == "binom" and not parse_kind(kind).binary:
-        raise ValueError("the binomial p-value is valid only for 0/1 losses: risk kind tail@<beta>")
-
-
-# ------------------------------------------------------------------------------------------ p-values
-def hb_pvalue(loss_sum, n: int, alpha: float) -> np.ndarray:
-    """Hoeffding-Bentkus p-value for ``H: R > alpha`` from ``loss_sum`` = n x mean loss in [0, 1]
-    (Bates et al. 2021, Prop. 3.2; LTT eq. 13): ``min(exp(-n h(min(R,a), a)), e P(Bin(n,a) <=
-    ceil(n R)))``, ``h(x, a) = x log(x/a) + (1-x) log((1-x)/(1-a))``. No tolerance on the ceiling: a
-    float sum that rounding put just above an integer counts as the next integer (conservative); sums
-    of 0/1 losses are exact."""
-    from scipy.special import xlogy
-    from scipy.stats import binom
-
-    s = np.asarray(loss_sum, dtype=np.float64)
-    r = np.minimum(s / n, alpha)
-    h = xlogy(r, r / alpha) + xlogy(1 - r, (1 - r) / (1 - alpha))
-    hoeffding = np.exp(-n * h)
-    bentkus = math.e * binom.cdf(np.ceil(s), n, alpha)
-    return np.minimum(np.minimum(hoeffding, bentkus), 1.0)
-
-
-def binom_pvalue(loss_sum, n: int, alpha: float) -> np.ndarray:
-    """Exact binomial p-value ``P(Bin(n, alpha) <= n R)`` for 0/1 losses (their sum is an exact integer)."""
-    from scipy.stats import binom
-
-    return binom.cdf(np.ceil(np.asarray(loss_sum, dtype=np.float64)), n, alpha)
-
-
-def wsr_pvalue(losses, alpha: float, delta: float) -> np.ndarray:
-    """Waudby-Smith-Ramdas betting p-value for ``H: R > alpha`` (LTT, Angelopoulos et al. 2021,
-    Prop. of ``p^WSR``): ``1 / max_i K_i``, ``K_i = prod_{j<=i} (1 - nu_j (L_j - alpha))`` with the
-    predictable bet ``nu_j = min(1, sqrt(2 log(1/delta) / (n sigma_{j-1}^2)))``, ``sigma^2`` the running
-    variance estimate (``sigma_0^2 = 1/4``). Under H, ``K`` is a non-negative supermartingale, so Ville's
-    inequality makes ``p`` valid. ``losses``: (..., n) in the (exchangeable) order of the units."""
-    L = np.asarray(losses, dtype=np.float64)
-    n = L.shape[-1]
-    i = np.arange(1, n + 1, dtype=np.float64)
-    mu = (0.5 + np.cumsum(L, axis=-1)) / (1 + i)
-    sig2 = (0.25 + np.cumsum((L - mu) ** 2, axis=-1)) / (1 + i)
-    prev = np.concatenate([np.full(L.shape[:-1] + (1,), 0.25), sig2[..., :-1]], axis=-1)
-    nu = np.minimum(1.0, np.sqrt(2 * math.log(1 / delta) / (n * prev)))
-    log_k = np.cumsum(np.log1p(-nu * (L - alpha)), axis=-1)
-    return np.minimum(1.0, np.exp(-np.maximum(log_k.max(axis=-1), 0.0)))
-
-
-def _ok(method: str, sums, n: int, alpha: float, delta: float | None, pvalue: str = "hb") -> np.ndarray:
-    """Does the condition hold at calibration risk ``sums / n``? (``wsr``: at all-zero losses only;
-    states with losses go through :func:`_first_failure_wsr`)."""
-    sums = np.asarray(sums, dtype=np.float64)
-    if method == "crc":
-        return (sums + 1.0) / (n + 1) <= alpha
-    if method == "ltt":
-        if pvalue == "hb":
-            return hb_pvalue(sums, n, alpha) <= delta
-        if pvalue == "binom":
-            return binom_pvalue(sums, n, alpha) <= delta
-        if np.any(sums != 0):
-            raise ValueError("the wsr p-value needs the losses, not their sum")
-        return np.broadcast_to(wsr_pvalue(np.zeros(n), alpha, delta) <= delta, sums.shape)
-    if method == "empirical":  # the test set's own best: no guarantee (the oracle)
-        return sums / n <= alpha
-    raise ValueError(method)
-
-
-def min_calibration_cases(alpha: float, method: str, delta: float | None = None, pvalue: str = "hb",
-                          components: int = 1) -> int:
-    """Fewest calibration units for which any threshold but "refer everything" can be certified
-    (``components``: losses controlled at once, LTT testing each at ``delta / components``)."""
-    check_settings(alpha, method, delta, pvalue, "tail@0.5" if pvalue == "binom" else "dice")
-    d = None if delta is None else float(delta) / max(1, components)
-    if method == "crc":
-        guess = math.ceil(1 / alpha - 1)
-    elif pvalue == "wsr":   # all-zero losses: K_n ~ (1 + alpha)^n
-        guess = math.ceil(math.log(1 / d) / math.log1p(alpha))
-    else:                   # (1 - alpha)^n <= d
-        guess = math.ceil(math.log(d) / math.log1p(-alpha))
-    n = max(1, guess - 2)
-    while not _ok(method, 0.0, n, alpha, d, pvalue):
-        n += 1
-    while n > 1 and _ok(method, 0.0, n - 1, alpha, d, pvalue):
-        n -= 1
-    return n
 
 
 # ------------------------------------------------------------------------------------------ thresholds
@@ -197,12 +102,12 @@ def _first_failure_wsr(losses: CaseLosses, idx: np.ndarray, alpha: float, delta:
 def _largest_threshold(losses: CaseLosses, cases, method, alpha, delta, pvalue="hb") -> tuple[float, bool]:
     """(largest calibration threshold meeting the condition, feasible)."""
     values, sums, n = losses.risk_steps(cases)
-    if not _ok(method, 0.0, n, alpha, delta, pvalue):
+    if not condition_holds(method, 0.0, n, alpha, delta, pvalue):
         return NEG_INF, False
     if method == "ltt" and pvalue == "wsr":
         first = _first_failure_wsr(losses, losses._select(cases), alpha, delta)
     else:
-        bad = np.flatnonzero(~_ok(method, sums, n, alpha, delta, pvalue))
+        bad = np.flatnonzero(~condition_holds(method, sums, n, alpha, delta, pvalue))
         first = int(bad[0]) if bad.size else None
     if first is None:
         return losses.max_u(cases), True
@@ -232,7 +137,7 @@ def threshold_for(losses: RiskLosses, alpha: float, method: str, delta: float | 
     return min(t for t, _ in per), all(f for _, f in per), [t for t, _ in per]
 
 
-def _spread(loss: np.ndarray, alpha: float) -> dict:
+def loss_spread(loss: np.ndarray, alpha: float) -> dict:
     q = np.quantile(loss, QUANTILES)
     return {"case_risk": {**{f"p{round(100 * p)}": float(v) for p, v in zip(QUANTILES, q)},
                           "max": float(loss.max())},
@@ -358,7 +263,7 @@ def realised_values(stats: list[CaseStats], t: float, beta: float, units: dict |
             "fnr": float(values_at(parse_kind("fnr"), counts, unit_of).mean())}
 
 
-def _beta(kind: RiskKind, alpha: float) -> float:
+def tail_beta(kind: RiskKind, alpha: float) -> float:
     """The tail level reported with a calibration: its own beta, else alpha (the fraction of units whose
     Dice risk exceeds alpha)."""
     return kind.beta if kind.name == "tail" else alpha
@@ -397,57 +302,11 @@ def calibrate(losses: RiskLosses | CaseLosses | list[CaseStats], alpha: float, m
             unit_of, _ = unit_numbers([s.case_id for s in stats], units)
             keep = set(idx.tolist())
             sel = [s for s, u in zip(stats, unit_of) if u in keep]
-        values = realised_values(sel, t, _beta(rl.kind, alpha), units if rl.grouped else None, class_names)
+        values = realised_values(sel, t, tail_beta(rl.kind, alpha), units if rl.grouped else None, class_names)
     n_min = min_calibration_cases(alpha, method, delta, pvalue if method == "ltt" else "hb", m)
     exp = None
     if expected_coverage and feasible and idx.size > 1:
         exp = loo_coverage(rl, alpha, method, delta, pvalue, cases)
     return Calibration(method, alpha, delta, int(idx.size), float(t), feasible, float(loss.mean(0).max()),
-                       rl.components[0].coverage_at(t, cases), _spread(loss.max(1), alpha), rl.kind.key,
+                       rl.components[0].coverage_at(t, cases), loss_spread(loss.max(1), alpha), rl.kind.key,
                        pvalue_used, unit, int(rl.images_per_unit[idx].sum()), n_min, exp, components, values)
-
-
-def evaluate(calibration: Calibration, stats: list[CaseStats], units: dict | None = None,
-             class_names=None, losses: RiskLosses | None = None) -> dict:
-    """The calibrated threshold on held-out cases (exact counts; per patient when the calibration was
-    and ``units`` names them), with every kind's realised value and the oracle: the coverage these
-    cases themselves would have allowed at risk ``alpha`` (no guarantee) and the coverage lost.
-    ``losses``: ``risk_losses(stats, kind, units)`` when the caller already has it."""
-    if not stats:
-        raise ValueError("no cases to evaluate")
-    t, alpha, kind = calibration.threshold, calibration.alpha, calibration.risk_kind
-    units = units if calibration.unit == "patient" else None
-    rl = risk_losses(stats, kind, units) if losses is None else losses
-    loss = np.stack([c.loss_at(t) for c in rl.components], axis=1)
-    n_vox = sum(s.n for s in stats)
-    coverage = float(sum(int(s.index.count_le(t)) for s in stats)) / n_vox
-    t_oracle, _, _ = threshold_for(rl, alpha, "empirical", None)
-    oracle = rl.components[0].coverage_at(t_oracle)
-    spread = _spread(loss.max(1), alpha)
-    return {
-        **{k: v for k, v in calibration.to_dict().items() if k not in ("risk", "coverage", "spread", "values")},
-        "calibration_risk": calibration.risk, "calibration_coverage": calibration.coverage,
-        "calibration_case_risk": calibration.spread.get("case_risk"),
-        "calibration_fraction_above_alpha": calibration.spread.get("fraction_above_alpha"),
-        "calibration_values": calibration.values,
-        "n_test": rl.n_units, "n_test_images": len(stats),
-        "test_risk": float(loss.mean(0).max()), "test_coverage": coverage,
-        "test_case_risk": spread["case_risk"], "test_fraction_above_alpha": spread["fraction_above_alpha"],
-        "test_values": realised_values(stats, t, _beta(kind, alpha), units, class_names),
-        "oracle_threshold": t_oracle, "oracle_coverage": oracle, "coverage_lost": oracle - coverage,
-    }
-
-
-def evaluate_all(record: dict, stats: list[CaseStats], units: dict | None = None, class_names=None) -> dict:
-    """``{method: {key: evaluate(...)}}`` for every calibration of a checkpoint record; the test losses
-    are built once per (kind, unit), not once per calibration."""
-    out: dict = {}
-    built: dict = {}
-    for method, by_key in (record.get("calibrations") or {}).items():
-        for key, d in by_key.items():
-            cal = Calibration.from_dict(d)
-            u = units if cal.unit == "patient" else None
-            if (cal.kind, cal.unit) not in built:
-                built[cal.kind, cal.unit] = risk_losses(stats, cal.risk_kind, u) if stats else None
-            out.setdefault(method, {})[key] = evaluate(cal, stats, units, class_names, built[cal.kind, cal.unit])
-    return out

@@ -1,5 +1,5 @@
 """Rules between config keys that need more than a value's domain, run by
-:func:`uaseg.config_check.check_config` after its own :data:`~uaseg.config_check.RULES` -- so
+:func:`uaseg.config.check.check_config` after its own :data:`~uaseg.config.check.RULES` -- so
 before a run folder is made, and for every job of a multirun before the first starts. Each takes
 ``get`` (key -> value or None) and returns a one-line message or None."""
 
@@ -30,7 +30,7 @@ def rule_demo_options(get: Callable[[str], Any]) -> str | None:
     which its datamodule would refuse only once the dataset is planned."""
     target = str(get("dataset._target_") or "")
     given = [k for k in DEMO_OPTIONS if get(f"dataset.{k}") is not None]
-    if not given or not target or target.startswith("uaseg.data.demo"):
+    if not given or not target or target.startswith("uaseg.data.datasets.demo"):
         return None
     return (f"dataset.{given[0]}: an option of the built-in demo data (dataset=demo2d|demo3d|demo3d_abdomen), not of "
             f"{target.rsplit('.', 1)[-1]}; debug=fast sets it and is for the demo data only: for a quick run of "

@@ -36,7 +36,7 @@ class StopSweepOnSigterm(Callback):
         self._handler = self._on_sigterm  # one bound method: identity says whether it is the installed handler
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from uaseg.hydra_callbacks import sweep_jobs
+        from uaseg.runs.hydra_callbacks import sweep_jobs
 
         self._jobs = sweep_jobs(config)
         self._pid = os.getpid()
@@ -74,7 +74,7 @@ class StopSweepOnSigterm(Callback):
 
     def stop(self, config: DictConfig | None, error: BaseException | None) -> None:
         """Print what stopped and how to go on, release the sweep folder and exit 1."""
-        from uaseg.runfolder import release_run_folder
+        from uaseg.runs.folder import release_run_folder
 
         print(f"TerminatedError: {self.message(config, error)}", file=sys.stderr, flush=True)
         self._restore()

@@ -17,7 +17,7 @@ evaluation (the network still has K outputs). Region-based labels (a label mappe
 values, or ``regions_class_order``) are refused with a clear error. Case ids are the ``<case>`` part
 of the file names; every case has ``group="all"``.
 
-Preprocessing, fingerprint, splits and transforms: :mod:`uaseg.data.layouts`.
+Preprocessing, fingerprint, splits and transforms: :mod:`uaseg.data.formats.layouts`.
 
 Prediction (:meth:`NnUNetDataModule.prediction_cases`): a case is given by any of its channel files
 (or a folder such as ``imagesTs/``); its other channels are the files beside it with the same
@@ -35,7 +35,7 @@ from typing import Any
 from uaseg.data.checks import (
     check_channel_files, check_file_channels, expected_layout_error, image_file_channels, natural_key,
 )
-from uaseg.data.layouts import (
+from uaseg.data.formats.layouts import (
     IMAGE_ENDINGS, NIFTI_ENDINGS, DatasetInfo, StandardLayoutDataModule, check_inside_root, class_names_from,
     count_matches, indexed_names, read_dataset_json, require_keys,
 )

@@ -26,7 +26,7 @@ GROUND-TRUTH label bounding box plus ``paper_crop_margin`` voxels and resized to
 This USES THE GROUND TRUTH AT TEST TIME, so its numbers are not a fair test; it is off by default.
 
 Cross-validation: ``num_folds`` folds over cases persisted in ``splits_final.json`` (see
-:mod:`uaseg.data.filebased` for where); ``fold`` is the test fold, validation is carved from the
+:mod:`uaseg.data.formats.filebased` for where); ``fold`` is the test fold, validation is carved from the
 other folds.
 """
 
@@ -67,8 +67,8 @@ from uaseg.data.checks import (
     expected_layout_error,
     natural_key,
 )
-from uaseg.data.discovery import find_pairs, require_pairs
-from uaseg.data.filebased import FileSegDataModule, as_tuple
+from uaseg.data.formats.discovery import find_pairs, require_pairs
+from uaseg.data.formats.filebased import FileSegDataModule, as_tuple
 from uaseg.errors import DatasetError
 
 #: released label values, in class order 1..7

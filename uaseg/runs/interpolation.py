@@ -3,7 +3,7 @@
 Hydra's ``instantiate`` resolves every ``${...}`` in the plain dicts it is given, so a string such as
 ``${oc.create:{_target_: shutil.copyfile, ...}}`` stored in a checkpoint's hyper-parameters or in a
 ``dataset.json`` class name would build and call what it names, past the ``_target_`` allowlist of
-:mod:`uaseg.trust`. Two rules:
+:mod:`uaseg.runs.trust`. Two rules:
 
 * files uaseg writes as resolved data (checkpoints, ``dataset.json``, fingerprints, plans) may hold
   no ``${`` at all (:func:`refuse_interpolations`);
@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping
 from uaseg.errors import CheckpointError, UserError
 
 #: resolvers a stored run config may use: node selection, the time, Hydra's own values, and
-#: uaseg's (uaseg/resolvers.py, all pure functions of their arguments); ``uaseg.dataset_plan`` and
+#: uaseg's (uaseg/config/resolvers.py, all pure functions of their arguments); ``uaseg.dataset_plan`` and
 #: ``oc.env`` only in the forms of :data:`PLAN` and :data:`ENV_NAMES`
 RESOLVERS = frozenset({"oc.select", "now", "hydra", "uaseg.wandb_offline", "uaseg.job_name", "uaseg.job_group",
                        "uaseg.run_dir", "uaseg.job_subdir", "uaseg.hydra_subdir", "uaseg.get", "uaseg.divide"})
@@ -75,7 +75,7 @@ def refuse_interpolations(tree: Any, source: str | Path, trust: bool = False, er
             raise error(f"{source}: {key}={text!r} is an OmegaConf interpolation, which uaseg would resolve when it "
                         f"builds from it (and which can build and run any code); {what} holds plain values only, so "
                         f"this one was edited or crafted; refused" + (f" ({hint})" if hint else ""))
-        logging.getLogger("uaseg.trust").warning("%s: %s=%r is an interpolation; resolved anyway because "
+        logging.getLogger("uaseg.runs.trust").warning("%s: %s=%r is an interpolation; resolved anyway because "
                                                  "trust_checkpoint=true", source, key, text)
 
 
@@ -88,7 +88,7 @@ def check_resolvers(tree: Any, source: str | Path, trust: bool = False, path: st
     for key, text in interpolated(tree, path):
         problem = resolver_problem(key, text)
         if problem and trust:
-            logging.getLogger("uaseg.trust").warning("%s: %s=%r %s; resolved anyway because trust_checkpoint=true",
+            logging.getLogger("uaseg.runs.trust").warning("%s: %s=%r %s; resolved anyway because trust_checkpoint=true",
                                                      source, key, text, problem)
         elif problem:
             raise CheckpointError(f"{source}: {key}={text!r} {problem}; nothing was resolved. A run folder's config "

@@ -16,7 +16,7 @@ Case ids are the image file names without ``.nii.gz``; every case has ``group="a
 come from ``labels`` in the order of their values, which must be 0..K-1; channel names (and so the
 normalisation: ``CT`` or per-case z-score) from ``modality``.
 
-Preprocessing, fingerprint, splits and transforms: :mod:`uaseg.data.layouts`. Prediction takes the
+Preprocessing, fingerprint, splits and transforms: :mod:`uaseg.data.formats.layouts`. Prediction takes the
 4-D (or 3-D) image files as they are.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from uaseg.data.checks import check_multimodal_pair, natural_key
-from uaseg.data.layouts import (
+from uaseg.data.formats.layouts import (
     NIFTI_ENDINGS, DatasetInfo, StandardLayoutDataModule, check_inside_root, class_names_from, count_matches,
     indexed_names, read_dataset_json, require_keys,
 )

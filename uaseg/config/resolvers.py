@@ -72,18 +72,28 @@ def hydra_subdir(resume: str | None) -> str:
 def dataset_plan(target: str, root: str, cache_dir, spacing, orientation: str, max_patch_size_2d,
                  max_patch_size_3d, strides=None) -> dict:
     """The preprocessing plan of a dataset in a standard layout (nnU-Net, Decathlon): the datamodule
-    class ``target`` reads its ``dataset.json`` and fingerprint (see ``uaseg/data/fingerprint.py``);
+    class ``target`` reads its ``dataset.json`` and fingerprint (see ``uaseg/data/plan/fingerprint.py``);
     ``strides`` (``model.net.strides``) decide what the patch sides are multiples of."""
+    import re
+
     from hydra.utils import get_class
 
+    from uaseg.config.moved import current_target
     from uaseg.errors import ConfigError
-    from uaseg.trust import is_allowed
 
-    if not (str(target).startswith("uaseg.") and is_allowed(target)):  # importing any other module runs its code
+    target = current_target(target)
+    # the name is checked before anything is imported: only uaseg.data's own modules are
+    if not re.fullmatch(r"uaseg\.data(\.[a-z_][a-z0-9_]*)+\.[A-Z][A-Za-z0-9_]*", str(target)):
         raise ConfigError(f"uaseg.dataset_plan: {target!r} is not a uaseg datamodule")
+    try:
+        cls = get_class(target)
+    except Exception:
+        raise ConfigError(f"uaseg.dataset_plan: {target!r} cannot be imported (no such uaseg datamodule)") from None
+    if not hasattr(cls, "make_plan"):
+        raise ConfigError(f"uaseg.dataset_plan: {target!r} is not a datamodule of a standard layout")
     plain = lambda v: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v  # noqa: E731
-    return get_class(target).make_plan(str(root), cache_dir, plain(spacing), orientation, plain(max_patch_size_2d),
-                                       plain(max_patch_size_3d), plain(strides))
+    return cls.make_plan(str(root), cache_dir, plain(spacing), orientation, plain(max_patch_size_2d),
+                         plain(max_patch_size_3d), plain(strides))
 
 
 def divide(total, parts) -> float:

@@ -10,8 +10,8 @@ unless the user passes ``trust_checkpoint=true``, which logs a warning. A name t
 be imported (a typo, an optional package this installation lacks) is one line saying so, trusted or not.
 
 A checkpoint is plain resolved data: an OmegaConf interpolation anywhere in it is refused too
-(:mod:`uaseg.interpolation`), and its stored curves, temperature and confidence head must be sound
-(:mod:`uaseg.stored_records`).
+(:mod:`uaseg.runs.interpolation`), and its stored curves, temperature and confidence head must be sound
+(:mod:`uaseg.runs.stored_records`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from uaseg.config.moved import current_target
 from uaseg.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def refusal(target: Any) -> str | None:
     unlisted = "is not a class uaseg configures, and instantiating it could run any code"
     if not isinstance(target, str):
         return unlisted
+    target = current_target(target)  # a file made before a module moved (uaseg.config.moved)
     if target in FUNCTIONS:
         return None
     if _UASEG_CLASS.fullmatch(target):
@@ -89,7 +91,7 @@ def unlisted_targets(tree: Any, path: str = "") -> Iterator[tuple[str, Any, str]
     """``(key path, target, why)`` of every ``_target_`` in the nested dicts/lists ``tree`` that
     :func:`refusal` refuses (``_args_``, ``_partial_`` and list entries included). Never resolves:
     a resolver could import or build the target."""
-    from uaseg.interpolation import unresolved
+    from uaseg.runs.interpolation import unresolved
 
     tree = unresolved(tree)
     if isinstance(tree, Mapping):
@@ -121,8 +123,8 @@ def check_targets(tree: Any, source: str | Path, trust: bool = False, path: str 
 def check_checkpoint(checkpoint: Any, source: str | Path, trust: bool = False) -> None:
     """A loaded checkpoint's entries other than the weights (hyper-parameters, curves, head, ...):
     :func:`check_targets`, no interpolation anywhere, and sound stored records."""
-    from uaseg.interpolation import refuse_interpolations
-    from uaseg.stored_records import check_records
+    from uaseg.runs.interpolation import refuse_interpolations
+    from uaseg.runs.stored_records import check_records
 
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"{source}: not a checkpoint (a {type(checkpoint).__name__}, not a dict of entries)")

@@ -3,7 +3,7 @@
 The second built-in 3-D dataset, of another character than ``demo3d``'s heart: anisotropic voxels
 (slices three in-plane voxels thick, ``(size, size, size // 2)`` arrays), thin and small structures
 (ureters, pancreas, liver lesions) and classes with overlapping HU (liver/spleen, pancreas/bowel);
-see :mod:`uaseg.data.synth_abdomen`.
+see :mod:`uaseg.data.datasets.synth_abdomen`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 from monai.transforms import RandCropByLabelClassesd
 
-from uaseg.data.demo3d import Demo3DDataModule
-from uaseg.data.synth_abdomen import ABDOMEN_CLASSES, ABDOMEN_SPACING, abdomen_volume
+from uaseg.data.datasets.demo3d import Demo3DDataModule
+from uaseg.data.datasets.synth_abdomen import ABDOMEN_CLASSES, ABDOMEN_SPACING, abdomen_volume
 
 
 class Demo3DAbdomenDataModule(Demo3DDataModule):

@@ -55,7 +55,7 @@ def _first(x):
 
 
 def read_every_case(datamodule: Any) -> None:
-    """Read and check every case of ``datamodule`` (a :class:`~uaseg.data.filebased.FileSegDataModule`);
+    """Read and check every case of ``datamodule`` (a :class:`~uaseg.data.formats.filebased.FileSegDataModule`);
     raises the first :class:`DatasetError`, naming the case and the file."""
     datamodule.setup()
     foreground: dict[str, dict[str, tuple]] = {}

@@ -2,8 +2,8 @@
 
 A run folder may come from someone else, so its ``.hydra/config.yaml`` is checked before anything
 in it is resolved or built: every interpolation calls only the resolvers of uaseg's ``conf/``
-(:func:`uaseg.interpolation.check_resolvers`), every ``_target_`` is a class uaseg configures
-(:func:`uaseg.trust.check_targets`), and every folder it would write to -- checkpoints, logger
+(:func:`uaseg.runs.interpolation.check_resolvers`), every ``_target_`` is a class uaseg configures
+(:func:`uaseg.runs.trust.check_targets`), and every folder it would write to -- checkpoints, logger
 folders, the trainer's root, a report writer's folder, the dataset cache -- lies inside the run
 folder (the cache: inside it or this machine's ``paths.cache_dir``). ``paths`` and
 ``trust_checkpoint`` are this command's, never the stored file's; a key given on this command line
@@ -34,8 +34,9 @@ JOINED_KEYS = ("name", "version", "sub_dir", "filename")
 def resumed_config(cfg: DictConfig) -> DictConfig:
     """``resume=<run folder>``: that run's own config, checked (module docstring), plus this
     command's value overrides (e.g. ``trainer.max_epochs=20`` to train longer)."""
-    from uaseg.interpolation import check_resolvers
-    from uaseg.trust import check_targets
+    from uaseg.config.moved import current_targets
+    from uaseg.runs.interpolation import check_resolvers
+    from uaseg.runs.trust import check_targets
 
     folder = Path(cfg.resume)
     saved = folder / ".hydra" / "config.yaml"
@@ -50,6 +51,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     trust = bool(cfg.get("trust_checkpoint"))
     check_resolvers(resumed, saved, trust)  # before anything resolves or builds
     check_targets(resumed, saved, trust)
+    resumed = OmegaConf.create(current_targets(OmegaConf.to_container(resumed, resolve=False)))  # uaseg.config.moved
     extra = []
     try:
         from hydra.core.hydra_config import HydraConfig

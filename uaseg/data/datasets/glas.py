@@ -67,8 +67,8 @@ from uaseg.data.checks import (
     expected_layout_error,
     natural_key,
 )
-from uaseg.data.discovery import find_pairs, require_pairs
-from uaseg.data.filebased import FileSegDataModule
+from uaseg.data.formats.discovery import find_pairs, require_pairs
+from uaseg.data.formats.filebased import FileSegDataModule
 from uaseg.data.splits import carve_validation, load_or_make_folds
 from uaseg.errors import DatasetError
 

@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from uaseg import config_rules
-from uaseg.config_domains import Batches, Choice, Flag, Names, Number, Numbers, RiskKinds
+from uaseg.config import rules as config_rules
+from uaseg.config.domains import Batches, Choice, Flag, Names, Number, Numbers, RiskKinds
 from uaseg.errors import ConfigError, UserError, first_cause
 
 _ABSENT = object()
@@ -256,7 +256,7 @@ def _rule_dataset_root(get) -> str | None:
     """A dataset folder that does not exist is refused with the values, before a run folder is made
     (the datamodule's own layout check reads the folder's contents later)."""
     root, target = get("dataset.root"), str(get("dataset._target_") or "")
-    if target.startswith("uaseg.data.demo"):  # generated into the cache: root is unused
+    if target.startswith("uaseg.data.datasets.demo"):  # generated into the cache: root is unused
         return None
     if isinstance(root, str) and root and not Path(root).expanduser().is_dir():
         name = target.rsplit(".", 1)[-1] or "the dataset"

@@ -1,6 +1,6 @@
 """What the nnU-Net and Decathlon layouts share (``dataset=nnunet`` / ``dataset=decathlon``): a dataset
 described by its own ``dataset.json``, preprocessed by a plan made from its fingerprint
-(:mod:`uaseg.data.fingerprint`), split and cached like every file-based dataset.
+(:mod:`uaseg.data.plan.fingerprint`), split and cached like every file-based dataset.
 
 A subclass says how to read ``dataset.json`` (:meth:`StandardLayoutDataModule.read_info`), how to find
 the labelled cases (:meth:`~StandardLayoutDataModule.discover`) and how to check one case's headers
@@ -17,7 +17,7 @@ the labelled cases (:meth:`~StandardLayoutDataModule.discover`) and how to check
   channels) -> checks (channels, image/label grid: the label takes the image's affine, label values in
   ``0..K-1``, plus ``K`` = nnU-Net's ignore label when ``dataset.json`` has one) -> crop to the non-zero
   region -> per-channel normalisation (before resampling, as nnU-Net) -> 3-D: reorient to ``orientation``,
-  resample to the target spacing as nnU-Net (:mod:`uaseg.data.resample`); training pads to the patch and
+  resample to the target spacing as nnU-Net (:mod:`uaseg.data.plan.resample`); training pads to the patch and
   adds ``RandCropByPosNegLabeld`` (with an ignore label: centred on labelled voxels only,
   :class:`AnnotatedIndicesd`) and augmentation (``augment``, as MM-WHS). A plan of an older uaseg (no
   ``crop_to_nonzero`` / ``resampling`` key) keeps its own preprocessing: no crop, ``Spacingd`` bilinear.
@@ -40,11 +40,11 @@ from monai.transforms import (
 )
 
 from uaseg.data.checks import CheckChannelsd, CheckFinited, CheckLabelValuesd, CheckSameGeometryd, LoadImageNamedd
-from uaseg.data.filebased import FileSegDataModule, cache_base_for, persisted_path, root_writable
-from uaseg.data.fingerprint import FINGERPRINT_FILE, describe_plan, file_stamps, load_or_compute_fingerprint, make_plan
-from uaseg.data.resample import ResampleToSpacingd, nonzero
+from uaseg.data.formats.filebased import FileSegDataModule, cache_base_for, persisted_path, root_writable
+from uaseg.data.plan.fingerprint import FINGERPRINT_FILE, describe_plan, file_stamps, load_or_compute_fingerprint, make_plan
+from uaseg.data.plan.resample import ResampleToSpacingd, nonzero
 from uaseg.errors import ConfigError, DatasetError
-from uaseg.interpolation import refuse_interpolations
+from uaseg.runs.interpolation import refuse_interpolations
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def class_names_from(labels: Mapping[int, str], source: Path) -> tuple[str, ...]
 
 
 class NormalizeChannelsd(MapTransform):
-    """Per-channel intensity normalisation of the plan (:mod:`uaseg.data.fingerprint`). A z-score
+    """Per-channel intensity normalisation of the plan (:mod:`uaseg.data.plan.fingerprint`). A z-score
     channel with ``use_nonzero_mask`` is normalised with the mean and std of the voxels inside the
     non-zero mask (non-zero in any channel, holes filled: nnU-Net's ``create_nonzero_mask``) and set to
     0 outside it, as nnU-Net's ``ZScoreNormalization(use_mask_for_norm=True)``."""
@@ -224,8 +224,8 @@ class AnnotatedIndicesd(MapTransform):
 
 
 class StandardLayoutDataModule(FileSegDataModule):
-    """Base of :class:`~uaseg.data.nnunet.NnUNetDataModule` and
-    :class:`~uaseg.data.decathlon.DecathlonDataModule` (see the module docstring)."""
+    """Base of :class:`~uaseg.data.formats.nnunet.NnUNetDataModule` and
+    :class:`~uaseg.data.formats.decathlon.DecathlonDataModule` (see the module docstring)."""
 
     AUGMENT_KEYS = ("flip_prob", "affine_prob", "rotate_deg", "scale", "intensity_prob", "intensity_scale",
                     "intensity_shift")

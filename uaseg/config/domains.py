@@ -1,4 +1,4 @@
-"""The kinds of allowed values a config key can have (:data:`uaseg.config_check.DOMAINS`): each
+"""The kinds of allowed values a config key can have (:data:`uaseg.config.check.DOMAINS`): each
 says whether a value is allowed (``allows``) and what is (``describe``, for the one-line error)."""
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 On top of :class:`uaseg.data.base.SegDataModule` this adds
 
-* the case hooks: :meth:`FileSegDataModule.find_cases` (discovery; :func:`uaseg.data.discovery.find_pairs`
-  and :func:`~uaseg.data.discovery.require_pairs` do the shared part), :meth:`~FileSegDataModule.check_case_headers` (run on
+* the case hooks: :meth:`FileSegDataModule.find_cases` (discovery; :func:`uaseg.data.formats.discovery.find_pairs`
+  and :func:`~uaseg.data.formats.discovery.require_pairs` do the shared part), :meth:`~FileSegDataModule.check_case_headers` (run on
   every case before training, see :mod:`uaseg.data.checks`) and
   :meth:`~FileSegDataModule.split_cases` (default: persisted k-fold by case, validation carved from
   the training folds);
@@ -22,7 +22,7 @@ On top of :class:`uaseg.data.base.SegDataModule` this adds
   Changing a preprocessing setting changes the hash (a fresh folder); changing a file on disk
   changes its cache key (size and mtime are hashed with the path), so stale tensors are never used.
 * errors raised inside MONAI transforms surface as :class:`DatasetError` naming the case and file
-  (:mod:`uaseg.data.datasets`);
+  (:mod:`uaseg.data.monai_datasets`);
 * :meth:`invert_to_original` -- predictions back onto the original image grid (``Invertd``).
 """
 
@@ -41,12 +41,12 @@ from monai.transforms import Compose
 from monai.transforms.utils import reset_ops_id
 
 from uaseg.data.base import SegDataModule, check_dataset_options
-from uaseg.data.datasets import (
+from uaseg.data.monai_datasets import (
     NamedErrorsDataset,
     NamedErrorsPersistentDataset,
     file_stamped_hash,
 )
-from uaseg.data.invert import invert_to_file_grid
+from uaseg.data.plan.invert import invert_to_file_grid
 from uaseg.errors import DatasetError
 from uaseg.io import write_json
 
@@ -128,9 +128,9 @@ class FileSegDataModule(SegDataModule):
     def prepare_data(self) -> None:
         """Lightning calls this before the first training (or test) step, once per machine: with
         ``check_files``, read and check every case of every split, the test fold included (see
-        :func:`uaseg.data.scan.read_every_case`), so a bad file fails in seconds, not after training."""
+        :func:`uaseg.data.formats.scan.read_every_case`), so a bad file fails in seconds, not after training."""
         if self.check_files and not self._read_all:
-            from uaseg.data.scan import read_every_case
+            from uaseg.data.formats.scan import read_every_case
 
             read_every_case(self)
             self._read_all = True

@@ -18,8 +18,8 @@ from monai.transforms import (
 
 from uaseg.data.base import check_dataset_options
 from uaseg.data.checks import CheckFinited, LoadImageNamedd
-from uaseg.data.demo import DemoDataModule
-from uaseg.data.synth import HEART_CLASSES, heart_volume
+from uaseg.data.datasets.demo import DemoDataModule
+from uaseg.data.datasets.synth import HEART_CLASSES, heart_volume
 
 
 class Demo3DDataModule(DemoDataModule):

@@ -10,7 +10,7 @@
   still holds the lock; a claimant that locked the file just before is then told so by the file's
   inode (:func:`_lock` checks that the path still names the file it locked).
 
-:class:`uaseg.hydra_callbacks.RunFolderGuard` claims the folder in Hydra's ``on_run_start``, before
+:class:`uaseg.runs.hydra_callbacks.RunFolderGuard` claims the folder in Hydra's ``on_run_start``, before
 Hydra writes ``.hydra/``; :func:`uaseg.train.train` claims it again (a no-op in the same process),
 which covers in-process calls without Hydra and the jobs of a multirun. A new multirun needs a sweep
 folder without ``multirun.yaml`` (:func:`claim_sweep_folder`). Kept free of torch imports: the Hydra

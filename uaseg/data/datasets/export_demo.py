@@ -1,7 +1,7 @@
 """``uaseg export-demo <folder>``: the built-in dataset's cases as the image files ``predict.py`` reads,
 so prediction can be tried right after the quick start without any data of one's own.
 
-The demo cases are generated into the cache as ``.npz`` arrays (``uaseg/data/demo.py``); this writes the
+The demo cases are generated into the cache as ``.npz`` arrays (``uaseg/data/datasets/demo.py``); this writes the
 cases of one split (by default the test split a default run tests: same ``data_seed``, ``num_folds``,
 ``fold`` and ``val_fraction``) as
 
@@ -27,7 +27,7 @@ from uaseg.errors import ConfigError
 DATASETS = ("demo2d", "demo3d")
 RECORD = "export-demo.json"
 SPLITS = ("test", "val", "train", "all")
-CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
+CONF = Path(__file__).resolve().parents[3] / "conf" / "dataset"
 
 
 def demo_datamodule(dataset: str = "demo2d", overrides: Sequence[str] = (), cache_dir: str | Path | None = None):

@@ -3,7 +3,7 @@
 :class:`RunFolderGuard` checks the config values and claims the run folder in ``on_run_start`` --
 after Hydra composed the config, before it creates the folder, writes ``.hydra/*.yaml`` or opens the
 job's log file -- so a refused run leaves no folder, or the folder exactly as it was (see
-:mod:`uaseg.runfolder` for the rules). A multirun composes and checks every job's config in
+:mod:`uaseg.runs.folder` for the rules). A multirun composes and checks every job's config in
 ``on_multirun_start``, so one bad value among its jobs starts none. A refusal is one line on stderr
 and exit status 1, like every user error of ``train.py``.
 """
@@ -17,9 +17,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-import uaseg.resolvers  # noqa: F401  (the run folder is computed by ${uaseg.run_dir:...})
+import uaseg.config.resolvers  # noqa: F401  (the run folder is computed by ${uaseg.run_dir:...})
 from uaseg.errors import UserError
-from uaseg.runfolder import claim_run_folder, claim_sweep_folder, release_run_folder
+from uaseg.runs.folder import claim_run_folder, claim_sweep_folder, release_run_folder
 
 
 def refuse(error: UserError) -> None:
@@ -33,7 +33,7 @@ def check_job_config(config: DictConfig) -> None:
     config Hydra composed (with its ``hydra`` node, which the checks skip)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from uaseg.config_check import check_config, unresolved_missing_keys
+    from uaseg.config.check import check_config, unresolved_missing_keys
     from uaseg.errors import ConfigError
 
     HydraConfig.instance().set_config(config)  # ${hydra:runtime.cwd} in paths; Hydra sets it again per job

@@ -1,5 +1,5 @@
 """Procedural abdomen-like CT for ``dataset=demo3d_abdomen``: a built-in 3-D dataset of another
-character than the heart of :func:`uaseg.data.synth.heart_volume`.
+character than the heart of :func:`uaseg.data.datasets.synth.heart_volume`.
 
 * **Anisotropic**: thick slices. A volume is ``(size, size, size // 2)`` voxels, axes ``(x, y, z)``
   (x the patient's left-right, y anterior-posterior, z cranio-caudal), and a voxel is
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from uaseg.data.synth import _rng, _smooth_noise
+from uaseg.data.datasets.synth import _rng, _smooth_noise
 
 #: foreground classes, label order 1..6
 ABDOMEN_CLASSES = ("liver", "spleen", "kidney", "pancreas", "ureter", "lesion")

@@ -16,8 +16,8 @@ from monai.transforms import (
 )
 
 from uaseg.data.checks import COLOUR_MODES, LoadImageNamedd
-from uaseg.data.demo import DemoDataModule
-from uaseg.data.synth import gland_image
+from uaseg.data.datasets.demo import DemoDataModule
+from uaseg.data.datasets.synth import gland_image
 
 
 class Demo2DDataModule(DemoDataModule):
@@ -50,7 +50,7 @@ class Demo2DDataModule(DemoDataModule):
 
     def predict_transforms(self) -> Compose:
         """An 8-bit RGB image file scaled to [0, 1] like the generated tiles (PIL reader, as GlaS)."""
-        from uaseg.data.glas import to_rgb
+        from uaseg.data.datasets.glas import to_rgb
 
         return Compose(
             [

@@ -18,21 +18,21 @@ without the cropped shapes) over unchanged files is recomputed once, the old fil
 
 **Plan** (a plain dict: it travels in the resolved dataset config, hence in every checkpoint, so
 prediction needs neither ``dataset.root`` nor the fingerprint file). nnU-Net's rules
-(:mod:`uaseg.data.planner`, :mod:`uaseg.data.resample`) on the cropped shapes:
+(:mod:`uaseg.data.plan.planner`, :mod:`uaseg.data.plan.resample`) on the cropped shapes:
 
 * ``crop_to_nonzero``: cases are cropped to their non-zero region first (``CropForegroundd``);
 * ``target_spacing`` (3-D): ``dataset.spacing`` if given, else the median spacing per axis -- on strongly
   anisotropic data the coarse axis takes the 10th percentile of its spacings
-  (:func:`uaseg.data.planner.target_spacing`); axes in ``dataset.orientation`` (each case's spacing
+  (:func:`uaseg.data.plan.planner.target_spacing`); axes in ``dataset.orientation`` (each case's spacing
   permuted from its file's axis codes); 2-D: none;
-* ``resampling``: ``"nnunet"`` (:class:`uaseg.data.resample.ResampleToSpacingd`: images third-order
+* ``resampling``: ``"nnunet"`` (:class:`uaseg.data.plan.resample.ResampleToSpacingd`: images third-order
   spline, labels per class, the out-of-plane axis of anisotropic data separately);
 * ``normalization`` per channel, from its name (``channel_names`` / ``modality``; case-insensitive,
   nnU-Net's names): ``CT`` -> clip to the foreground 0.5 / 99.5 percentiles, then z-score with the
   foreground mean and std; ``noNorm`` -> unchanged; ``rescale_to_0_1`` -> per-case min-max;
   ``rgb_to_0_1`` -> ``x / 255``; anything else -> per-case z-score (``zscore``), within the non-zero
   mask (``use_nonzero_mask``, outside set to 0) when the fingerprint says so;
-* ``patch_size``: :func:`uaseg.data.planner.plan_patch` from the median shape after cropping and
+* ``patch_size``: :func:`uaseg.data.plan.planner.plan_patch` from the median shape after cropping and
   resampling, the network's total stride (``network_stride``, from ``model.net.strides``) and the
   per-axis cap ``dataset.max_patch_size_3d`` / ``_2d`` (whose product is the voxel budget);
 * ``meta``: spatial dims, channels, classes and class names (what the model config reads).
@@ -52,7 +52,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from uaseg.errors import DatasetError, first_cause, root_cause
-from uaseg.interpolation import refuse_interpolations
+from uaseg.runs.interpolation import refuse_interpolations
 from uaseg.io import read_image_header, read_nifti_header, write_json
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def make_plan(fp: dict[str, Any], meta: dict[str, Any], settings: dict[str, Any]
     """The preprocessing plan (module docstring) from a fingerprint (stored at ``where``), the
     dataset's ``meta`` (``dataset.json`` at ``source``), the planning ``settings`` (``spacing``,
     ``orientation``, ``max_patch_size_2d``, ``max_patch_size_3d``) and the network's ``strides``."""
-    from uaseg.data.planner import plan_patch, target_spacing, total_stride
+    from uaseg.data.plan.planner import plan_patch, target_spacing, total_stride
 
     dims = int(meta["spatial_dims"])
     cases = list(fp["cases"].values())

@@ -1,0 +1,1 @@
+"""nnU-Net-style planning and preprocessing: fingerprint, target spacing and patch, resampling and its inverse."""
