@@ -5,19 +5,18 @@ One table (:data:`DOMAINS`: key -> domain; ``*`` stands for one key level) and o
 (its options) and the datamodules (their constructor arguments, so a dataset built from a script or
 a checkpoint is checked by the same rules). A bad value is one :class:`ConfigError` line that names
 the key, the value and what is allowed. Keys absent from a config are skipped (each dataset has its
-own keys). Rules between keys (a fold below the number of folds, ...) are in :data:`RULES`.
+own keys). Rules between keys (a fold below the number of folds, ...) are in :mod:`uaseg.config.rules`.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from uaseg.config import rules as config_rules
-from uaseg.config.domains import Batches, Choice, Flag, Names, Number, Numbers, RiskKinds
+from uaseg.config.domains import Batches, Choice, Flag, Names, Number, Numbers, RiskKinds, show
+from uaseg.config.rules import RULES
 from uaseg.errors import ConfigError, UserError, first_cause
 
 _ABSENT = object()
@@ -183,129 +182,6 @@ def _keys(cfg: DictConfig, pattern: str) -> list[str]:
     return [f"{parent}.{k}" for k in node.keys() if fnmatch.fnmatchcase(str(k), leaf)]
 
 
-def _show(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_show(x) for x in v) + "]"
-    return repr(v) if isinstance(v, str) else str(v)
-
-
-def _rule_fold(get) -> str | None:
-    fold, folds = get("dataset.fold"), get("dataset.num_folds")
-    if isinstance(fold, int) and isinstance(folds, int) and not fold < folds:
-        return f"dataset.fold={fold}: expected an integer in 0..{folds - 1} (dataset.num_folds={folds})"
-    return None
-
-
-def _rule_batch(get) -> str | None:
-    b, s = get("dataset.batch_size"), get("dataset.samples_per_image")
-    if isinstance(b, int) and isinstance(s, int) and s > 0 and b % s:
-        return (f"dataset.batch_size={b}: expected a multiple of dataset.samples_per_image={s} "
-                "(patches per step = images per step x patches per image)")
-    return None
-
-
-def _rule_patch_dims(get) -> str | None:
-    patch, dims = get("dataset.patch_size"), get("dataset.meta.spatial_dims")
-    if isinstance(patch, list) and isinstance(dims, int) and len(patch) != dims:
-        return f"dataset.patch_size={_show(patch)}: expected {dims} entries (this dataset is {dims}-D)"
-    return None
-
-
-def _rule_windows(get) -> str | None:
-    for key in ("dataset.intensity_window", "dataset.hu_window", "dataset.augment.gamma"):
-        w = get(key)
-        if isinstance(w, list) and len(w) == 2 and not w[0] < w[1] and not (key.endswith("gamma") and w[0] == w[1]):
-            return f"{key}={_show(w)}: expected [low, high] with low < high"
-    return None
-
-
-def _rule_patch_stride(get) -> str | None:
-    """The U-Net halves the patch at each downsampling and joins the skips back: every axis of the
-    patch must be a multiple of the product of the strides (else a tensor-size error in the first step)."""
-    patch, strides = get("dataset.patch_size"), get("model.net.strides")
-    if not (isinstance(patch, list) and isinstance(strides, list) and all(isinstance(p, int) for p in patch)):
-        return None
-    total = [1] * len(patch)
-    for s in strides:
-        per = s if isinstance(s, list) else [s] * len(patch)
-        if len(per) != len(patch) or not all(isinstance(x, int) and x > 0 for x in per):
-            return None  # another shape of strides: the network checks it
-        total = [t * x for t, x in zip(total, per)]
-    if all(p % t == 0 for p, t in zip(patch, total)):
-        return None
-    fit = [max(t, p // t * t) for p, t in zip(patch, total)]
-    downs = sum(1 for s in strides if (max(s) if isinstance(s, list) else s) > 1)
-    return (f"dataset.patch_size={_show(patch)}: each entry must be a multiple of {_show(total)}, the network's total "
-            f"stride ({downs} downsamplings, model.net.strides={_show(strides)}); e.g. dataset.patch_size={_show(fit)}")
-
-
-def _rule_start_epoch(get) -> str | None:
-    lam, start, epochs = get("loss.lambda"), get("loss.start_epoch"), get("trainer.max_epochs")
-    if isinstance(lam, (int, float)) and lam > 0 and isinstance(start, int) and isinstance(epochs, int) and start >= epochs:
-        return (f"loss.start_epoch={start}: the ranking term (loss.lambda={_show(lam)}) would never run, as "
-                f"trainer.max_epochs={epochs} trains epochs 0..{epochs - 1}; lower loss.start_epoch, raise "
-                "trainer.max_epochs, or set loss.lambda=0 for the baseline")
-    return None
-
-
-def _rule_dataset_root(get) -> str | None:
-    """A dataset folder that does not exist is refused with the values, before a run folder is made
-    (the datamodule's own layout check reads the folder's contents later)."""
-    root, target = get("dataset.root"), str(get("dataset._target_") or "")
-    if target.startswith("uaseg.data.datasets.demo"):  # generated into the cache: root is unused
-        return None
-    if isinstance(root, str) and root and not Path(root).expanduser().is_dir():
-        name = target.rsplit(".", 1)[-1] or "the dataset"
-        return f"dataset.root={root}: no such folder ({name} reads its files from there)"
-    return None
-
-
-def _rule_test_scores(get) -> str | None:
-    """The test-time scores' own needs, checked before training rather than at test time."""
-    from uaseg.uncertainty.scores import SCORES
-    from uaseg.uncertainty.tta import flip_sets
-
-    scores, dropout = get("eval.scores"), get("model.dropout")
-    mc = [n for n in scores or () if n in SCORES and SCORES[n].family == "mc"]
-    if mc and dropout is not None and dropout == 0:
-        return (f"eval.scores={_show(scores)}: {', '.join(mc)} sample(s) dropout, but model.dropout=0 (the paper's "
-                "network has none); train with e.g. model.dropout=0.1, or drop it from eval.scores")
-    if "tcp" in (scores or ()) and get("train") is not False and get("confidence_head") is None:
-        return (f"eval.scores={_show(scores)}: tcp is the ConfidNet head's score; train one with "
-                "confidence_head=tcp, or drop tcp from eval.scores")
-    flips, dims = get("eval.tta_flips"), get("dataset.meta.spatial_dims")
-    if flips is not None and isinstance(dims, int):
-        try:
-            flip_sets(dims, flips)
-        except ConfigError as e:
-            return str(e)
-        except (TypeError, ValueError):
-            return f"eval.tta_flips={_show(flips)}: expected 'all' or a list of axis lists like [[], [0]]"
-    return None
-
-
-def _rule_ignore_label(get) -> str | None:
-    """A dataset with nnU-Net's ignore label needs a loss that leaves those voxels out (the default
-    ``loss.ignore_index`` follows ``dataset.meta.ignore_label``)."""
-    ignore = get("dataset.meta.ignore_label")
-    if ignore is None:
-        return None
-    for key in ("loss.ignore_index", "loss.seg_loss.ignore_index"):
-        value = get(key)
-        if value != ignore and not (key == "loss.seg_loss.ignore_index" and get("loss.seg_loss") is None):
-            return (f"{key}={_show(value)}: the dataset marks unannotated voxels with its ignore label {ignore} "
-                    f"(dataset.json \"ignore\"), which the loss must leave out; leave {key} to its default or set it to {ignore}")
-    return None
-
-
-#: rules between keys, each ``get -> message or None`` (run after every key passed its own domain)
-RULES: tuple[Callable[[Callable[[str], Any]], str | None], ...] = (
-    _rule_fold, _rule_batch, _rule_patch_dims, _rule_windows, _rule_patch_stride, _rule_start_epoch,
-    _rule_dataset_root, _rule_test_scores, _rule_ignore_label, *config_rules.RULES)
 
 
 def check_config(cfg: Mapping | DictConfig) -> None:
@@ -317,13 +193,13 @@ def check_config(cfg: Mapping | DictConfig) -> None:
         for key in _keys(cfg, pattern):
             value = _get(cfg, key)
             if value is not _ABSENT and not domain.allows(value):
-                raise ConfigError(f"{key}={_show(value)}: expected {domain.describe()}")
+                raise ConfigError(f"{key}={show(value)}: expected {domain.describe()}")
 
     def get(key: str) -> Any:
         v = _get(cfg, key)
         return None if v is _ABSENT else v
 
-    for rule in RULES:
+    for rule in RULES:  # rules between keys, run after every key passed its own domain
         message = rule(get)
         if message:
             raise ConfigError(message)

@@ -155,3 +155,14 @@ class RiskKinds:
         except ValueError:
             return False
         return len(keys) == len(items) > 0 and len(set(keys)) == len(keys)
+
+
+def show(v: Any) -> str:
+    """A value as it is written on the command line (``null``, ``true``, ``[1,2]``, ``'a'``)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(show(x) for x in v) + "]"
+    return repr(v) if isinstance(v, str) else str(v)
