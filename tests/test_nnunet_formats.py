@@ -151,7 +151,7 @@ def test_the_ignore_label_reaches_the_loss_the_metrics_and_the_crops(tmp_path, m
         with pytest.raises(ConfigError, match=rf"{key}=null: the dataset marks unannotated voxels with its ignore label 3"):
             check_config(make_cfg("nnunet", f"dataset.root={root}", f"{key}=null"))
     # training patches are centred on annotated voxels only
-    from uaseg.data.formats.layouts import AnnotatedIndicesd
+    from uaseg.data.formats.layout_transforms import AnnotatedIndicesd
 
     lab = torch.as_tensor(np.asarray(Image.open(root / "labelsTr" / "img_000.png")).T[None].copy())
     d = AnnotatedIndicesd("label", 3)({"label": lab})

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from uaseg.data.checks import check_multimodal_pair, natural_key
-from uaseg.data.formats.layouts import (
-    NIFTI_ENDINGS, DatasetInfo, StandardLayoutDataModule, check_inside_root, class_names_from, count_matches,
-    indexed_names, read_dataset_json, require_keys,
+from uaseg.data.formats.dataset_json import (
+    NIFTI_ENDINGS, DatasetInfo, check_inside_root, class_names_from, count_matches, indexed_names, read_dataset_json,
+    require_keys,
 )
+from uaseg.data.formats.layouts import StandardLayoutDataModule
 from uaseg.errors import DatasetError
 
 LAYOUT = """\

@@ -4,7 +4,8 @@ described by its own ``dataset.json``, preprocessed by a plan made from its fing
 
 A subclass says how to read ``dataset.json`` (:meth:`StandardLayoutDataModule.read_info`), how to find
 the labelled cases (:meth:`~StandardLayoutDataModule.discover`) and how to check one case's headers
-(:meth:`~StandardLayoutDataModule.check_headers`). Everything else is here:
+(:meth:`~StandardLayoutDataModule.check_headers`); what every ``dataset.json`` shares is read by
+:mod:`.dataset_json`, and the layouts' own transforms are in :mod:`.layout_transforms`. The rest is here:
 
 * :meth:`~StandardLayoutDataModule.make_plan` -- behind the ``${uaseg.dataset_plan:...}`` resolver of
   the YAML: reads ``dataset.json``, finds the cases, loads (or computes once) the fingerprint and
@@ -28,14 +29,13 @@ the labelled cases (:meth:`~StandardLayoutDataModule.discover`) and how to check
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai.transforms import (
-    CastToTyped, Compose, CropForegroundd, EnsureChannelFirstd, EnsureTyped, MapTransform, Orientationd, RandAffined,
+    CastToTyped, Compose, CropForegroundd, EnsureChannelFirstd, EnsureTyped, Orientationd, RandAffined,
     RandCropByPosNegLabeld, RandFlipd, RandScaleIntensityd, RandShiftIntensityd, Spacingd, SpatialPadd,
 )
 
@@ -43,184 +43,13 @@ from uaseg.data.checks import CheckChannelsd, CheckFinited, CheckLabelValuesd, C
 from uaseg.data.formats.filebased import FileSegDataModule, cache_base_for, persisted_path, root_writable
 from uaseg.data.plan.fingerprint import FINGERPRINT_FILE, describe_plan, file_stamps, load_or_compute_fingerprint, make_plan
 from uaseg.data.plan.resample import ResampleToSpacingd, nonzero
+from uaseg.data.formats.dataset_json import DatasetInfo
+from uaseg.data.formats.layout_transforms import AnnotatedIndicesd, NormalizeChannelsd
 from uaseg.errors import ConfigError, DatasetError
-from uaseg.runs.interpolation import refuse_interpolations
 
 log = logging.getLogger(__name__)
 
-NIFTI_ENDINGS = (".nii.gz", ".nii")
-IMAGE_ENDINGS = (".png", ".bmp", ".tif", ".tiff")
 _PLANS: dict[tuple, dict] = {}
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a ``dataset.json`` says, in the layout-independent form."""
-
-    json_path: Path
-    spatial_dims: int
-    channel_names: tuple[str, ...]
-    #: foreground class names, label values 1..K-1 in order
-    class_names: tuple[str, ...]
-    file_ending: str
-    num_training: int | None
-    #: nnU-Net's ``"ignore"`` label value (= the number of classes) or None
-    ignore_label: int | None = None
-
-    def meta(self) -> dict[str, Any]:
-        return {"spatial_dims": self.spatial_dims, "in_channels": len(self.channel_names),
-                "num_classes": len(self.class_names) + 1, "class_names": list(self.class_names),
-                "channel_names": list(self.channel_names), "file_ending": self.file_ending,
-                "ignore_label": self.ignore_label}
-
-    @property
-    def label_values(self) -> int:
-        """How many label values a label file may hold: the classes, plus the ignore label."""
-        return len(self.class_names) + 1 + (self.ignore_label is not None)
-
-
-def read_dataset_json(root: Path, layout: str, layout_text: str) -> tuple[Path, dict[str, Any]]:
-    """``(path, content)`` of ``<root>/dataset.json``; errors show the expected layout or name the file."""
-    import json
-
-    from uaseg.data.checks import expected_layout_error
-
-    if not root.is_dir():
-        raise expected_layout_error(layout, root, layout_text, "the folder does not exist")
-    path = root / "dataset.json"
-    if not path.is_file():
-        raise expected_layout_error(layout, root, layout_text, "no dataset.json in the folder")
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read it as JSON ({e})") from e
-    if not isinstance(content, dict):
-        raise DatasetError(f"{path}: expected a JSON object, got {type(content).__name__}")
-    refuse_interpolations(content, path, error=DatasetError, what="a dataset.json", hint="")  # names reach the config
-    return path, content
-
-
-def require_keys(content: Mapping[str, Any], path: Path, keys: Sequence[str], layout: str) -> None:
-    missing = [k for k in keys if k not in content]
-    if missing:
-        raise DatasetError(f"{path}: lacks {', '.join(repr(k) for k in missing)} (required in the {layout} dataset.json)")
-
-
-def indexed_names(mapping: Any, path: Path, key: str) -> tuple[str, ...]:
-    """``{"0": "T1", "1": "T2"}`` -> ``("T1", "T2")``; the keys must be 0..n-1."""
-    if not isinstance(mapping, Mapping) or not mapping:
-        raise DatasetError(f"{path}: {key!r} must be a non-empty object like {{\"0\": \"CT\"}}")
-    try:
-        by_index = {int(k): str(v) for k, v in mapping.items()}
-    except ValueError as e:
-        raise DatasetError(f"{path}: the keys of {key!r} must be integers 0, 1, ... ({e})") from e
-    if sorted(by_index) != list(range(len(by_index))):
-        raise DatasetError(f"{path}: the keys of {key!r} must be 0..{len(by_index) - 1}, got {sorted(by_index)}")
-    return tuple(by_index[i] for i in range(len(by_index)))
-
-
-def count_matches(path: Path, num_training: Any, found: int, what: str) -> int:
-    if not isinstance(num_training, int) or isinstance(num_training, bool) or num_training != found:
-        raise DatasetError(f"{path}: numTraining is {num_training!r} but {what} {found} case(s)")
-    return num_training
-
-
-_OUTSIDE_LOGGED: set[str] = set()
-
-
-def check_inside_root(root: Path, entry: str, source: Path, what: str) -> Path:
-    """``root / entry`` for a path that ``source`` (e.g. ``dataset.json``) names: an absolute or
-    ``../`` entry is a :class:`DatasetError` naming it (a shared dataset must not read files beyond
-    its folder); a symlink out of the folder is allowed and logged once per dataset."""
-    import os
-
-    text = str(entry)
-    if Path(text).is_absolute() or os.path.normpath(text).split(os.sep)[0] == "..":
-        kind = "an absolute path" if Path(text).is_absolute() else "a path out of the dataset folder"
-        raise DatasetError(f"{source}: {what} {text!r} is {kind}; entries must be relative paths inside {root}")
-    path = Path(root) / text
-    real, home = path.resolve(), Path(root).resolve()
-    if real != home and home not in real.parents and str(home) not in _OUTSIDE_LOGGED:
-        _OUTSIDE_LOGGED.add(str(home))
-        log.info("%s: %s is a symbolic link to %s, outside the dataset folder (allowed; logged once)", source, path, real)
-    return path
-
-
-def class_names_from(labels: Mapping[int, str], source: Path) -> tuple[str, ...]:
-    """Foreground names from ``value -> name``; the values must be 0 (background) .. K-1."""
-    values = sorted(labels)
-    if values != list(range(len(values))) or len(values) < 2:
-        raise DatasetError(f"{source}: label values must be the consecutive integers 0 (background) .. K-1 "
-                           f"(K >= 2), got {values}")
-    return tuple(str(labels[v]) for v in values[1:])
-
-
-class NormalizeChannelsd(MapTransform):
-    """Per-channel intensity normalisation of the plan (:mod:`uaseg.data.plan.fingerprint`). A z-score
-    channel with ``use_nonzero_mask`` is normalised with the mean and std of the voxels inside the
-    non-zero mask (non-zero in any channel, holes filled: nnU-Net's ``create_nonzero_mask``) and set to
-    0 outside it, as nnU-Net's ``ZScoreNormalization(use_mask_for_norm=True)``."""
-
-    def __init__(self, keys: Any, schemes: Sequence[Mapping[str, Any]]) -> None:
-        super().__init__(keys)
-        self.schemes = [dict(s) for s in schemes]
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            img = d[key].float()
-            out = img.clone()
-            mask = nonzero_mask(img) if any(s.get("use_nonzero_mask") for s in self.schemes) else None
-            for c, s in enumerate(self.schemes):
-                x = img[c]
-                if s["scheme"] == "ct":
-                    out[c] = (x.clamp(s["clip"][0], s["clip"][1]) - s["mean"]) / s["std"]
-                elif s["scheme"] == "zscore" and s.get("use_nonzero_mask"):
-                    inside = x[mask]
-                    z = torch.zeros_like(x)
-                    if inside.numel():
-                        z[mask] = (inside - inside.mean()) / max(float(inside.std(unbiased=False)), 1e-8)
-                    out[c] = z
-                elif s["scheme"] == "zscore":
-                    out[c] = (x - x.mean()) / max(float(x.std(unbiased=False)), 1e-8)
-                elif s["scheme"] == "rescale_to_0_1":
-                    out[c] = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
-                elif s["scheme"] == "rgb_to_0_1":
-                    out[c] = (x / 255.0).clamp(0.0, 1.0)
-            d[key] = out
-        return d
-
-
-def nonzero_mask(img: torch.Tensor) -> torch.Tensor:
-    """``(C, *spatial)`` -> spatial bool mask: non-zero in any channel, holes filled (nnU-Net)."""
-    from scipy.ndimage import binary_fill_holes
-
-    mask = (torch.as_tensor(img) != 0).any(0).cpu().numpy()
-    return torch.as_tensor(binary_fill_holes(mask), device=img.device)
-
-
-class AnnotatedIndicesd(MapTransform):
-    """Crop centres for ``RandCropByPosNegLabeld`` (its ``fg_indices_key`` / ``bg_indices_key``) that
-    leave out nnU-Net's ignore label: positives are the labelled foreground (``0 < label <
-    ignore``), negatives the labelled background (``label == 0``); a case without either is sampled
-    anywhere."""
-
-    def __init__(self, key: str, ignore_label: int) -> None:
-        super().__init__([key])
-        self.ignore_label = int(ignore_label)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        from monai.transforms.utils import map_binary_to_indices
-
-        d = dict(data)
-        for key in self.key_iterator(d):
-            lab = torch.as_tensor(d[key])  # channel-first (1, *spatial), as map_binary_to_indices wants
-            fg, _ = map_binary_to_indices((lab > 0) & (lab != self.ignore_label))
-            bg, _ = map_binary_to_indices(lab == 0)
-            if len(fg) == 0 and len(bg) == 0:
-                bg, _ = map_binary_to_indices(torch.ones_like(lab, dtype=torch.bool))
-            d[f"{key}_fg_indices"], d[f"{key}_bg_indices"] = fg, bg
-        return d
 
 
 class StandardLayoutDataModule(FileSegDataModule):

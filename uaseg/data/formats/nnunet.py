@@ -35,10 +35,11 @@ from typing import Any
 from uaseg.data.checks import (
     check_channel_files, check_file_channels, expected_layout_error, image_file_channels, natural_key,
 )
-from uaseg.data.formats.layouts import (
-    IMAGE_ENDINGS, NIFTI_ENDINGS, DatasetInfo, StandardLayoutDataModule, check_inside_root, class_names_from,
-    count_matches, indexed_names, read_dataset_json, require_keys,
+from uaseg.data.formats.dataset_json import (
+    IMAGE_ENDINGS, NIFTI_ENDINGS, DatasetInfo, check_inside_root, class_names_from, count_matches, indexed_names,
+    read_dataset_json, require_keys,
 )
+from uaseg.data.formats.layouts import StandardLayoutDataModule
 from uaseg.errors import DatasetError, PredictError
 
 LAYOUT = """\
