@@ -246,7 +246,7 @@ def test_a_symlink_out_of_the_dataset_folder_is_allowed_and_logged_once(tmp_path
         label = root / "labelsTr" / name
         label.rename(tmp_path / name)
         label.symlink_to(tmp_path / name)
-    with caplog.at_level(logging.INFO, logger="uaseg.data.formats.layouts"):
+    with caplog.at_level(logging.INFO, logger="uaseg.data.formats.dataset_json"):
         cases = DecathlonDataModule.discover(root, DecathlonDataModule.read_info(root))
     assert len(cases) == 5
     assert caplog.text.count("outside the dataset folder") == 1 and "BRATS_001" in caplog.text
