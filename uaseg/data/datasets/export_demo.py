@@ -10,6 +10,7 @@ cases of one split (by default the test split a default run tests: same ``data_s
 
 and their ground truth beside them in ``<folder>/labels/`` (palette PNG / uint8 NIfTI, values = class
 indices), which ``predict.py`` does not read (it takes the files directly inside the folder).
+``--layout nnunet`` writes an nnU-Net raw dataset folder instead (:mod:`uaseg.data.datasets.export_nnunet`).
 """
 
 from __future__ import annotations
