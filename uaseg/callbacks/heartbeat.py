@@ -86,8 +86,12 @@ class Heartbeat(L.Callback):
         if not self._due(trainer):
             return
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        log.info("%s", self._line("training", trainer.global_step, _total(trainer.estimated_stepping_batches),
-                                  "step", f"epoch {trainer.current_epoch + 1}{epochs}, "))
+        try:
+            total = _total(trainer.estimated_stepping_batches)
+        except Exception:  # e.g. a dataloader without a length: no total, no ETA
+            total = math.inf
+        log.info("%s", self._line("training", trainer.global_step, total, "step",
+                                  f"epoch {trainer.current_epoch + 1}{epochs}, "))
         self._last = time.monotonic()
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int,
