@@ -2,6 +2,7 @@
 
     python predict.py ckpt=<run>/checkpoints/last.ckpt input=<folder or file> output=<folder> coverage=0.9
     python predict.py ckpt=... input=... output=... threshold=0.23 [overwrite=true] [device=cuda]
+    python predict.py --help     # every option (``uaseg predict -i IN -o OUT -m RUN`` is the same)
 """
 
 import sys
@@ -27,6 +28,11 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):  # predict's own options, not Hydra's list of training groups
+        from uaseg.predict import predict_help
+
+        print(predict_help())
+        sys.exit(0)
     hint = quote_hint(sys.argv[1:])
     if hint:
         print(f"predict.py: error: {hint}", file=sys.stderr)

@@ -29,26 +29,22 @@ from typing import Callable
 
 import numpy as np
 
-from uaseg.data.checks import (
-    check_image_pair,
-    check_label_values,
-    check_nifti_pair,
-    check_same_geometry,
-    describe_values,
-    foreground_note,
-    nonfinite_problem,
-)
-from uaseg.data.checks.files import NO_FOREGROUND
-from uaseg.data.datasets.glas import IMAGE_MODES, LABEL_MODES, find_glas_cases
-from uaseg.data.datasets.mmwhs import MMWHS_CLASSES, MMWHS_FIXUPS, MMWHS_VALUES, find_mmwhs_cases
+# uaseg's dataset modules import torch and MONAI (a minute on a busy machine): each scanner imports what
+# it needs, so `--help` and a wrong argument answer at once
 from uaseg.errors import DatasetError, describe
-from uaseg.io import read_nifti_header
 
 Row = dict[str, str]
+DATASETS = ("decathlon", "glas", "mmwhs", "nnunet")
 
 
 def scan_mmwhs(root: Path) -> tuple[list[Row], list[str]]:
     import nibabel as nib
+
+    from uaseg.data.checks import (
+        check_label_values, check_nifti_pair, describe_values, foreground_note, nonfinite_problem,
+    )
+    from uaseg.data.datasets.mmwhs import MMWHS_CLASSES, MMWHS_FIXUPS, MMWHS_VALUES, find_mmwhs_cases
+    from uaseg.io import read_nifti_header
 
     rows, problems = [], []
     for c in find_mmwhs_cases(root):
@@ -92,6 +88,9 @@ def scan_mmwhs(root: Path) -> tuple[list[Row], list[str]]:
 
 def scan_glas(root: Path) -> tuple[list[Row], list[str]]:
     from PIL import Image
+
+    from uaseg.data.checks import check_image_pair, check_same_geometry, foreground_note
+    from uaseg.data.datasets.glas import IMAGE_MODES, LABEL_MODES, find_glas_cases
 
     rows, problems = [], []
     for c in find_glas_cases(root):
@@ -138,6 +137,7 @@ def _voxels(path: str, spatial_dims: int) -> np.ndarray:
 
 def scan_layout(cls) -> Callable[[Path], tuple[list[Row], list[str]]]:
     """Scanner of a standard layout (nnU-Net, Decathlon): ``dataset.json``, then every case's files."""
+    from uaseg.data.checks import describe_values, foreground_note, nonfinite_problem
     from uaseg.data.plan.fingerprint import case_geometry
 
     def scan(root: Path) -> tuple[list[Row], list[str]]:
@@ -192,14 +192,19 @@ def scan_layout(cls) -> Callable[[Path], tuple[list[Row], list[str]]]:
     return scan
 
 
-def _layouts() -> dict[str, Callable[[Path], tuple[list[Row], list[str]]]]:
+def scanner(dataset: str) -> Callable[[Path], tuple[list[Row], list[str]]]:
+    """The scanner of ``dataset`` (one of :data:`DATASETS`), its modules imported now."""
+    if dataset == "mmwhs":
+        return scan_mmwhs
+    if dataset == "glas":
+        return scan_glas
+    if dataset == "nnunet":
+        from uaseg.data.formats.nnunet import NnUNetDataModule
+
+        return scan_layout(NnUNetDataModule)
     from uaseg.data.formats.decathlon import DecathlonDataModule
-    from uaseg.data.formats.nnunet import NnUNetDataModule
 
-    return {"nnunet": scan_layout(NnUNetDataModule), "decathlon": scan_layout(DecathlonDataModule)}
-
-
-SCANNERS: dict[str, Callable[[Path], tuple[list[Row], list[str]]]] = {"mmwhs": scan_mmwhs, "glas": scan_glas, **_layouts()}
+    return scan_layout(DecathlonDataModule)
 
 
 def print_table(rows: list[Row]) -> None:
@@ -214,16 +219,18 @@ def print_table(rows: list[Row]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", required=True, choices=sorted(SCANNERS))
+    ap.add_argument("--dataset", required=True, choices=DATASETS)
     ap.add_argument("--root", required=True, type=Path, help="the downloaded dataset folder")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(argv)  # before any torch / MONAI import
     try:
-        rows, problems = SCANNERS[args.dataset](args.root)
+        rows, problems = scanner(args.dataset)(args.root)
     except DatasetError as e:
         print(f"ERROR: {e}")
         return 2
     print_table(rows)
     print(f"\n{len(rows)} cases in {args.root}")
+    from uaseg.data.checks.files import NO_FOREGROUND
+
     empty = [r for r in rows if r.get("note") in NO_FOREGROUND]
     if empty:
         print(f"\n{len(empty)} label(s) without foreground (training warns about each):")

@@ -135,7 +135,8 @@ def test_quick_start_runs_as_written(tmp_path):
     assert tiles and len(list((tmp_path / "outputs" / "demo_input" / "labels").glob("*.png"))) == len(tiles)
     pred = tmp_path / "outputs" / "demo_pred"
     for tile in tiles:
-        for suffix in ("_seg.png", "_overlay.png", "_refer.png", "_uncertainty.png", ".json"):
+        for suffix in ("_seg.png", "_overlay.png", "_refer.png", "_uncertainty.png", "_uncertainty.npy",
+                       "_preview.png", ".json"):
             assert (pred / f"{tile.stem}{suffix}").is_file(), f"{tile.stem}{suffix}"
 
 

@@ -367,7 +367,7 @@ def test_entry_points_subprocess(tmp_path, cmd):
     p = subprocess.run(cmd + [str(tmp_path), "--no-figures"], capture_output=True, text=True,
                        env=env, cwd=ROOT)
     assert p.returncode == 0, p.stderr
-    assert "| #1 demo2d / unet |" in p.stdout
+    assert "Report: " in p.stdout and "report.md" in p.stdout  # a short summary, the table is in report.md
     p = subprocess.run(cmd + [str(tmp_path / "empty")], capture_output=True, text=True, env=env)
     assert p.returncode == 1 and "no summary.json" in p.stderr
 

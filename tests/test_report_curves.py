@@ -112,25 +112,25 @@ def test_curve_numbers_against_hand_computation(tmp_path):
     path = tmp_path / "learning_curves.csv"
     rows = read(path)
     assert path.read_text().splitlines()[0] == "arm,epoch,metric,unit,mean,sd,n"
-    # λ = 0: per run, the epoch's step mean; seed 2 alone reaches epoch 2
-    check(rows, True, "train/seg", 0, [np.mean([1.0, 0.8]), np.mean([1.2, 1.0])])
-    check(rows, True, "train/seg", 1, [np.mean([0.6, 0.4]), np.mean([0.7, 0.5])])
-    check(rows, True, "train/seg", 2, [0.3])
-    check(rows, True, "val/dice", 0, [50.0, 40.0])  # %, logged as fractions
-    check(rows, True, "val/dice", 2, [80.0])
-    check(rows, True, "val/aurc_dice", 1, [10.0, 14.0])  # logged in %
-    check(rows, True, "train/rank_weighted", 0, [0.0, 0.0])
+    # λ = 0: per run, the epoch's step mean; seed 2 alone reaches epoch 3 (counted from 1; logged as 2)
+    check(rows, True, "train/seg", 1, [np.mean([1.0, 0.8]), np.mean([1.2, 1.0])])
+    check(rows, True, "train/seg", 2, [np.mean([0.6, 0.4]), np.mean([0.7, 0.5])])
+    check(rows, True, "train/seg", 3, [0.3])
+    check(rows, True, "val/dice", 1, [50.0, 40.0])  # %, logged as fractions
+    check(rows, True, "val/dice", 3, [80.0])
+    check(rows, True, "val/aurc_dice", 2, [10.0, 14.0])  # logged in %
+    check(rows, True, "train/rank_weighted", 1, [0.0, 0.0])
     assert not [k for k in rows if k[0] and k[1] == "train/grad_ratio"]  # λ = 0 never logged it
     # λ = 2: seed 1's killed attempt replaced by the resumed one; ranking term × λ × scale = 2000
-    check(rows, False, "train/seg", 0, [np.mean([1.0, 0.8]), np.mean([1.4, 1.0])])
-    check(rows, False, "train/seg", 1, [np.mean([0.6, 0.4]), np.mean([0.8, 0.6])])
-    check(rows, False, "train/rank_weighted", 0, [2000 * np.mean([0.02, 0.01]), 2000 * np.mean([0.03, 0.02])])
-    check(rows, False, "train/rank_weighted", 1, [2000 * np.mean([0.01, 0.005]), 2000 * np.mean([0.01, 0.01])])
-    check(rows, False, "train/grad_ratio", 0, [300.0, 500.0])
-    check(rows, False, "train/grad_ratio", 1, [100.0, 300.0])
-    check(rows, False, "val/dice", 1, [65.0, 55.0])
-    check(rows, False, "val/aurc_dice", 0, [15.0, 25.0])
-    assert {k[2] for k in rows if not k[0]} == {0, 1}
+    check(rows, False, "train/seg", 1, [np.mean([1.0, 0.8]), np.mean([1.4, 1.0])])
+    check(rows, False, "train/seg", 2, [np.mean([0.6, 0.4]), np.mean([0.8, 0.6])])
+    check(rows, False, "train/rank_weighted", 1, [2000 * np.mean([0.02, 0.01]), 2000 * np.mean([0.03, 0.02])])
+    check(rows, False, "train/rank_weighted", 2, [2000 * np.mean([0.01, 0.005]), 2000 * np.mean([0.01, 0.01])])
+    check(rows, False, "train/grad_ratio", 1, [300.0, 500.0])
+    check(rows, False, "train/grad_ratio", 2, [100.0, 300.0])
+    check(rows, False, "val/dice", 2, [65.0, 55.0])
+    check(rows, False, "val/aurc_dice", 1, [15.0, 25.0])
+    assert {k[2] for k in rows if not k[0]} == {1, 2}  # epochs counted from 1
     assert {r["unit"] for k, r in rows.items() if k[1].startswith("val/")} == {"%"}
 
     png = tmp_path / "figures" / "learning_curves.png"
@@ -139,7 +139,7 @@ def test_curve_numbers_against_hand_computation(tmp_path):
     assert "## Learning curves" in md and "![learning curves](figures/learning_curves.png)" in md
     assert "learning_curves.csv" in md and "validation AURC (Dice risk) are in %" in md
     assert "no gradient-ratio panel" not in md
-    assert "| λ=0 (baseline) | 2 of 3 | 2–3 | 65.00 (epoch 1, n=2, sd 7.07) |" in md  # seed 3 has no metrics.csv
+    assert "| λ=0 (baseline) | 2 of 3 | 2–3 | 65.00 (epoch 2, n=2, sd 7.07) |" in md  # seed 3 has no metrics.csv
     assert [p.stem for p in rep.figures].count("learning_curves") == 1
 
 
@@ -201,7 +201,7 @@ def test_empty_or_unreadable_metrics_csv_does_not_stop_the_report(tmp_path):
     rep = build_report(tmp_path)
     rows = read(tmp_path / "learning_curves.csv")
     assert not [k for k in rows if k[0]]  # the baseline arm has no usable curve left
-    check(rows, False, "val/dice", 1, [65.0, 55.0])
+    check(rows, False, "val/dice", 2, [65.0, 55.0])
     assert "| λ=0 (baseline) | 0 of 3 | – | – |" in rep.md_path.read_text()
 
 

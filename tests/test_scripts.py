@@ -80,7 +80,7 @@ SMOKE = {
                          "OK: no problems found"),
     "check_risk_control.py": (lambda t: [str(_risk_arrays(t / "arrays")), "--splits", "20", "--alpha", "0.1"],
                               "## run_a: 12 cases"),
-    "report.py": (lambda t: [str(_report_runs(t / "multirun")), "--no-figures"], "wrote "),
+    "report.py": (lambda t: [str(_report_runs(t / "multirun")), "--no-figures"], "Report: "),
     "one_pass_study.sh": (lambda t: ["demo2d", str(t / "study"), *TINY_TRAIN], "wrote "),
     "multiclass_study.sh": (lambda t: [str(t / "mc"), "dataset.num_cases=10", "dataset.image_size=32",
                                        "dataset.patch_size=[16,16,16]", "trainer.max_epochs=1",

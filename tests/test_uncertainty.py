@@ -297,6 +297,7 @@ def test_uaseg_ensemble_and_the_methods_table(seed_runs, capsys):
     assert cli(["ensemble", str(seed_runs)]) == 0
     (folder,) = (seed_runs / "ensembles").iterdir()
     s = json.loads((folder / "summary.json").read_text())
+    assert f"(Dice {100 * s['dice_full']['mean']:.2f} %)" in capsys.readouterr().out  # Dice in %, as everywhere
     assert s["method"] == "ensemble" and len(s["members"]) == 2 and s["member_seeds"] == [1, 2]
     assert list(s["scores"]) == ["ensemble", "ensemble_entropy", "ensemble_mutual_information"]
     assert 0 <= s["case_level_pairwise_dice"]["aurc"] <= 100

@@ -2,7 +2,7 @@
 the artefact: an OmegaConf interpolation stored as a string in a checkpoint or ``dataset.json``, one
 in a resumed run's ``.hydra/config.yaml``, an allowed class with a path argument out of the run
 folder, and ``uaseg calibrate`` following ``summary.json`` out of the folder it was given; plus the
-stored curves, temperatures and heads that must be sound (:mod:`uaseg.runs.interpolation`,
+stored curves, temperatures and heads that must be sound (:mod:`uaseg.config.interpolation`,
 :mod:`uaseg.runs.stored_records`, :mod:`uaseg.runs.resume`).
 
 A planted interpolation writes a marker file when resolved and instantiated: it must never appear."""
@@ -20,7 +20,7 @@ from omegaconf import OmegaConf, open_dict
 from test_untrusted import _png, _run_folder, _save, base  # noqa: F401  (base: the module-scoped checkpoint)
 
 from uaseg.errors import CheckpointError, ConfigError, DatasetError, PredictError, RunFolderError
-from uaseg.runs.interpolation import PLAN, check_resolvers
+from uaseg.config.interpolation import PLAN, check_resolvers
 from uaseg.train import train
 from uaseg.runs.trust import check_checkpoint, check_targets, read_checkpoint
 

@@ -3,10 +3,24 @@
 Each subcommand registers its arguments in ``add_<name>`` and runs in ``run_<name>``, so a new one
 (predict, check-dataset, ...) is two functions and one line in ``COMMANDS``.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
+
+from .predict import add_predict, run_predict  # argparse only; torch is imported when it runs
+
+#: ``uaseg --help``: for users (what each command is for, examples), not for developers
+DESCRIPTION = """uaseg: segment medical images and refer the voxels the network is unsure about.
+
+Training is `python train.py` (README 'Quick start'); these commands work with its run folders."""
+EPILOG = """examples:
+  uaseg predict -m outputs/train/runs/<run> -i scans/ -o pred/ --coverage 0.9
+  uaseg export-demo outputs/demo_input              # the quick-start run's test tiles as PNG
+  uaseg report outputs/train/multiruns/<date_time>  # Table 1, paired tests and figures of a sweep
+  uaseg calibrate outputs/train/runs/<run> alpha=0.05
+  uaseg <command> --help                            # a command's options"""
 
 
 def add_report(p: argparse.ArgumentParser) -> None:
@@ -21,14 +35,14 @@ def run_report(args) -> int:
     """Exit 0 when at least one summary was found, 1 when none (nothing written then)."""
     from .report import build_report
 
+    from .report.summary import console_summary
+
     rep = build_report(args.folder, out_dir=args.out, force=args.force,
                        make_figures=not args.no_figures)
-    print(rep.markdown)
+    print(console_summary(rep, args.folder))  # a few lines; the whole report is report.md
     if rep.n_runs == 0:
         print(f"no summary.json found under {args.folder}", file=sys.stderr)
         return 1
-    print(f"wrote {rep.md_path}, {rep.csv_path}"
-          + (f" and {len(rep.figures)} figures" if rep.figures else ""))
     return 0
 
 
@@ -71,7 +85,7 @@ def run_ensemble(args) -> int:
             print(f"uaseg ensemble: error: {e}", file=sys.stderr)
             return 2
         print(f"{folder} ({label}): {len(members)} members, AURC {summary['aurc_dice']:.3f} % "
-              f"(Dice {100 * summary['dice_full']['mean']:.2f})")
+              f"(Dice {100 * summary['dice_full']['mean']:.2f} %)")
     return 0
 
 
@@ -133,8 +147,12 @@ def add_export_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dataset keys as in training, e.g. num_cases=120 num_folds=2 (same values -> same cases)")
     p.add_argument("--dataset", default="demo2d", help="demo2d (PNG tiles, default) or demo3d (NIfTI volumes)")
-    p.add_argument("--split", default="test", help="test (default: the cases a run with these settings tests), "
-                                                   "val, train or all")
+    p.add_argument("--split", default=None, help="test (default: the cases a run with these settings tests), "
+                                                 "val, train or all")
+    p.add_argument("--layout", default="files", choices=("files", "nnunet"),
+                   help="files (default): the images in <folder>, labels in <folder>/labels/; nnunet: an nnU-Net "
+                        "raw dataset folder (dataset.json, imagesTr/labelsTr: train and val cases, imagesTs/labelsTs: "
+                        "test cases) for dataset=nnunet dataset.root=<folder> and scripts/check_dataset.py")
     p.add_argument("--cache-dir", default=None, help="the demo cache (default: $UASEG_CACHE, else ./.cache as train.py)")
     p.add_argument("--force", action="store_true", help="write into a folder that holds other files (default: refused "
                                                         "unless it holds an earlier export of the same cases)")
@@ -147,6 +165,9 @@ def run_export_demo(args) -> int:
     from .io import WriteError
 
     try:
+        if args.layout == "nnunet":
+            return _export_nnunet(args)
+        args.split = args.split or "test"
         files = export_demo(args.folder, args.dataset, args.split, args.overrides, args.cache_dir, force=args.force)
     except (UserError, WriteError) as e:
         print(f"uaseg export-demo: error: {e}", file=sys.stderr)
@@ -157,24 +178,53 @@ def run_export_demo(args) -> int:
     return 0
 
 
+def _export_nnunet(args) -> int:
+    from .data.datasets.export_nnunet import export_nnunet
+    from .errors import ConfigError
+
+    if args.split is not None:
+        raise ConfigError("export-demo --layout nnunet writes every split (train and val to imagesTr, test to "
+                          "imagesTs); leave out --split")
+    files = export_nnunet(args.folder, args.dataset, args.overrides, args.cache_dir, force=args.force)
+    ts = sum(f.parent.name == "imagesTs" for f in files)
+    print(f"wrote an nnU-Net raw dataset of {len(files)} {args.dataset} cases to {args.folder} "
+          f"({len(files) - ts} in imagesTr/labelsTr, {ts} in imagesTs/labelsTs); try:\n"
+          f"  python scripts/check_dataset.py --dataset nnunet --root {args.folder}\n"
+          f"  python train.py dataset=nnunet dataset.root={args.folder}")
+    return 0
+
+
 COMMANDS = {
-    "report": (add_report, run_report, "Table 1, paired tests and figures from a (partial) multirun"),
-    "ensemble": (add_ensemble, run_ensemble, "deep ensembles of the runs of a multirun that differ only in seed"),
-    "calibrate": (add_calibrate, run_calibrate, "calibrate a run's selected checkpoint for a risk level alpha (Dice, per structure, tail, FNR), with a guarantee"),
-    "export-demo": (add_export_demo, run_export_demo, "write the built-in dataset's test cases as PNG / NIfTI files for predict.py"),
+    "predict": (add_predict, run_predict,
+                "segment new images with a run's checkpoint; refer uncertain voxels (same as predict.py)"),
+    "export-demo": (add_export_demo, run_export_demo,
+                    "write the built-in data's test cases as files (PNG, NIfTI or nnU-Net layout) to try predict"),
+    "report": (add_report, run_report, "compare the runs of a sweep: Table 1, paired tests, figures (report.md)"),
+    "calibrate": (add_calibrate, run_calibrate,
+                  "fit a referral threshold with a guarantee: Dice risk <= alpha on new cases"),
+    "ensemble": (add_ensemble, run_ensemble, "combine the runs of a sweep that differ only in seed into ensembles"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="uaseg", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="uaseg", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"uaseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="<command>")
     for name, (add, _, help_) in COMMANDS.items():
         add(sub.add_parser(name, help=help_, description=help_))
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all("=" in e for e in extra):
+        args.overrides += extra  # key=value after an option (`export-demo OUT --dataset demo3d num_cases=12`)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return COMMANDS[args.command][1](args)
 
 

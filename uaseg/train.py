@@ -36,6 +36,7 @@ from uaseg.runs.resume import own_checkpoint, resumed_config
 from uaseg.runs.folder import (
     claim_run_folder, created_here, discard_unused_folder, release_run_folder, retire_failure,
 )
+from uaseg.runs.start_block import announce_start, next_commands
 from uaseg.runs.trust import check_checkpoint_file as check_checkpoint_targets
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ def _set_up(cfg: DictConfig, out: Path) -> tuple:
     """Everything built before the first write into the run folder; a value refused here is refused
     before any work (the run folder is not kept)."""
     log_lightning_once()
+    announce_start(cfg, out)  # where and what, before any work (uaseg/runs/start_block.py)
     ckpt_path = _resolve_ckpt(cfg, out)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
@@ -242,13 +244,13 @@ def _train(cfg: DictConfig, out: Path, ckpt_path, datamodule, risk_control, mode
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     if trainer.is_global_zero:
         write_json(out / "metrics.json", dict(sorted(metrics.items())))
-        log.info("%s", closing_block(out, getattr(model, "test_result", None), best))
+        log.info("%s", closing_block(out, getattr(model, "test_result", None), best, next_step=next_commands(cfg, out)))
     return metrics
 
 
-def closing_block(out: Path, result: Any, checkpoint: str) -> str:
+def closing_block(out: Path, result: Any, checkpoint: str, next_step: str | None = None) -> str:
     """The last lines of a run: where its folder is and what the main numbers mean (units: Dice and
-    AURC in %, coverage as a fraction)."""
+    AURC in %, coverage as a fraction), and what to run next (:func:`uaseg.runs.start_block.next_commands`)."""
     lines = [f"Run folder: {out}"]
     if checkpoint:
         lines.append(f"  checkpoint tested: {Path(checkpoint).name} (predict.py ckpt={out} picks it)")
@@ -263,8 +265,9 @@ def closing_block(out: Path, result: Any, checkpoint: str) -> str:
                      "to a radiologist (counted as correct)")
     lines.append(f"  AURC {result.aurc_dice:.3f} %: area under the Dice risk-coverage curve (risk = 1 - Dice); "
                  "lower is better (the network's errors are among the voxels it refers first)")
-    lines.append("  units: Dice and AURC in %, coverage as a fraction; next: uaseg export-demo, python predict.py "
-                 f"ckpt={out} (README 'Prediction')")
+    lines.append("  units: Dice and AURC in %, coverage as a fraction")
+    lines.append(f"  next: {next_step or f'python predict.py ckpt={out} input=<images> output=<folder> coverage=0.9'}"
+                 " (README 'Prediction')")
     return "\n".join(lines)
 
 

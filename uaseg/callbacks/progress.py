@@ -1,6 +1,9 @@
-"""Training progress a person can follow: the progress bar with Dice and AURC in percent, and one log
-line per epoch when no bar is drawn (output piped to a file or a pager, a batch job, or
-``callbacks.progress_bar=null``), so such a run never looks hung."""
+"""Training progress a person can follow: the progress bar with Dice and AURC in percent, drawn only on a
+terminal, and one log line per epoch when no bar is drawn (output piped to a file or a pager, a batch
+job, or ``callbacks.progress_bar=null``), so such a run never looks hung (between those lines:
+:class:`uaseg.callbacks.heartbeat.Heartbeat`). Epochs are counted from 1 everywhere a person reads
+them (bar, log lines, figures, the report); Lightning's stored counter (``csv/metrics.csv``,
+checkpoint names ``best-000.ckpt``) stays 0-based."""
 
 from __future__ import annotations
 
@@ -23,7 +26,20 @@ def _shown(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 class PercentRichProgressBar(RichProgressBar):
-    """Lightning's Rich progress bar, with Dice and AURC-type metrics in percent (one unit per kind)."""
+    """Lightning's Rich progress bar, with Dice and AURC-type metrics in percent (one unit per kind),
+    epochs counted from 1, and switched off when stdout is not a terminal (a bar redrawn into a log
+    file is noise: :class:`EpochLog` writes one line per epoch there instead)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not output_is_terminal():
+            self.disable()
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        text = f"Epoch {current_epoch + 1}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            text += f"/{self.trainer.max_epochs}"
+        return f"{text:{len(self.validation_description)}}"
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         return _shown(super().get_metrics(trainer, pl_module))
@@ -34,6 +50,12 @@ def output_is_terminal() -> bool:
         return sys.stdout.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def no_bar_drawn(trainer: L.Trainer) -> bool:
+    """True when a person sees no progress bar: output piped, or no (enabled) bar configured."""
+    bar = trainer.progress_bar_callback
+    return bar is None or getattr(bar, "is_disabled", False) or not output_is_terminal()
 
 
 class EpochLog(L.Callback):
@@ -47,7 +69,7 @@ class EpochLog(L.Callback):
         self._start = 0.0
 
     def _active(self, trainer: L.Trainer) -> bool:
-        return self.always or trainer.progress_bar_callback is None or not output_is_terminal()
+        return self.always or no_bar_drawn(trainer)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()

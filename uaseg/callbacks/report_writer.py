@@ -49,6 +49,12 @@ def per_score_arrays(case) -> dict:
     return out
 
 
+def panel_name(group: str, case_id: str) -> str:
+    """The case panel's file name: ``<group>_<case>`` (``test_case_002``), the case id alone when it
+    already starts with its group (GlaS ``testA_1``)."""
+    return case_id if str(case_id).startswith(str(group)) else f"{group}_{case_id}"
+
+
 class SelectiveReportWriter(Callback):
     """Writes what a run's test produced (see the module docstring). Options are the ``eval``
     config's ``save_arrays``, ``export``, ``figures`` and ``panel_coverage`` (defaults:
@@ -136,7 +142,7 @@ class SelectiveReportWriter(Callback):
             for group, p in self._panels.items():
                 figures[f"case_{group}"] = plot_case_panel(
                     p["image"], p["label"], p["prediction"], p["uncertainty"], threshold,
-                    fig_dir / f"case_{group}_{p['case_id']}.png",
+                    fig_dir / f"{panel_name(group, p['case_id'])}.png",
                     title=f"{p['case_id']} ({group}), referral at coverage {self.panel_coverage}",
                     class_names=list(names or []) + (["ignore (not annotated)"] if getattr(pl_module, "ignore_label", None) is not None else []),
                 )

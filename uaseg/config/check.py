@@ -135,6 +135,7 @@ DOMAINS: dict[str, Any] = {
     "model.dropout": Number(0, 1, high_open=True, note="0 = the paper's network"),
     # callbacks
     "callbacks.model_checkpoint.save_top_k": Number(-1, integer=True, note="-1 = all"),
+    "callbacks.heartbeat.every_s": Number(0, note="seconds between progress lines without a terminal bar"),
     # eval
     "eval.coverages": Numbers(COVERAGE),
     "eval.quantize_bits": Number(1, 24, integer=True, null=True),

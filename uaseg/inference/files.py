@@ -9,9 +9,10 @@ source file (the case's first channel file):
 * a 2-D image in -> PNG in its pixel layout ``(height, width)``: ``<name>_seg.png`` (a palette PNG:
   the pixel values are the class indices, shown in the colours of :func:`uaseg.io.class_colour`, so
   a viewer shows the segmentation instead of a black 0/1 image), ``<name>_uncertainty.png`` (16-bit,
-  ``u * 65535``) plus ``<name>_uncertainty.npy`` (float32), ``<name>_refer.png`` (0 / 255), and
-  ``<name>_overlay.png``: a preview of the image with the classes tinted and the referred pixels
-  hatched in white (with a referral mask).
+  ``u * 65535``) plus ``<name>_uncertainty.npy`` (float32), ``<name>_refer.png`` (0 / 255),
+  ``<name>_overlay.png``: the image with the classes tinted and the referred pixels hatched in white
+  (with a referral mask), and ``<name>_preview.png``: image, segmentation, uncertainty with its colour
+  scale and referral in four labelled panels of at least 512 px (:mod:`uaseg.inference.preview`).
 
 Arrays come in MONAI's layout (NIfTI voxel order; ``(width, height)`` for 2-D files).
 """
@@ -40,7 +41,7 @@ from uaseg.io import (
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 #: suffixes of the files written per input (also used to skip our own outputs in an input folder)
-OUTPUT_TAGS = ("_seg", "_uncertainty", "_refer", "_overlay")
+OUTPUT_TAGS = ("_seg", "_uncertainty", "_refer", "_overlay", "_preview")
 _GRAY_MODES = ("1", "L", "LA", "I", "F", "La", "I;16", "I;16B", "I;16L", "I;16N")
 
 
@@ -134,6 +135,7 @@ def output_paths(folder: Path, name: str, kind: str, refer: bool = True) -> dict
         out["uncertainty_npy"] = folder / f"{name}_uncertainty.npy"
         if refer:
             out["overlay"] = folder / f"{name}_overlay.png"
+            out["preview"] = folder / f"{name}_preview.png"
     out["json"] = folder / f"{name}.json"
     return out
 
@@ -145,9 +147,11 @@ def write_segmentation(
     uncertainty: np.ndarray,
     refer: np.ndarray | None = None,
     refer_note: str = "",
+    class_names=None,
 ) -> None:
     """Write segmentation, uncertainty (and the referral mask) on the grid of ``source`` into
-    ``paths`` (from :func:`output_paths`). Shapes must match the source file's grid."""
+    ``paths`` (from :func:`output_paths`). Shapes must match the source file's grid. ``class_names``:
+    the foreground classes, named in the preview's legend."""
     if file_kind(source) == "nifti":
         ref = load_nifti(source)
         if seg.shape != tuple(ref.shape[:3]):
@@ -172,6 +176,11 @@ def write_segmentation(
                 # grey or RGB as stored (overlay_rgb stretches any range); other modes via RGB
                 image = np.asarray(im if im.mode in ("RGB", "L", "I", "F", "I;16", "I;16B", "I;16L") else im.convert("RGB"))
             save_png(paths["overlay"], overlay_rgb(image, seg.T, refer.T))
+        if "preview" in paths:
+            from uaseg.inference.preview import write_preview
+
+            write_preview(paths["preview"], image, seg.T, uncertainty.T, refer.T,
+                          f"{source.name}: referral {refer_note}", class_names)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -173,7 +173,8 @@ def _predict_one(model: LoadedModel, files: list[Path], out: dict[str, Path], de
     path = files[0]
     threshold = chosen["threshold"]
     refer = u > threshold  # -inf: refer everything
-    write_segmentation(out, path, seg, u, refer, refer_note=f"u>{threshold:.6g}")
+    write_segmentation(out, path, seg, u, refer, refer_note=f"u > {threshold:.6g}",
+                       class_names=[n for n in model.class_names[1:]])
     n = int(refer.size)
     counts = np.bincount(seg.ravel(), minlength=model.num_classes)
     counts_covered = np.bincount(seg[~refer].ravel(), minlength=model.num_classes)

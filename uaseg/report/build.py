@@ -54,6 +54,7 @@ class Report:
 
     n_runs: int
     markdown: str
+    n_problems: int = 0  # job folders without a summary (failed or incomplete)
     md_path: Path | None = None
     csv_path: Path | None = None
     figures: list[Path] = field(default_factory=list)
@@ -136,7 +137,7 @@ def build_report(root, out_dir=None, force: bool = False, make_figures: bool = T
         md += ["## Methods: training settings × uncertainty scores", "", METHODS_NOTE, "", methods_md]
         md += risk_section(comparisons)
     md += _status_sections(root, runs, problems) if root.is_dir() else []
-    report = Report(len(runs), "", rows=rows)
+    report = Report(len(runs), "", rows=rows, n_problems=len(problems))
     if not runs:  # nothing to compare: print what we found, write nothing
         report.markdown = "\n".join(md)
         return report

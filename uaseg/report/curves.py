@@ -46,19 +46,29 @@ class Curve:
     unit: str
     factor: float | str = 1.0
     log: bool = False
+    axis: str = "value"  # the y axis label, before its unit
+
+    @property
+    def ylabel(self) -> str:
+        return f"{self.axis} ({self.unit or 'no unit'})"
 
 
 CURVES = (
-    Curve("val/dice", "val/dice", "validation Dice (%)", "%", 100.0),
-    Curve("val/aurc_dice", "val/aurc_dice", "validation AURC (%)", "%"),
-    Curve("train/seg", "train/seg", "training segmentation loss", ""),
-    Curve("train/rank_weighted", "train/rank", "training ranking term, as weighted in the loss", "", "weight"),
-    Curve("train/grad_ratio", "train/grad_ratio", "gradient-norm ratio rank / seg at the logits", "", 1.0, True),
+    Curve("val/dice", "val/dice", "validation Dice (%)", "%", 100.0, axis="Dice"),
+    Curve("val/aurc_dice", "val/aurc_dice", "validation AURC (%)", "%", axis="AURC"),
+    Curve("train/seg", "train/seg", "training segmentation loss", "", axis="loss"),
+    Curve("train/rank_weighted", "train/rank", "training ranking term, as weighted in the loss", "", "weight",
+          axis="loss term"),
+    Curve("train/grad_ratio", "train/grad_ratio", "gradient-norm ratio rank / seg at the logits", "", 1.0, True,
+          axis="ratio"),
 )
+#: epochs are shown counted from 1, as the per-epoch log line counts them (metrics.csv logs Lightning's
+#: 0-based counter: epoch 0 there is epoch 1 here)
+EPOCH_AXIS = "epoch (1 = first)"
 COLUMNS = ("arm", "epoch", "metric", "unit", "mean", "sd", "n")
 NOTE = (
     "Per arm, mean ± sample sd (ddof = 1) over runs — seeds and folds pooled, unlike Table 1's sd over "
-    "folds — at each epoch (0-based, as logged); n = runs with that metric at that epoch (`n` in "
+    "folds — at each epoch (counted from 1, as the run's per-epoch lines; `csv/metrics.csv` logs it from 0); n = runs with that metric at that epoch (`n` in "
     "`{csv}`). Validation Dice (at coverage 1) and validation AURC (Dice risk) are in %, as in Table 1. "
     "Training curves average the logged steps of each epoch first; the ranking term is as it enters the "
     "loss (`train/rank_weighted`; for older runs `train/rank` × λ × scale); the gradient ratio (ranking / segmentation gradient norm at the "
@@ -163,7 +173,7 @@ class ArmCurves:
     curves: list[dict] = field(default_factory=list)  # run_curves of the runs that have curves
 
     def stats(self, metric: str) -> list[tuple[int, float, float, int]]:
-        """(epoch, mean, sd, n) over the runs that have ``metric`` at that epoch."""
+        """(epoch counted from 1, mean, sd, n) over the runs that have ``metric`` at that epoch."""
         by_epoch: dict[int, list[float]] = {}
         for c in self.curves:
             for e, v in c.get(metric, {}).items():
@@ -171,7 +181,7 @@ class ArmCurves:
         out = []
         for e in sorted(by_epoch):
             v = np.asarray(by_epoch[e])
-            out.append((e, float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)))
+            out.append((e + 1, float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)))
         return out
 
 
@@ -210,8 +220,10 @@ def present(arms: list[ArmCurves]) -> list[Curve]:
 
 
 def figure(arms: list[ArmCurves], path, title: str | None = None) -> Path | None:
-    """One panel per metric present in some run, one line (mean) and band (± sd) per arm."""
-    from matplotlib.ticker import MaxNLocator
+    """One panel per metric present in some run, one line (mean) and band (± sd) per arm; a legend
+    panel when there are several arms (one arm is named in the title). Panels fill the canvas (no empty
+    row), and a short run gets one tick per epoch."""
+    import math as _math
 
     from .figures import _figure
 
@@ -219,44 +231,66 @@ def figure(arms: list[ArmCurves], path, title: str | None = None) -> Path | None
     panels = present(arms)
     if not panels:
         return None
-    fig = _figure(13.5, 7.2)
-    axes = [fig.add_subplot(2, 3, i + 1) for i in range(6)]
+    legend = len(arms) > 1
+    n = len(panels) + legend
+    cols = min(3, n)
+    rows = _math.ceil(n / cols)
+    fig = _figure(4.5 * cols, 3.5 * rows + 0.6)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
     epochs = [e for a in arms for c in panels for e, *_ in a.stats(c.name)]
-    pad = max(0.3, 0.03 * (max(epochs) - min(epochs)))
     for ax, c in zip(axes, panels):
-        floor = None
-        if c.log:
-            pos = [m for a in arms for _, m, _, _ in a.stats(c.name) if m > 0]
-            floor = 0.5 * min(pos) if pos else None
-        for i, a in enumerate(arms):
-            st = a.stats(c.name)
-            if not st:
-                continue
-            e, m, s, _ = (np.array(x, dtype=float) for x in zip(*st))
-            ax.plot(e, m, marker="o", ms=2.5, lw=1.2, color=f"C{i % 10}")
-            lo, hi = m - np.nan_to_num(s), m + np.nan_to_num(s)
-            if floor is not None:
-                lo = np.maximum(lo, floor)
-            ax.fill_between(e, lo, hi, color=f"C{i % 10}", alpha=0.18, lw=0)
-        if c.log and floor is not None:
-            ax.set_yscale("log")
-            ax.axhline(1.0, color="k", ls="--", lw=0.8)  # above: the ranking term's gradient dominates
-        ax.set_title(c.label, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(min(epochs) - pad, max(epochs) + pad)  # one epoch axis for all panels
-        ax.grid(alpha=0.3)
-    legend_ax = axes[len(panels)]
-    handles = [legend_ax.plot([], [], color=f"C{i % 10}", marker="o", ms=3)[0] for i in range(len(arms))]
-    labels = [textwrap.fill(f"{a.name} ({len(a.curves)} of {a.runs} runs)", 48) for a in arms]
-    for ax in axes[len(panels):]:
-        ax.axis("off")
-    legend_ax.legend(handles, labels, loc="upper left", fontsize=7, title="arm (runs with curves)",
-                     title_fontsize=7, frameon=False)
-    fig.suptitle(title or "Learning curves: mean ± sd over runs (seeds, folds) per epoch", fontsize=10)
+        _panel(ax, c, arms)
+        _epoch_axis(ax, min(epochs), max(epochs))
+    if legend:
+        legend_ax = axes[-1]
+        handles = [legend_ax.plot([], [], color=f"C{i % 10}", marker="o", ms=3)[0] for i in range(len(arms))]
+        labels = [textwrap.fill(f"{a.name} ({len(a.curves)} of {a.runs} runs)", 48) for a in arms]
+        legend_ax.axis("off")
+        legend_ax.legend(handles, labels, loc="upper left", fontsize=7, title="arm (runs with curves)",
+                         title_fontsize=7, frameon=False)
+    heading = title or "Learning curves: mean ± sd over runs (seeds, folds) per epoch"
+    if not legend:
+        heading += "\n" + textwrap.fill(arms[0].name, 110)
+    fig.suptitle(heading, fontsize=9)
     fig.tight_layout()
     save_figure(path, fig)
     return Path(path)
+
+
+def _panel(ax, c: Curve, arms: list[ArmCurves]) -> None:
+    floor = None
+    if c.log:
+        pos = [m for a in arms for _, m, _, _ in a.stats(c.name) if m > 0]
+        floor = 0.5 * min(pos) if pos else None
+    for i, a in enumerate(arms):
+        st = a.stats(c.name)
+        if not st:
+            continue
+        e, m, s, _ = (np.array(x, dtype=float) for x in zip(*st))
+        ax.plot(e, m, marker="o", ms=3, lw=1.2, color=f"C{i % 10}")
+        lo, hi = m - np.nan_to_num(s), m + np.nan_to_num(s)
+        if floor is not None:
+            lo = np.maximum(lo, floor)
+        ax.fill_between(e, lo, hi, color=f"C{i % 10}", alpha=0.18, lw=0)
+    if c.log and floor is not None:
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="k", ls="--", lw=0.8)  # above: the ranking term's gradient dominates
+    ax.set_title(c.label, fontsize=9)
+    ax.set_ylabel(c.ylabel, fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _epoch_axis(ax, first: int, last: int) -> None:
+    """One epoch axis for all panels: a tick per epoch for up to 12 epochs, else integer ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel(EPOCH_AXIS, fontsize=8)
+    if last - first <= 11:
+        ax.set_xticks(range(first, last + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    pad = max(0.5, 0.03 * (last - first))
+    ax.set_xlim(first - pad, last + pad)
 
 
 def run_title(identity: dict) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from uaseg.io import save_figure
+from uaseg.selective.format import COVERAGE_AXIS
 
 from . import stats
 from .grouping import describe_context, describe_loss
@@ -19,6 +20,11 @@ from .grouping import describe_context, describe_loss
 #: common coverage grid of Fig. 3 (the paper shows 1.0 -> ~0.6; curves converge below)
 GRID = np.linspace(1.0, 0.6, 81)
 SWEEP_AXES = ("lambda", "margin", "sample size", "start_epoch")
+#: x axis label (with its unit) of each swept key
+SWEEP_LABELS = {"lambda": "λ (loss weight, no unit)", "margin": "margin (in units of u, no unit)",
+                "sample size": "n_wrong × n_correct (voxels sampled per step)",
+                "start_epoch": "loss.start_epoch (epochs of segmentation loss alone)"}
+
 
 
 def _figure(w, h):
@@ -77,9 +83,8 @@ def fig2(comp, covs, path) -> Path | None:
         ax.set_title(f"c = {float(cov):.2f} ({len(keys)} cases"
                      + (f", {on_axis:.0f}% on an axis)" if on_axis > 0.05 else ")"), fontsize=9)
         ax.locator_params(axis="x", nbins=4)
-        ax.set_xlabel("coverage difference c₂ − c₁")
-        if i == 0:
-            ax.set_ylabel("Dice difference d₂ − d₁ (%)")
+        ax.set_xlabel("coverage difference c₂ − c₁ (fraction)")
+        ax.set_ylabel("Dice difference d₂ − d₁ (%)")
     fig.suptitle(f"Per-case comparison, ours − baseline: {figure_title(comp)}", fontsize=9)
     fig.tight_layout()
     save_figure(path, fig)
@@ -124,7 +129,7 @@ def fig3(comp, path) -> Path | None:
         ax.plot(GRID, 100 * m, label=f"{name} (n={n} folds)")
         ax.fill_between(GRID, 100 * (m - s), 100 * (m + s), alpha=0.2)
     ax.set_xlim(GRID[0], GRID[-1])
-    ax.set_xlabel("coverage")
+    ax.set_xlabel(COVERAGE_AXIS)
     ax.set_ylabel("Dice (%)")
     ax.set_title(figure_title(comp), fontsize=8)
     ax.legend(fontsize=8)
@@ -197,7 +202,7 @@ def _sweep_plot(ctx, axis, lines, base, aurc_of, path) -> Path:
             ax.axhspan(bm - bs, bm + bs, color="k", alpha=0.08)
     if categorical:
         ax.set_xticks(range(len(ticks)), [ticks[x] for x in sorted(ticks)])
-    ax.set_xlabel("n_wrong × n_correct" if categorical else axis)
+    ax.set_xlabel(SWEEP_LABELS[axis])
     ax.set_ylabel("AURC (%)  (mean ± std over folds)")
     ax.set_title(describe_context(ctx)[:90], fontsize=8)
     ax.legend(fontsize=7)

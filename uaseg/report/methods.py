@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from uaseg.io import save_figure
+from uaseg.selective.format import COVERAGE_AXIS
 
 from . import stats
 from .figures import _figure, read_curve
@@ -139,7 +140,7 @@ def methods_figure(ctx: tuple, rows: list[MethodRow], path) -> Path | None:
     if not drawn:
         return None
     ax.set_xlim(1.0, 0.0)
-    ax.set_xlabel("coverage")
+    ax.set_xlabel(COVERAGE_AXIS)
     ax.set_ylabel("risk = 1 − Dice (%)")
     ax.set_title(describe_context(ctx)[:90], fontsize=7, loc="left")
     ax.grid(alpha=0.3)

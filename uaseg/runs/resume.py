@@ -2,7 +2,7 @@
 
 A run folder may come from someone else, so its ``.hydra/config.yaml`` is checked before anything
 in it is resolved or built: every interpolation calls only the resolvers of uaseg's ``conf/``
-(:func:`uaseg.runs.interpolation.check_resolvers`), every ``_target_`` is a class uaseg configures
+(:func:`uaseg.config.interpolation.check_resolvers`), every ``_target_`` is a class uaseg configures
 (:func:`uaseg.runs.trust.check_targets`), and every folder it would write to -- checkpoints, logger
 folders, the trainer's root, a report writer's folder, the dataset cache -- lies inside the run
 folder (the cache: inside it or this machine's ``paths.cache_dir``). ``paths`` and
@@ -35,7 +35,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     """``resume=<run folder>``: that run's own config, checked (module docstring), plus this
     command's value overrides (e.g. ``trainer.max_epochs=20`` to train longer)."""
     from uaseg.config.moved import current_targets
-    from uaseg.runs.interpolation import check_resolvers
+    from uaseg.config.interpolation import check_resolvers
     from uaseg.runs.trust import check_targets
 
     folder = Path(cfg.resume)

@@ -10,7 +10,7 @@ unless the user passes ``trust_checkpoint=true``, which logs a warning. A name t
 be imported (a typo, an optional package this installation lacks) is one line saying so, trusted or not.
 
 A checkpoint is plain resolved data: an OmegaConf interpolation anywhere in it is refused too
-(:mod:`uaseg.runs.interpolation`), and its stored curves, temperature and confidence head must be sound
+(:mod:`uaseg.config.interpolation`), and its stored curves, temperature and confidence head must be sound
 (:mod:`uaseg.runs.stored_records`).
 """
 
@@ -91,7 +91,7 @@ def unlisted_targets(tree: Any, path: str = "") -> Iterator[tuple[str, Any, str]
     """``(key path, target, why)`` of every ``_target_`` in the nested dicts/lists ``tree`` that
     :func:`refusal` refuses (``_args_``, ``_partial_`` and list entries included). Never resolves:
     a resolver could import or build the target."""
-    from uaseg.runs.interpolation import unresolved
+    from uaseg.config.interpolation import unresolved
 
     tree = unresolved(tree)
     if isinstance(tree, Mapping):
@@ -123,7 +123,7 @@ def check_targets(tree: Any, source: str | Path, trust: bool = False, path: str 
 def check_checkpoint(checkpoint: Any, source: str | Path, trust: bool = False) -> None:
     """A loaded checkpoint's entries other than the weights (hyper-parameters, curves, head, ...):
     :func:`check_targets`, no interpolation anywhere, and sound stored records."""
-    from uaseg.runs.interpolation import refuse_interpolations
+    from uaseg.config.interpolation import refuse_interpolations
     from uaseg.runs.stored_records import check_records
 
     if not isinstance(checkpoint, Mapping):

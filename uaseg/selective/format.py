@@ -5,7 +5,8 @@ every AURC-type area (Dice AURC, voxel AURC, E-AURC, AUGRC, case AURC) in percen
 Dice risk 1 - Dice, alpha, delta and thresholds as fractions in [0, 1]. What is *stored*
 (``summary.json``, ``metrics.json``, ``csv/metrics.csv``) keeps the library's units: Dice and voxel
 AURC / E-AURC / AUGRC as fractions, ``aurc_dice`` and ``case_level.aurc`` in percent; every display
-converts with :func:`display_metric`.
+converts with :func:`display_metric`. Figures follow the same units, and every axis label names its
+unit (:data:`COVERAGE_AXIS` for coverage).
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import math
 
 from .result import FULL_COVERAGE, SelectiveResult
 
+
+#: the coverage axis of every figure (the run's and the report's)
+COVERAGE_AXIS = "coverage (fraction of voxels kept)"
 
 #: stored metric names (the last ``/`` part) already in percent
 _PERCENT_STORED = ("aurc_dice", "case_aurc")
@@ -53,10 +57,12 @@ def _rows(result: SelectiveResult, name: str) -> list[list[str]]:
 
 def format_table(result: SelectiveResult, title: str = "Selective segmentation") -> str:
     """AURC (%), then per coverage: achieved coverage, Dice mean ± std (%), Dice@5PCTL (%)."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    # light rules only: the table is printed into piped logs and train.log as well as on a terminal
+    table = Table(title=title, box=box.SIMPLE_HEAD)
     for col in ("set", "AURC (%)", "coverage", "achieved", "Dice (%)", "Dice@5PCTL (%)"):
         table.add_column(col, justify="right")
     for row in _rows(result, "all"):

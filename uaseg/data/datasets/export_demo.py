@@ -12,6 +12,7 @@ and their ground truth beside them in ``<folder>/labels/`` (palette PNG / uint8 
 indices), which ``predict.py`` does not read (it takes the files directly inside the folder).
 ``<folder>/export-demo.json`` records what was exported: a folder that holds anything else is
 refused (``force``), so two test sets are never mixed in one folder without a word.
+``--layout nnunet`` writes an nnU-Net raw dataset folder instead (:mod:`uaseg.data.datasets.export_nnunet`).
 """
 
 from __future__ import annotations
@@ -57,33 +58,27 @@ def export_demo(folder: str | Path, dataset: str = "demo2d", split: str = "test"
                 cache_dir: str | Path | None = None, force: bool = False) -> list[Path]:
     """Write the cases of ``split`` into ``folder`` (labels into ``folder/labels``); returns the image
     files. ``folder`` must be new, empty or an earlier export of the same cases, unless ``force``."""
-    from uaseg.io import save_label_png, save_nifti, save_png, write_json
+    from uaseg.io import write_json
 
     if split not in SPLITS:
         raise ConfigError(f"export-demo: split {split!r}: choose from {list(SPLITS)}")
     folder = Path(folder)
     what = {"dataset": dataset, "split": split,
             "overrides": sorted(o[len("dataset."):] if o.startswith("dataset.") else o for o in overrides)}
-    _check_target(folder, what, force)
+    check_target(folder, what, force)
     dm = demo_datamodule(dataset, overrides, cache_dir)
     dm.setup()
     cases = [c for s in ("train", "val", "test") for c in dm.splits[s]] if split == "all" else dm.splits[split]
+    ext = ".png" if dm.spatial_dims == 2 else ".nii.gz"
     written, labels = [], []
     for case in cases:
-        image, label = np.asarray(case["image"]), np.asarray(case["label"])[0]
-        if dm.spatial_dims == 2:
-            # MONAI reads a 2-D file as (width, height): the file holds the array transposed
-            rgb = np.round(np.clip(np.moveaxis(image, 0, -1), 0, 1) * 255).astype(np.uint8).transpose(1, 0, 2)
-            written.append(save_png(folder / f"{case['case_id']}.png", rgb))
-            labels.append(save_label_png(folder / "labels" / f"{case['case_id']}.png", label.T))
-        else:
-            written.append(save_nifti(folder / f"{case['case_id']}.nii.gz", image[0].astype(np.int16)))
-            labels.append(save_nifti(folder / "labels" / f"{case['case_id']}.nii.gz", label.astype(np.uint8)))
+        labels.append(folder / "labels" / f"{case['case_id']}{ext}")
+        written.append(write_case(case, dm.spatial_dims, folder / f"{case['case_id']}{ext}", labels[-1]))
     write_json(folder / RECORD, {**what, "files": sorted(str(f.relative_to(folder)) for f in written + labels)})
     return written
 
 
-def _check_target(folder: Path, what: dict, force: bool) -> None:
+def check_target(folder: Path, what: dict, force: bool) -> None:
     """A :class:`ConfigError` before any case is generated when ``folder`` cannot be written, or holds
     files that are not an earlier export of the same cases (``what``) and ``force`` is not given."""
     import json
@@ -106,3 +101,41 @@ def _check_target(folder: Path, what: dict, force: bool) -> None:
                if isinstance(record, dict) else "other files")
     raise ConfigError(f"export-demo: {folder} is not empty ({len(present)} files, e.g. {present[0]}): it holds {earlier}; "
                       "choose an empty folder, or pass --force to write these cases into it as well")
+
+
+def write_case(case: dict, spatial_dims: int, image_path: Path, label_path: Path) -> Path:
+    """One demo case as an image file and its label file (PNG for 2-D, NIfTI for 3-D); the image path."""
+    from uaseg.io import save_label_png, save_nifti, save_png
+
+    image, label = np.asarray(case["image"]), np.asarray(case["label"])[0]
+    if spatial_dims == 2:
+        # MONAI reads a 2-D file as (width, height): the file holds the array transposed
+        rgb = np.round(np.clip(np.moveaxis(image, 0, -1), 0, 1) * 255).astype(np.uint8).transpose(1, 0, 2)
+        save_label_png(label_path, label.T)
+        return save_png(image_path, rgb)
+    save_nifti(label_path, label.astype(np.uint8))
+    return save_nifti(image_path, image[0].astype(np.int16))
+
+
+#: the dataset keys that decide which cases a run tests (and export-demo writes)
+CASE_KEYS = ("num_cases", "image_size", "data_seed", "num_folds", "fold", "val_fraction")
+
+
+def export_command(dataset_cfg, folder: str = "outputs/demo_input") -> str | None:
+    """``uaseg export-demo`` writing the test cases of a run configured by ``dataset_cfg``: its dataset
+    (by ``_target_``) and the keys of :data:`CASE_KEYS` that differ from ``conf/dataset/<dataset>.yaml``;
+    None for a dataset export-demo cannot write."""
+    from omegaconf import OmegaConf
+
+    from uaseg.config.moved import current_target
+
+    target = current_target(str(OmegaConf.select(dataset_cfg, "_target_", default="")))
+    for dataset in DATASETS:
+        defaults = OmegaConf.load(CONF / f"{dataset}.yaml")
+        if defaults.get("_target_") != target:
+            continue
+        changed = [f"{k}={OmegaConf.select(dataset_cfg, k)}" for k in CASE_KEYS
+                   if OmegaConf.select(dataset_cfg, k, default=None) != defaults.get(k)]
+        flag = "" if dataset == "demo2d" else f" --dataset {dataset}"
+        return " ".join([f"uaseg export-demo {folder}{flag}", *changed])
+    return None

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from uaseg.errors import DatasetError
-from uaseg.runs.interpolation import refuse_interpolations
+from uaseg.config.interpolation import refuse_interpolations
 
 log = logging.getLogger(__name__)
 

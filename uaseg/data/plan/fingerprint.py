@@ -52,7 +52,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from uaseg.errors import DatasetError, first_cause, root_cause
-from uaseg.runs.interpolation import refuse_interpolations
+from uaseg.config.interpolation import refuse_interpolations
 from uaseg.io import read_image_header, read_nifti_header, write_json
 
 log = logging.getLogger(__name__)
