@@ -1,6 +1,6 @@
 """Tiny datasets written in the exact released formats (MM-WHS NIfTI, GlaS BMP + Grade.csv).
 
-Shared by tests/test_data_mmwhs.py and tests/test_data_glas.py (and usable for end-to-end runs).
+Shared by tests/data/test_data_mmwhs.py and tests/data/test_data_glas.py (and usable for end-to-end runs).
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def test_no_short_subprocess_timeouts_in_tests():
     import re
 
     short = []
-    for path in sorted((PKG.parent / "tests").glob("*.py")):
+    for path in sorted((PKG.parent / "tests").rglob("*.py")):
         for n, line in enumerate(path.read_text().splitlines(), 1):
             for m in re.finditer(r"timeout(?:\s*:\s*int)?\s*=\s*(\d+(?:\.\d+)?)", line):
                 if float(m.group(1)) < 900:

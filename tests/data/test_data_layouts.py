@@ -19,7 +19,7 @@ from layoutfiles import (
 from uaseg.errors import DatasetError
 from uaseg.train import build_datamodule, build_module
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_dataset.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "check_dataset.py"
 
 
 def dm_of(make_cfg, dataset: str, root: Path, *extra: str):

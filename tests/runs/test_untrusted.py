@@ -67,7 +67,7 @@ def _png(path: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------- the allowlist
 def test_every_target_of_conf_is_allowed_and_others_are_not():
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     targets = {line.split("_target_:")[1].split("#")[0].strip()
                for f in conf.rglob("*.yaml") for line in f.read_text().splitlines() if "_target_:" in line}
     assert len(targets) > 15 and all(is_allowed(t) for t in targets), [t for t in targets if not is_allowed(t)]

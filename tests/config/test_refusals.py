@@ -19,7 +19,7 @@ import pytest
 from uaseg.errors import ConfigError, DatasetError, TerminatedError
 from uaseg.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------- config values
@@ -204,7 +204,7 @@ def test_a_multiruns_sigterm_is_left_to_lightning_in_fit_raised_outside_and_ends
     """The multirun's SIGTERM handler: inside fit Lightning's handler (which calls it) stops training;
     outside fit it raises Lightning's SIGTERMException itself; when the job ends, the sweep ends with
     the resume command of the stopped job and the next job's command (the end-to-end run is in
-    tests/test_runs.py)."""
+    tests/runs/test_runs.py)."""
     from hydra.core.utils import JobReturn, JobStatus
     from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose
     from lightning.pytorch.utilities.exceptions import SIGTERMException

@@ -19,7 +19,7 @@ import torch
 from uaseg.errors import NonFiniteLossError, RunFolderError
 from uaseg.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TINY_CLI = [
     "dataset.num_cases=10", "dataset.image_size=48", "dataset.patch_size=[32,32]", "model=unet_small",

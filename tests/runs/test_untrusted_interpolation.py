@@ -223,7 +223,7 @@ def test_a_malformed_interpolation_is_refused_unresolved(base, make_cfg, tmp_pat
 
 def test_the_resolvers_of_conf_are_allowed(make_cfg):
     check_resolvers(make_cfg("demo2d", "logger=wandb", "callbacks=early_stop"), "config.yaml")
-    nnunet = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "dataset" / "nnunet.yaml")
+    nnunet = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "dataset" / "nnunet.yaml")
     assert OmegaConf.to_container(nnunet)["plan"] == PLAN  # the one form uaseg.dataset_plan may take
     check_resolvers({"dataset": nnunet}, "config.yaml")
     with pytest.raises(CheckpointError, match="dataset.meta.in_channels=.*uaseg.dataset_plan"):

@@ -310,7 +310,7 @@ def test_the_check_script_accepts_both_datasets(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("check_dataset", Path(__file__).resolve().parents[1] / "scripts" / "check_dataset.py")
+    spec = importlib.util.spec_from_file_location("check_dataset", Path(__file__).resolve().parents[2] / "scripts" / "check_dataset.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     for root, case in ((make_aniso_ct(tmp_path / "Dataset010_Aniso", n_test=0), "ct_004"),

@@ -25,7 +25,7 @@ from uaseg.io import class_colour, overlay_rgb, save_label_png
 from uaseg.selective import ThresholdGrid
 from uaseg.train import build_datamodule, build_module
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHAPE3 = (20, 18, 16)
 SHAPE2 = (40, 56)  # (height, width): non-square, so a transposition cannot go unnoticed
 

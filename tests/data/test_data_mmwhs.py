@@ -30,7 +30,7 @@ from uaseg.data.monai_datasets import NamedErrorsDataset
 from uaseg.data.formats.filebased import FileSegDataModule
 from uaseg.data.datasets.mmwhs import MMWHSDataModule
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset" / "mmwhs.yaml"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset" / "mmwhs.yaml"
 PATCH = (16, 16, 16)
 
 
@@ -339,7 +339,7 @@ def test_yaml_instantiates_and_meta_matches(root):
 def test_check_dataset_script(root, capsys):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("check_dataset", Path(__file__).resolve().parents[1] / "scripts" / "check_dataset.py")
+    spec = importlib.util.spec_from_file_location("check_dataset", Path(__file__).resolve().parents[2] / "scripts" / "check_dataset.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.main(["--dataset", "mmwhs", "--root", str(root)]) == 0

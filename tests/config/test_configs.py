@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from uaseg.train import build_datamodule, build_module
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _options(group: str) -> list[str]:

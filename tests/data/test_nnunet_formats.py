@@ -20,7 +20,7 @@ from PIL import Image
 from uaseg.errors import ConfigError, DatasetError, PredictError, first_cause
 from uaseg.train import build_datamodule, build_module
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_dataset.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "check_dataset.py"
 
 
 def dm_of(make_cfg, root: Path, *extra: str):

@@ -21,7 +21,7 @@ from uaseg.cli import main as cli_main
 from uaseg.report import build_report, collect, compare
 from uaseg.report.figures import quadrants
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COVS = ("0.95", "0.90", "0.80", "0.70")
 
 

@@ -24,7 +24,7 @@ from uaseg.losses import (
     uncertainty_aware_loss,
 )
 
-LOSS_CONF = Path(__file__).resolve().parents[1] / "conf" / "loss"
+LOSS_CONF = Path(__file__).resolve().parents[2] / "conf" / "loss"
 F64 = torch.float64
 
 

@@ -25,7 +25,7 @@ from uaseg.report import build_report
 from uaseg.selective.risk_control import calibrate
 from uaseg.train import build_datamodule, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RISK = ["eval.risk_control.alpha=[0.3,0.5]", "eval.risk_control.method=[crc,ltt]", "eval.risk_control.delta=0.2"]
 
 

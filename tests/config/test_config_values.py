@@ -17,7 +17,7 @@ from uaseg.config.check import DOMAINS, check_config
 from uaseg.errors import ConfigError, PredictError
 from uaseg.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("override,message", [

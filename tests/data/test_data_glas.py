@@ -16,7 +16,7 @@ from PIL import Image
 from uaseg.data.checks import DatasetError
 from uaseg.data.datasets.glas import GlaSDataModule, find_glas_cases, read_grade_csv
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset" / "glas.yaml"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset" / "glas.yaml"
 PATCH = (32, 32)
 
 
@@ -236,7 +236,7 @@ def test_yaml_instantiates_and_meta_matches(root):
 def test_check_dataset_script(root, capsys):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("check_dataset", Path(__file__).resolve().parents[1] / "scripts" / "check_dataset.py")
+    spec = importlib.util.spec_from_file_location("check_dataset", Path(__file__).resolve().parents[2] / "scripts" / "check_dataset.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.main(["--dataset", "glas", "--root", str(root)]) == 0

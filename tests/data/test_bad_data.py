@@ -19,7 +19,7 @@ from uaseg.data import build_datamodule
 from uaseg.errors import DatasetError, PredictError
 from uaseg.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

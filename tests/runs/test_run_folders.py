@@ -22,7 +22,7 @@ from uaseg.errors import CheckpointError, RunFolderError
 from uaseg.io import WriteError
 from uaseg.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
 
 

@@ -197,7 +197,7 @@ def test_recommended_presets_pin_the_measured_objective(make_cfg, preset, expect
 
     from uaseg.train import train
 
-    pinned = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "loss" / f"{preset}.yaml").read_text())
+    pinned = yaml.safe_load((Path(__file__).resolve().parents[2] / "conf" / "loss" / f"{preset}.yaml").read_text())
     assert {"lambda", "score", "pairing", "hinge_power", "wrong_weight", "consistency", "warmup_epochs",
             "balance", "steer"} <= set(pinned)
     paper, ours = make_cfg("demo2d").loss, make_cfg("demo2d", f"loss={preset}").loss

@@ -21,7 +21,7 @@ from uaseg.errors import PredictError
 from uaseg.inference import load_model, predict_files
 from uaseg.train import build_datamodule, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAYOUTS = {
     "nnunet-3d-ct": ("nnunet", lambda p: make_nnunet_3d(p / "Dataset001_CT"), ["liver", "tumour"]),
     "nnunet-3d-two-channels": ("nnunet", lambda p: make_nnunet_3d(p / "Dataset002_Two", channels=("T1", "T2")),
