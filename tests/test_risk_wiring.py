@@ -18,7 +18,7 @@ from PIL import Image
 from uaseg.cli import main as cli_main
 from uaseg.errors import ConfigError, PredictError
 from uaseg.inference import predict_files
-from uaseg.inference.calibrate import validation_stats
+from uaseg.stages.validation import validation_stats
 from uaseg.models import SelectiveSegModule
 from uaseg.models.module import RISK_CONTROL_KEY
 from uaseg.report import build_report
@@ -291,7 +291,8 @@ def test_risk_kinds_pvalue_and_patients_reach_calibration_prediction_and_summary
             c["patient"] = f"{c['case_id'][:-1]}"        # case_010..019 -> patient case_01
     units = dm.case_units("val")
     assert len(set(units.values())) < len(units) == 8
-    from uaseg.inference.calibrate import RiskControlSettings, calibrate_checkpoint
+    from uaseg.selective.risk_settings import RiskControlSettings
+    from uaseg.stages.risk_calibration import calibrate_checkpoint
     settings = RiskControlSettings.from_config({"alpha": 0.4, "risk": "dice"})
     record, _ = calibrate_checkpoint(ckpt, settings, dm, write=False, overwrite=True)
     got = record["calibrations"]["crc"]["0.4"]

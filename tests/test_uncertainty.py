@@ -154,7 +154,7 @@ def test_temperature_fit_on_validation_flattens_voxels_not_classes():
     from scipy.optimize import minimize_scalar
     from scipy.special import logsumexp
 
-    from uaseg.inference.calibrate import fit_temperature_on_validation
+    from uaseg.stages.temperature import fit_temperature_on_validation
 
     g = torch.Generator().manual_seed(0)
     k, shape, n = 4, (7, 5), 5

@@ -21,15 +21,7 @@ from uaseg.errors import (
     ConfigError, NonFiniteLossError, RunFolderError, TerminatedError, UserError, root_cause,
 )
 from uaseg.config.identity import run_identity
-from uaseg.inference.calibrate import (
-    RiskControlSettings,
-    calibrate_checkpoint,
-    count_units,
-    fit_confidence_head_stage,
-    fit_temperature_on_validation,
-    validation_curves,
-)
-from uaseg.io import WriteError, check_checkpoint_file, update_checkpoint, write_json
+from uaseg.io import WriteError, check_checkpoint_file, write_json
 from uaseg.models import SelectiveSegModule
 from uaseg.runs.checkpoint_io import check_weights_fit
 from uaseg.runs.resume import own_checkpoint, resumed_config
@@ -37,8 +29,15 @@ from uaseg.runs.folder import (
     claim_run_folder, created_here, discard_unused_folder, release_run_folder, retire_failure,
 )
 from uaseg.runs.trust import check_checkpoint_file as check_checkpoint_targets
+from uaseg.stages import (
+    ConfidenceHead, RiskCalibration, StageContext, Temperature, TestReport, ValCurves, run_stages,
+)
+from uaseg.stages.risk_calibration import risk_control_settings
 
 log = logging.getLogger(__name__)
+
+#: the stages after training, in the order they run (:mod:`uaseg.stages`)
+STAGES = (RiskCalibration(), Temperature(), ConfidenceHead(), ValCurves(), TestReport())
 
 __all__ = ["train", "build_datamodule", "build_module", "resumed_config", "USER_ERRORS", "ConfigError"]
 
@@ -187,7 +186,7 @@ def _set_up(cfg: DictConfig, out: Path) -> tuple:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on tensor cores
 
     datamodule = build_datamodule(cfg.dataset)
-    risk_control = _risk_control_settings(cfg, datamodule)
+    risk_control = risk_control_settings(cfg, datamodule)
     model = build_module(cfg)
     if ckpt_path:
         check_weights_fit(model, ckpt_path, *(
@@ -222,24 +221,13 @@ def _train(cfg: DictConfig, out: Path, ckpt_path, datamodule, risk_control, mode
         best = own_checkpoint(checkpoint.best_model_path, checkpoint.dirpath) if checkpoint else ""
         if checkpoint is not None and checkpoint.best_model_score is not None:
             metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
-    if risk_control is not None and best:
-        # every rank computes (same weights, same cases), rank 0 writes, all load it in trainer.test
-        calibrate_checkpoint(best, risk_control, datamodule, trainer.strategy.root_device,
-                             write=trainer.is_global_zero, trust_checkpoint=bool(cfg.get("trust_checkpoint")))
-        trainer.strategy.barrier()
-    if cfg.get("test", True):
-        if not best:
-            log.warning("no checkpoint to test; testing the current weights")
-        if "temperature" in model.scores:
-            _fit_temperature(model, best, datamodule, cfg, trainer, own_checkpoint=bool(cfg.get("train", True)))
-    if cfg.get("confidence_head") is not None:
-        _fit_confidence_head(model, best, datamodule, cfg, trainer, own_checkpoint=bool(cfg.get("train", True)))
-    _store_val_curves(model, best, datamodule, cfg, trainer)
-    if cfg.get("test", True):
-        # Lightning's own metric table (raw values: Dice as a fraction next to AURC in %) is replaced by
-        # the selective table (everything in %) and the closing block below
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    if cfg.get("test", True) and not best:
+        log.warning("no checkpoint to test; testing the current weights")
+    run_stages(STAGES, StageContext(
+        cfg=cfg, model=model, datamodule=datamodule, trainer=trainer, checkpoint=best,
+        own_checkpoint=bool(cfg.get("train", True)), trust=bool(cfg.get("trust_checkpoint")),
+        device=trainer.strategy.root_device, seed=int(cfg.get("seed") or 0), risk_control=risk_control,
+        metrics=metrics))
     if trainer.is_global_zero:
         write_json(out / "metrics.json", dict(sorted(metrics.items())))
         log.info("%s", closing_block(out, getattr(model, "test_result", None), best))
@@ -266,75 +254,6 @@ def closing_block(out: Path, result: Any, checkpoint: str) -> str:
     lines.append("  units: Dice and AURC in %, coverage as a fraction; next: uaseg export-demo, python predict.py "
                  f"ckpt={out} (README 'Prediction')")
     return "\n".join(lines)
-
-
-def _fit_temperature(model: SelectiveSegModule, ckpt: str, datamodule, cfg: DictConfig, trainer: L.Trainer,
-                     own_checkpoint: bool) -> None:
-    """Temperature of the ``temperature`` score: fitted on the validation cases with the weights that
-    will be tested, kept on ``model`` and, for a checkpoint this run wrote, in that checkpoint."""
-    source = (SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
-                                                      trust_checkpoint=bool(cfg.get("trust_checkpoint")))
-              if ckpt else model)
-    model.temperature, n = fit_temperature_on_validation(source, datamodule, int(cfg.eval.temperature_voxels),
-                                                         seed=int(cfg.get("seed") or 0),
-                                                         device=trainer.strategy.root_device)
-    log.info("temperature T = %.4f fitted on %d validation voxels", model.temperature, n)
-    if ckpt and own_checkpoint and trainer.is_global_zero:
-        update_checkpoint(ckpt, {"uaseg_temperature": model.temperature})
-
-
-def _fit_confidence_head(model: SelectiveSegModule, ckpt: str, datamodule, cfg: DictConfig, trainer: L.Trainer,
-                         own_checkpoint: bool) -> None:
-    """ConfidNet's second stage (``confidence_head``): a head fitted on the frozen weights that will be
-    tested, kept on ``model`` (the test loads the checkpoint's weights, not the head) and, for a
-    checkpoint this run wrote, in that checkpoint (``predict.py score=tcp``)."""
-    from uaseg.uncertainty.confidnet import HEAD_KEY, HeadSettings
-
-    settings = HeadSettings.from_config(OmegaConf.to_container(cfg.confidence_head, resolve=True))
-    source = (SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
-                                                      trust_checkpoint=bool(cfg.get("trust_checkpoint")))
-              if ckpt else model)
-    fit_confidence_head_stage(source, datamodule, settings, device=trainer.strategy.root_device,
-                              seed=int(cfg.get("seed") or 0))
-    model.confidence = source.confidence
-    if ckpt and own_checkpoint and trainer.is_global_zero:
-        update_checkpoint(ckpt, {HEAD_KEY: source.confidence_record()})
-
-
-def _store_val_curves(model: SelectiveSegModule, ckpt: str, datamodule, cfg: DictConfig, trainer: L.Trainer) -> None:
-    """The validation curves of the other one-pass scores of ``eval.scores`` (margin, entropy, ...), in
-    the checkpoint this run wrote, so ``predict.py score=<name> coverage=c`` finds that score's threshold."""
-    from uaseg.models.module import PREDICT_SCORES, VAL_CURVES_KEY
-
-    names = [s for s in model.scores if s in PREDICT_SCORES and s not in ("max_softmax", "tcp")]
-    if not names or not ckpt or not cfg.get("train", True):
-        return
-    source = SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
-                                                     trust_checkpoint=bool(cfg.get("trust_checkpoint")))
-    curves = validation_curves(source, datamodule, names, device=trainer.strategy.root_device)
-    model.val_curves = curves
-    if curves and trainer.is_global_zero:
-        update_checkpoint(ckpt, {VAL_CURVES_KEY: {k: g.to_dict() for k, g in curves.items()}})
-
-
-def _risk_control_settings(cfg: DictConfig, datamodule) -> RiskControlSettings | None:
-    """``eval.risk_control``, checked before training: the selected checkpoint is calibrated on the
-    validation cases after fit, so they must suffice for every requested alpha (and delta)."""
-    settings = RiskControlSettings.from_config(cfg.eval.get("risk_control"))
-    if settings is None:
-        return None
-    if not cfg.get("train", True):
-        raise ConfigError("eval.risk_control calibrates the checkpoint a training run selects; for an "
-                          "existing checkpoint use: uaseg calibrate <run folder> alpha=...")
-    if cfg.eval.get("quantize_bits") is not None:
-        raise ConfigError("eval.risk_control evaluates the calibrated thresholds exactly: set eval.quantize_bits=null")
-    if "max_softmax" not in cfg.eval.scores:
-        raise ConfigError("eval.risk_control calibrates u = 1 - max softmax: list max_softmax in eval.scores")
-    datamodule.setup()
-    units = settings.units(datamodule)
-    settings.check_size(count_units([c["case_id"] for c in datamodule.splits["val"]], units),
-                        datamodule.num_classes, "validation patients" if units else "validation cases")
-    return settings
 
 
 def _build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
