@@ -86,6 +86,14 @@ def test_no_import_cycle_between_subpackages():
     assert cycle is None, "sub-packages import each other: " + " -> ".join(cycle)
 
 
+def test_only_the_runner_and_the_cli_import_the_stages():
+    """The stages after training sit on top: they use inference, models, selective and data, and
+    nothing but ``uaseg.train`` and ``uaseg.cli`` uses them."""
+    users = {m for m, deps in import_graph().items() if not m.startswith("uaseg.stages")
+             and any(d.startswith("uaseg.stages") for d in deps)}
+    assert users <= {"uaseg.train", "uaseg.cli"}, f"modules importing uaseg.stages: {sorted(users)}"
+
+
 def test_cycle_finder_finds_a_planted_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
