@@ -33,6 +33,7 @@ from uaseg.stages import (
     ConfidenceHead, RiskCalibration, StageContext, Temperature, TestReport, ValCurves, run_stages,
 )
 from uaseg.stages.risk_calibration import risk_control_settings
+from uaseg.stages.test_report import closing_block
 
 log = logging.getLogger(__name__)
 
@@ -232,28 +233,6 @@ def _train(cfg: DictConfig, out: Path, ckpt_path, datamodule, risk_control, mode
         write_json(out / "metrics.json", dict(sorted(metrics.items())))
         log.info("%s", closing_block(out, getattr(model, "test_result", None), best))
     return metrics
-
-
-def closing_block(out: Path, result: Any, checkpoint: str) -> str:
-    """The last lines of a run: where its folder is and what the main numbers mean (units: Dice and
-    AURC in %, coverage as a fraction)."""
-    lines = [f"Run folder: {out}"]
-    if checkpoint:
-        lines.append(f"  checkpoint tested: {Path(checkpoint).name} (predict.py ckpt={out} picks it)")
-    if result is None:
-        lines.append("  no test report (test=false): summary.json is written by the test")
-        return "\n".join(lines)
-    lines.append(f"  summary.json, curves.csv, figures/: the selective test report on {result.n_cases} test cases")
-    lines.append(f"  Dice {100 * result.dice_full.mean:.2f} %: mean test-case Dice with every voxel segmented by the network")
-    at90 = result.at_coverage.get("0.90")
-    if at90 is not None:
-        lines.append(f"  Dice {100 * at90.dice_mean:.2f} % at coverage 0.90: the 10 % most uncertain voxels referred "
-                     "to a radiologist (counted as correct)")
-    lines.append(f"  AURC {result.aurc_dice:.3f} %: area under the Dice risk-coverage curve (risk = 1 - Dice); "
-                 "lower is better (the network's errors are among the voxels it refers first)")
-    lines.append("  units: Dice and AURC in %, coverage as a fraction; next: uaseg export-demo, python predict.py "
-                 f"ckpt={out} (README 'Prediction')")
-    return "\n".join(lines)
 
 
 def _build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:

@@ -1,7 +1,11 @@
 """The test of the checkpoint the run selected; the report (summary.json, curves, figures) is written
-by :class:`uaseg.callbacks.SelectiveReportWriter` during it."""
+by :class:`uaseg.callbacks.SelectiveReportWriter` during it, and :func:`closing_block` tells the user
+where it is and what its main numbers mean."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from uaseg.stages.base import Stage, StageContext
 
@@ -21,3 +25,25 @@ class TestReport(Stage):
         ctx.trainer.test(ctx.model, datamodule=ctx.datamodule, ckpt_path=ctx.checkpoint or None,
                          weights_only=True, verbose=False)
         ctx.metrics.update({k: float(v) for k, v in ctx.trainer.callback_metrics.items()})
+
+
+def closing_block(out: Path, result: Any, checkpoint: str) -> str:
+    """The last lines of a run: where its folder is and what the main numbers mean (units: Dice and
+    AURC in %, coverage as a fraction)."""
+    lines = [f"Run folder: {out}"]
+    if checkpoint:
+        lines.append(f"  checkpoint tested: {Path(checkpoint).name} (predict.py ckpt={out} picks it)")
+    if result is None:
+        lines.append("  no test report (test=false): summary.json is written by the test")
+        return "\n".join(lines)
+    lines.append(f"  summary.json, curves.csv, figures/: the selective test report on {result.n_cases} test cases")
+    lines.append(f"  Dice {100 * result.dice_full.mean:.2f} %: mean test-case Dice with every voxel segmented by the network")
+    at90 = result.at_coverage.get("0.90")
+    if at90 is not None:
+        lines.append(f"  Dice {100 * at90.dice_mean:.2f} % at coverage 0.90: the 10 % most uncertain voxels referred "
+                     "to a radiologist (counted as correct)")
+    lines.append(f"  AURC {result.aurc_dice:.3f} %: area under the Dice risk-coverage curve (risk = 1 - Dice); "
+                 "lower is better (the network's errors are among the voxels it refers first)")
+    lines.append("  units: Dice and AURC in %, coverage as a fraction; next: uaseg export-demo, python predict.py "
+                 f"ckpt={out} (README 'Prediction')")
+    return "\n".join(lines)
