@@ -51,6 +51,17 @@ def compose_cfg(overrides: list[str], out: Path, cache: Path) -> DictConfig:
     return cfg
 
 
+def stage_seconds(run: Path, *timed: str) -> dict[str, float]:
+    """A run's ``stage_seconds`` (summary.json), checked: exactly the training and the ``timed`` stages
+    and parts (``<stage>/<part>``) that ran, each in non-negative wall seconds, the training's above 0."""
+    import json
+
+    seconds = json.loads((run / "summary.json").read_text())["stage_seconds"]
+    assert set(seconds) == {"train", *timed}, sorted(seconds)
+    assert all(isinstance(v, float) and v >= 0 for v in seconds.values()) and seconds["train"] > 0, seconds
+    return seconds
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One cache of generated demo data for the whole session."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, TINY, compose_cfg
+from conftest import FAST, TINY, compose_cfg, stage_seconds
 from PIL import Image
 
 from uaseg.cli import main as cli_main
@@ -97,6 +97,14 @@ def test_run_calibrates_on_validation_and_reports_on_test(risk_run):
     md = build_report(run, make_figures=False).markdown
     section = md.split("## Referral with a guarantee")[1]
     assert sum(line.startswith("| #1 ") for line in section.splitlines()) == 4
+
+
+def test_summary_times_training_risk_calibration_and_test(risk_run):
+    """Issue #28: the stages after training are timed in summary.json, only those that ran (no
+    temperature, head or curves here), with risk calibration's calibrations (and their leave-one-out)
+    as a part of it."""
+    seconds = stage_seconds(risk_run[0], "risk_calibration", "risk_calibration/calibrate_with_leave_one_out", "test")
+    assert seconds["risk_calibration/calibrate_with_leave_one_out"] <= seconds["risk_calibration"]
 
 
 def test_uaseg_calibrate_adds_and_keeps_everything_else(risk_run, tmp_path, capsys):

@@ -30,10 +30,10 @@ from uaseg.runs.folder import (
 )
 from uaseg.runs.trust import check_checkpoint_file as check_checkpoint_targets
 from uaseg.stages import (
-    ConfidenceHead, RiskCalibration, StageContext, Temperature, TestReport, ValCurves, run_stages,
+    ConfidenceHead, RiskCalibration, StageContext, Temperature, TestReport, ValCurves, run_stages, wall_clock,
 )
 from uaseg.stages.risk_calibration import risk_control_settings
-from uaseg.stages.test_report import closing_block
+from uaseg.stages.test_report import add_stage_seconds, closing_block
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,11 @@ def _train(cfg: DictConfig, out: Path, ckpt_path, datamodule, risk_control, mode
 
     metrics: dict[str, Any] = {}
     best = ckpt_path or ""
+    seconds: dict[str, float] = {}
     if cfg.get("train", True):
+        start = wall_clock(trainer.strategy.root_device)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        seconds["train"] = wall_clock(trainer.strategy.root_device) - start
         if trainer.global_step == 0:
             raise ConfigError(
                 "training ran 0 optimiser steps (see trainer.max_steps, trainer.limit_train_batches and the size "
@@ -224,12 +227,15 @@ def _train(cfg: DictConfig, out: Path, ckpt_path, datamodule, risk_control, mode
             metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
     if cfg.get("test", True) and not best:
         log.warning("no checkpoint to test; testing the current weights")
-    run_stages(STAGES, StageContext(
+    seconds = run_stages(STAGES, StageContext(
         cfg=cfg, model=model, datamodule=datamodule, trainer=trainer, checkpoint=best,
         own_checkpoint=bool(cfg.get("train", True)), trust=bool(cfg.get("trust_checkpoint")),
         device=trainer.strategy.root_device, seed=int(cfg.get("seed") or 0), risk_control=risk_control,
-        metrics=metrics))
+        metrics=metrics, seconds=seconds))
+    log.info("wall seconds: %s", ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     if trainer.is_global_zero:
+        if "test" in seconds and getattr(model, "test_result", None) is not None:  # the writer wrote summary.json
+            add_stage_seconds(out / "summary.json", seconds)
         write_json(out / "metrics.json", dict(sorted(metrics.items())))
         log.info("%s", closing_block(out, getattr(model, "test_result", None), best))
     return metrics

@@ -13,6 +13,7 @@ principle.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -39,7 +40,8 @@ def _describe(m: str, key: str, d: dict) -> str:
 
 def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamodule=None,
                          device: str | torch.device = "cpu", overwrite: bool = False,
-                         write: bool = True, trust_checkpoint: bool = False) -> tuple[dict, list[str]]:
+                         write: bool = True, trust_checkpoint: bool = False,
+                         seconds: dict[str, float] | None = None) -> tuple[dict, list[str]]:
     """Calibrate ``ckpt`` on its validation cases (per patient when the dataset names them and
     ``settings.unit`` is ``patient``) and add the result to it.
 
@@ -47,6 +49,9 @@ def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamo
     existing calibration of the same (method, risk, alpha) is replaced only with ``overwrite``. Returns
     the stored record and one line per change; ``write=False`` computes without writing (DDP ranks > 0).
     The classes the checkpoint names are checked before any is built (:mod:`uaseg.runs.trust`).
+    ``seconds``: given, its ``calibrate_with_leave_one_out`` entry is set to the wall seconds of the
+    calibrations (each with its leave-one-out expected coverage: n more calibrations); the rest of the
+    work is loading the checkpoint and segmenting the validation cases.
     """
     from uaseg.runs.trust import read_checkpoint
     from uaseg.data import build_datamodule
@@ -83,6 +88,7 @@ def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamo
     names = ["background", *names] if len(names) == module.num_classes - 1 else None
     cals = {m: dict(by) for m, by in old_cals.items()}
     changes = []
+    start = time.perf_counter()
     for kind in settings.kinds:
         losses = risk_losses(stats, kind, units)
         for m, a in settings.pairs():
@@ -98,6 +104,8 @@ def calibrate_checkpoint(ckpt: str | Path, settings: RiskControlSettings, datamo
             if cal.warning:
                 log.warning("risk control: %s", cal.warning)
             cals[m][key] = new
+    if seconds is not None:
+        seconds["calibrate_with_leave_one_out"] = time.perf_counter() - start
     record = {"score": "u = 1 - max softmax", "split": "val", "n_calibration": len(stats),
               "case_ids": [s.case_id for s in stats], "units": units, "calibrations": cals}
     if write:
@@ -139,6 +147,8 @@ class RiskCalibration(Stage):
 
     def run(self, ctx: StageContext) -> None:
         # every rank computes (same weights, same cases), rank 0 writes, all load it in trainer.test
+        parts: dict[str, float] = {}
         calibrate_checkpoint(ctx.checkpoint, ctx.risk_control, ctx.datamodule, ctx.device,
-                             write=ctx.trainer.is_global_zero, trust_checkpoint=ctx.trust)
+                             write=ctx.trainer.is_global_zero, trust_checkpoint=ctx.trust, seconds=parts)
+        ctx.seconds.update({f"{self.name}/{k}": v for k, v in parts.items()})
         ctx.trainer.strategy.barrier()

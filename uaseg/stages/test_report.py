@@ -4,9 +4,11 @@ where it is and what its main numbers mean."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from uaseg.io import write_json
 from uaseg.stages.base import Stage, StageContext
 
 
@@ -25,6 +27,14 @@ class TestReport(Stage):
         ctx.trainer.test(ctx.model, datamodule=ctx.datamodule, ckpt_path=ctx.checkpoint or None,
                          weights_only=True, verbose=False)
         ctx.metrics.update({k: float(v) for k, v in ctx.trainer.callback_metrics.items()})
+
+
+def add_stage_seconds(summary: Path, seconds: dict[str, float]) -> None:
+    """``stage_seconds`` (the training's and each stage's wall seconds, parts as ``<stage>/<part>``)
+    added to the summary.json the test just wrote: the test's own time is known only after it."""
+    record = json.loads(summary.read_text())
+    record["stage_seconds"] = seconds
+    write_json(summary, record, indent=2)
 
 
 def closing_block(out: Path, result: Any, checkpoint: str) -> str:
