@@ -7,6 +7,7 @@ override the run folder, data size and trainer limits instead of keeping separat
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,12 @@ from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+# tests/ mirrors uaseg/ (tests/data/, tests/runs/, ...); a test may reuse another folder's helpers by
+# module name (``from test_report import make_summary``) however it is run, alone or in the suite
+for _folder in sorted(Path(__file__).parent.iterdir()):
+    if _folder.is_dir() and not _folder.name.startswith((".", "_")) and str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -49,6 +56,17 @@ def compose_cfg(overrides: list[str], out: Path, cache: Path) -> DictConfig:
         cfg.paths.output_dir = str(out)
         cfg.paths.cache_dir = str(cache)
     return cfg
+
+
+def stage_seconds(run: Path, *timed: str) -> dict[str, float]:
+    """A run's ``stage_seconds`` (summary.json), checked: exactly the training and the ``timed`` stages
+    and parts (``<stage>/<part>``) that ran, each in non-negative wall seconds, the training's above 0."""
+    import json
+
+    seconds = json.loads((run / "summary.json").read_text())["stage_seconds"]
+    assert set(seconds) == {"train", *timed}, sorted(seconds)
+    assert all(isinstance(v, float) and v >= 0 for v in seconds.values()) and seconds["train"] > 0, seconds
+    return seconds
 
 
 @pytest.fixture(scope="session")

@@ -86,6 +86,14 @@ def test_no_import_cycle_between_subpackages():
     assert cycle is None, "sub-packages import each other: " + " -> ".join(cycle)
 
 
+def test_only_the_runner_and_the_cli_import_the_stages():
+    """The stages after training sit on top: they use inference, models, selective and data, and
+    nothing but ``uaseg.train`` and ``uaseg.cli`` uses them."""
+    users = {m for m, deps in import_graph().items() if not m.startswith("uaseg.stages")
+             and any(d.startswith("uaseg.stages") for d in deps)}
+    assert users <= {"uaseg.train", "uaseg.cli"}, f"modules importing uaseg.stages: {sorted(users)}"
+
+
 def test_cycle_finder_finds_a_planted_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -103,3 +111,19 @@ def test_no_short_subprocess_timeouts_in_tests():
                 if float(m.group(1)) < 900:
                     short.append(f"{path.name}:{n}: {line.strip()}")
     assert not short, "subprocess timeouts below 900 s:\n" + "\n".join(short)
+
+
+#: the modules that may sit at the top of uaseg/: the entry points and the errors every package raises
+TOP_LEVEL = {"__init__", "train", "predict", "cli", "errors"}
+MAX_LINES = 350
+
+
+def test_only_the_entry_points_and_errors_sit_at_the_top_of_the_package():
+    loose = sorted(p.stem for p in PKG.glob("*.py") if p.stem not in TOP_LEVEL)
+    assert not loose, f"modules at the top of uaseg/ (put each in the package of its concept): {loose}"
+
+
+def test_every_module_fits_on_a_screen():
+    long = sorted(f"{p.relative_to(PKG.parent)}: {n}" for p in PKG.rglob("*.py")
+                  if (n := len(p.read_text().splitlines())) > MAX_LINES)
+    assert not long, f"modules over {MAX_LINES} lines (split by what they do): {long}"

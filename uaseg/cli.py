@@ -108,7 +108,9 @@ def run_calibrate(args) -> int:
 
     from .config.check import check_config
     from .errors import UserError
-    from .inference.calibrate import RiskControlSettings, calibrate_checkpoint, find_best_checkpoint
+    from .inference.files import find_best_checkpoint
+    from .selective.risk_settings import RiskControlSettings
+    from .stages.risk_calibration import calibrate_checkpoint
     from .selective.risk_control import Calibration, alpha_key
 
     try:

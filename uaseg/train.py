@@ -21,15 +21,7 @@ from uaseg.errors import (
     ConfigError, NonFiniteLossError, RunFolderError, TerminatedError, UserError, root_cause,
 )
 from uaseg.config.identity import run_identity
-from uaseg.inference.calibrate import (
-    RiskControlSettings,
-    calibrate_checkpoint,
-    count_units,
-    fit_confidence_head_stage,
-    fit_temperature_on_validation,
-    validation_curves,
-)
-from uaseg.io import WriteError, check_checkpoint_file, update_checkpoint, write_json
+from uaseg.io import WriteError, check_checkpoint_file, write_json
 from uaseg.models import SelectiveSegModule
 from uaseg.runs.checkpoint_io import check_weights_fit
 from uaseg.runs.resume import own_checkpoint, resumed_config
@@ -38,8 +30,16 @@ from uaseg.runs.folder import (
 )
 from uaseg.runs.start_block import announce_start, next_commands
 from uaseg.runs.trust import check_checkpoint_file as check_checkpoint_targets
+from uaseg.stages import (
+    ConfidenceHead, RiskCalibration, StageContext, Temperature, TestReport, ValCurves, run_stages, wall_clock,
+)
+from uaseg.stages.risk_calibration import risk_control_settings
+from uaseg.stages.test_report import add_stage_seconds, closing_block
 
 log = logging.getLogger(__name__)
+
+#: the stages after training, in the order they run (:mod:`uaseg.stages`)
+STAGES = (RiskCalibration(), Temperature(), ConfidenceHead(), ValCurves(), TestReport())
 
 __all__ = ["train", "build_datamodule", "build_module", "resumed_config", "USER_ERRORS", "ConfigError"]
 
@@ -189,7 +189,7 @@ def _set_up(cfg: DictConfig, out: Path) -> tuple:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on tensor cores
 
     datamodule = build_datamodule(cfg.dataset)
-    risk_control = _risk_control_settings(cfg, datamodule)
+    risk_control = risk_control_settings(cfg, datamodule)
     model = build_module(cfg)
     if ckpt_path:
         check_weights_fit(model, ckpt_path, *(
@@ -212,8 +212,11 @@ def _train(cfg: DictConfig, out: Path, ckpt_path, datamodule, risk_control, mode
 
     metrics: dict[str, Any] = {}
     best = ckpt_path or ""
+    seconds: dict[str, float] = {}
     if cfg.get("train", True):
+        start = wall_clock(trainer.strategy.root_device)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        seconds["train"] = wall_clock(trainer.strategy.root_device) - start
         if trainer.global_step == 0:
             raise ConfigError(
                 "training ran 0 optimiser steps (see trainer.max_steps, trainer.limit_train_batches and the size "
@@ -224,120 +227,20 @@ def _train(cfg: DictConfig, out: Path, ckpt_path, datamodule, risk_control, mode
         best = own_checkpoint(checkpoint.best_model_path, checkpoint.dirpath) if checkpoint else ""
         if checkpoint is not None and checkpoint.best_model_score is not None:
             metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
-    if risk_control is not None and best:
-        # every rank computes (same weights, same cases), rank 0 writes, all load it in trainer.test
-        calibrate_checkpoint(best, risk_control, datamodule, trainer.strategy.root_device,
-                             write=trainer.is_global_zero, trust_checkpoint=bool(cfg.get("trust_checkpoint")))
-        trainer.strategy.barrier()
-    if cfg.get("test", True):
-        if not best:
-            log.warning("no checkpoint to test; testing the current weights")
-        if "temperature" in model.scores:
-            _fit_temperature(model, best, datamodule, cfg, trainer, own_checkpoint=bool(cfg.get("train", True)))
-    if cfg.get("confidence_head") is not None:
-        _fit_confidence_head(model, best, datamodule, cfg, trainer, own_checkpoint=bool(cfg.get("train", True)))
-    _store_val_curves(model, best, datamodule, cfg, trainer)
-    if cfg.get("test", True):
-        # Lightning's own metric table (raw values: Dice as a fraction next to AURC in %) is replaced by
-        # the selective table (everything in %) and the closing block below
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    if cfg.get("test", True) and not best:
+        log.warning("no checkpoint to test; testing the current weights")
+    seconds = run_stages(STAGES, StageContext(
+        cfg=cfg, model=model, datamodule=datamodule, trainer=trainer, checkpoint=best,
+        own_checkpoint=bool(cfg.get("train", True)), trust=bool(cfg.get("trust_checkpoint")),
+        device=trainer.strategy.root_device, seed=int(cfg.get("seed") or 0), risk_control=risk_control,
+        metrics=metrics, seconds=seconds))
+    log.info("wall seconds: %s", ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     if trainer.is_global_zero:
+        if "test" in seconds and getattr(model, "test_result", None) is not None:  # the writer wrote summary.json
+            add_stage_seconds(out / "summary.json", seconds)
         write_json(out / "metrics.json", dict(sorted(metrics.items())))
         log.info("%s", closing_block(out, getattr(model, "test_result", None), best, next_step=next_commands(cfg, out)))
     return metrics
-
-
-def closing_block(out: Path, result: Any, checkpoint: str, next_step: str | None = None) -> str:
-    """The last lines of a run: where its folder is and what the main numbers mean (units: Dice and
-    AURC in %, coverage as a fraction), and what to run next (:func:`uaseg.runs.start_block.next_commands`)."""
-    lines = [f"Run folder: {out}"]
-    if checkpoint:
-        lines.append(f"  checkpoint tested: {Path(checkpoint).name} (predict.py ckpt={out} picks it)")
-    if result is None:
-        lines.append("  no test report (test=false): summary.json is written by the test")
-        return "\n".join(lines)
-    lines.append(f"  summary.json, curves.csv, figures/: the selective test report on {result.n_cases} test cases")
-    lines.append(f"  Dice {100 * result.dice_full.mean:.2f} %: mean test-case Dice with every voxel segmented by the network")
-    at90 = result.at_coverage.get("0.90")
-    if at90 is not None:
-        lines.append(f"  Dice {100 * at90.dice_mean:.2f} % at coverage 0.90: the 10 % most uncertain voxels referred "
-                     "to a radiologist (counted as correct)")
-    lines.append(f"  AURC {result.aurc_dice:.3f} %: area under the Dice risk-coverage curve (risk = 1 - Dice); "
-                 "lower is better (the network's errors are among the voxels it refers first)")
-    lines.append("  units: Dice and AURC in %, coverage as a fraction")
-    lines.append(f"  next: {next_step or f'python predict.py ckpt={out} input=<images> output=<folder> coverage=0.9'}"
-                 " (README 'Prediction')")
-    return "\n".join(lines)
-
-
-def _fit_temperature(model: SelectiveSegModule, ckpt: str, datamodule, cfg: DictConfig, trainer: L.Trainer,
-                     own_checkpoint: bool) -> None:
-    """Temperature of the ``temperature`` score: fitted on the validation cases with the weights that
-    will be tested, kept on ``model`` and, for a checkpoint this run wrote, in that checkpoint."""
-    source = (SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
-                                                      trust_checkpoint=bool(cfg.get("trust_checkpoint")))
-              if ckpt else model)
-    model.temperature, n = fit_temperature_on_validation(source, datamodule, int(cfg.eval.temperature_voxels),
-                                                         seed=int(cfg.get("seed") or 0),
-                                                         device=trainer.strategy.root_device)
-    log.info("temperature T = %.4f fitted on %d validation voxels", model.temperature, n)
-    if ckpt and own_checkpoint and trainer.is_global_zero:
-        update_checkpoint(ckpt, {"uaseg_temperature": model.temperature})
-
-
-def _fit_confidence_head(model: SelectiveSegModule, ckpt: str, datamodule, cfg: DictConfig, trainer: L.Trainer,
-                         own_checkpoint: bool) -> None:
-    """ConfidNet's second stage (``confidence_head``): a head fitted on the frozen weights that will be
-    tested, kept on ``model`` (the test loads the checkpoint's weights, not the head) and, for a
-    checkpoint this run wrote, in that checkpoint (``predict.py score=tcp``)."""
-    from uaseg.uncertainty.confidnet import HEAD_KEY, HeadSettings
-
-    settings = HeadSettings.from_config(OmegaConf.to_container(cfg.confidence_head, resolve=True))
-    source = (SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
-                                                      trust_checkpoint=bool(cfg.get("trust_checkpoint")))
-              if ckpt else model)
-    fit_confidence_head_stage(source, datamodule, settings, device=trainer.strategy.root_device,
-                              seed=int(cfg.get("seed") or 0))
-    model.confidence = source.confidence
-    if ckpt and own_checkpoint and trainer.is_global_zero:
-        update_checkpoint(ckpt, {HEAD_KEY: source.confidence_record()})
-
-
-def _store_val_curves(model: SelectiveSegModule, ckpt: str, datamodule, cfg: DictConfig, trainer: L.Trainer) -> None:
-    """The validation curves of the other one-pass scores of ``eval.scores`` (margin, entropy, ...), in
-    the checkpoint this run wrote, so ``predict.py score=<name> coverage=c`` finds that score's threshold."""
-    from uaseg.models.module import PREDICT_SCORES, VAL_CURVES_KEY
-
-    names = [s for s in model.scores if s in PREDICT_SCORES and s not in ("max_softmax", "tcp")]
-    if not names or not ckpt or not cfg.get("train", True):
-        return
-    source = SelectiveSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True,
-                                                     trust_checkpoint=bool(cfg.get("trust_checkpoint")))
-    curves = validation_curves(source, datamodule, names, device=trainer.strategy.root_device)
-    model.val_curves = curves
-    if curves and trainer.is_global_zero:
-        update_checkpoint(ckpt, {VAL_CURVES_KEY: {k: g.to_dict() for k, g in curves.items()}})
-
-
-def _risk_control_settings(cfg: DictConfig, datamodule) -> RiskControlSettings | None:
-    """``eval.risk_control``, checked before training: the selected checkpoint is calibrated on the
-    validation cases after fit, so they must suffice for every requested alpha (and delta)."""
-    settings = RiskControlSettings.from_config(cfg.eval.get("risk_control"))
-    if settings is None:
-        return None
-    if not cfg.get("train", True):
-        raise ConfigError("eval.risk_control calibrates the checkpoint a training run selects; for an "
-                          "existing checkpoint use: uaseg calibrate <run folder> alpha=...")
-    if cfg.eval.get("quantize_bits") is not None:
-        raise ConfigError("eval.risk_control evaluates the calibrated thresholds exactly: set eval.quantize_bits=null")
-    if "max_softmax" not in cfg.eval.scores:
-        raise ConfigError("eval.risk_control calibrates u = 1 - max softmax: list max_softmax in eval.scores")
-    datamodule.setup()
-    units = settings.units(datamodule)
-    settings.check_size(count_units([c["case_id"] for c in datamodule.splits["val"]], units),
-                        datamodule.num_classes, "validation patients" if units else "validation cases")
-    return settings
 
 
 def _build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:

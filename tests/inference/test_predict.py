@@ -492,7 +492,7 @@ def test_resolve_checkpoint_takes_a_run_folder(tmp_path):
 
 
 def test_predict_and_calibrate_take_the_run_folder(demo2d_ckpt, tmp_path):
-    from uaseg.inference.calibrate import find_best_checkpoint
+    from uaseg.inference.files import find_best_checkpoint
 
     _, ckpt = demo2d_ckpt
     run = tmp_path / "run"

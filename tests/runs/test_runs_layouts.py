@@ -75,7 +75,8 @@ def test_train_test_and_predict_from_the_checkpoint_alone(tmp_path, make_cfg, la
         dm.setup()
         annotated_3d = {c["case_id"]: int((dm.eval_transforms()(dict(c))["label"] != 3).sum()) for c in dm.splits["test"]}
     if layout == "nnunet-2d-ignore":  # risk control and temperature calibrate on annotated voxels only
-        from uaseg.inference.calibrate import fit_temperature_on_validation, validation_stats
+        from uaseg.stages.temperature import fit_temperature_on_validation
+        from uaseg.stages.validation import validation_stats
 
         dm, module = build_datamodule(cfg.dataset), load_model(ckpt).module
         stats = validation_stats(module, dm)

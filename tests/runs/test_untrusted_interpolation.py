@@ -59,7 +59,8 @@ def _dotted(keys: tuple) -> str:
 def test_every_leaf_of_the_hyper_parameters_is_checked(base, tmp_path):
     """The sweep: the interpolation in each leaf in turn, through prediction's loader, calibrate and
     the module's loader (temperature, confidence head, validation curves of train.py)."""
-    from uaseg.inference.calibrate import RiskControlSettings, calibrate_checkpoint
+    from uaseg.selective.risk_settings import RiskControlSettings
+    from uaseg.stages.risk_calibration import calibrate_checkpoint
     from uaseg.inference.model import load_model
     from uaseg.models import SelectiveSegModule
 

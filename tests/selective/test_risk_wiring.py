@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, TINY, compose_cfg
+from conftest import FAST, TINY, compose_cfg, stage_seconds
 from PIL import Image
 
 from uaseg.cli import main as cli_main
 from uaseg.errors import ConfigError, PredictError
 from uaseg.inference import predict_files
-from uaseg.inference.calibrate import validation_stats
+from uaseg.stages.validation import validation_stats
 from uaseg.models import SelectiveSegModule
 from uaseg.models.module import RISK_CONTROL_KEY
 from uaseg.report import build_report
@@ -97,6 +97,14 @@ def test_run_calibrates_on_validation_and_reports_on_test(risk_run):
     md = build_report(run, make_figures=False).markdown
     section = md.split("## Referral with a guarantee")[1]
     assert sum(line.startswith("| #1 ") for line in section.splitlines()) == 4
+
+
+def test_summary_times_training_risk_calibration_and_test(risk_run):
+    """Issue #28: the stages after training are timed in summary.json, only those that ran (no
+    temperature, head or curves here), with risk calibration's calibrations (and their leave-one-out)
+    as a part of it."""
+    seconds = stage_seconds(risk_run[0], "risk_calibration", "risk_calibration/calibrate_with_leave_one_out", "test")
+    assert seconds["risk_calibration/calibrate_with_leave_one_out"] <= seconds["risk_calibration"]
 
 
 def test_uaseg_calibrate_adds_and_keeps_everything_else(risk_run, tmp_path, capsys):
@@ -291,7 +299,8 @@ def test_risk_kinds_pvalue_and_patients_reach_calibration_prediction_and_summary
             c["patient"] = f"{c['case_id'][:-1]}"        # case_010..019 -> patient case_01
     units = dm.case_units("val")
     assert len(set(units.values())) < len(units) == 8
-    from uaseg.inference.calibrate import RiskControlSettings, calibrate_checkpoint
+    from uaseg.selective.risk_settings import RiskControlSettings
+    from uaseg.stages.risk_calibration import calibrate_checkpoint
     settings = RiskControlSettings.from_config({"alpha": 0.4, "risk": "dice"})
     record, _ = calibrate_checkpoint(ckpt, settings, dm, write=False, overwrite=True)
     got = record["calibrations"]["crc"]["0.4"]

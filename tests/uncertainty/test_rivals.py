@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, TINY, compose_cfg
+from conftest import FAST, TINY, compose_cfg, stage_seconds
 from PIL import Image
 
 from uaseg.config.check import check_config
@@ -188,6 +188,7 @@ def test_confidnet_end_to_end_report_checkpoint_and_prediction(tcp_run, tmp_path
 
     s = json.loads((tcp_run / "summary.json").read_text())
     assert list(s["scores"]) == ["max_softmax", *FREE, "tcp"]
+    stage_seconds(tcp_run, "confidence_head", "val_curves", "test")  # FREE's curves; no temperature, no risk control
     cost = s["scores"]["tcp"]["cost"]
     assert cost["passes"] == 1 and cost["parameters"] > 0 and cost["train_seconds"] > 0
     ck = torch.load(s["checkpoint"], map_location="cpu", weights_only=True)  # plain values only

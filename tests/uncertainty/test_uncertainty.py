@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import compose_cfg, FAST, TINY
+from conftest import compose_cfg, FAST, TINY, stage_seconds
 from test_report import make_summary, write_run
 
 from uaseg.errors import ConfigError
@@ -154,7 +154,7 @@ def test_temperature_fit_on_validation_flattens_voxels_not_classes():
     from scipy.optimize import minimize_scalar
     from scipy.special import logsumexp
 
-    from uaseg.inference.calibrate import fit_temperature_on_validation
+    from uaseg.stages.temperature import fit_temperature_on_validation
 
     g = torch.Generator().manual_seed(0)
     k, shape, n = 4, (7, 5), 5
@@ -264,6 +264,7 @@ def test_every_score_is_reported_with_its_cost_arrays_and_scalars(seed_runs):
     assert list(s["scores"]) == ["max_softmax", "entropy", "temperature", "tta", "mc_dropout"]
     assert s["aurc_dice"] == s["scores"]["max_softmax"]["aurc_dice"]  # the top level is the first score
     assert s["temperature"] > 0 and s["method"] == "single"
+    stage_seconds(run, "temperature", "val_curves", "test")  # entropy's curve; no head, no risk control
     ck = torch.load(s["checkpoint"], map_location="cpu", weights_only=True)
     assert ck["uaseg_temperature"] == pytest.approx(s["temperature"])
     assert s["scores"]["tta"]["cost"]["passes"] == 4 and s["scores"]["mc_dropout"]["cost"]["passes"] == 2

@@ -25,7 +25,7 @@ from typing import Iterable
 import numpy as np
 
 from uaseg.data.checks import natural_key
-from uaseg.errors import DatasetError, PredictError
+from uaseg.errors import DatasetError, PredictError, UserError
 from uaseg.io import (
     load_nifti,
     read_image_header,
@@ -228,3 +228,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
         f"{path}: {len(best)} checkpoints/best-*.ckpt ({', '.join(p.name for p in best)}) and no summary.json "
         "naming the tested one; pass the checkpoint file itself"
     )
+
+
+def find_best_checkpoint(run: str | Path) -> Path:
+    """A run folder's selected checkpoint (:func:`uaseg.inference.files.resolve_checkpoint`: the one
+    the run tested, else its single ``checkpoints/best-*.ckpt``), or ``run`` if it is a file."""
+    path = resolve_checkpoint(run)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file or run folder")
+    return path

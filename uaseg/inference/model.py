@@ -29,7 +29,7 @@ class LoadedModel:
     in_channels: int
     num_classes: int
     class_names: list[str] = field(default_factory=list)
-    #: calibrated referral thresholds stored in the checkpoint (``uaseg.inference.calibrate``)
+    #: calibrated referral thresholds stored in the checkpoint (``uaseg.stages.risk_calibration``)
     risk_control: dict | None = None
 
     def describe(self) -> str:

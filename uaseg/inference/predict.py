@@ -7,7 +7,7 @@ and the referral mask ``u > t`` on the input's own grid (see :mod:`uaseg.inferen
 record: the threshold and how it was chosen, the case's own coverage, voxel counts per class.
 
 Threshold: ``threshold=t`` is used as given; ``risk=alpha`` (``risk_kind``: dice, structure, tail@b,
-fnr) takes the threshold calibrated for that risk with a guarantee (:mod:`uaseg.inference.calibrate`) and records the guarantee. ``coverage=c`` takes the threshold of the checkpoint's
+fnr) takes the threshold calibrated for that risk with a guarantee (:mod:`uaseg.stages.risk_calibration`) and records the guarantee. ``coverage=c`` takes the threshold of the checkpoint's
 validation curve by :meth:`uaseg.selective.ThresholdGrid.threshold_at` (the point with coverage
 nearest ``c``; the grid has a point for every 0.1 % of coverage), so ``c`` is honoured on the
 validation images to within 0.05 % plus their tie groups; a new image's own coverage at that threshold
@@ -27,11 +27,12 @@ import torch
 
 from uaseg.config.check import check_config
 from uaseg.errors import ConfigError, PredictError
-from uaseg.inference.calibrate import risk_threshold
 from uaseg.inference.files import case_name, list_inputs, output_paths, resolve_checkpoint, write_segmentation
 from uaseg.inference.model import LoadedModel, load_model
 from uaseg.inference.segment import segment_file
 from uaseg.io import write_json
+from uaseg.selective.risk_control import METHODS, Calibration, alpha_key, split_key
+from uaseg.selective.risk_kinds import parse_kind
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,47 @@ def check_threshold_options(coverage: float | None, threshold: float | None, ris
     if risk is not None and score != "max_softmax":
         raise PredictError(f"risk= thresholds are calibrated on u = 1 - max softmax; score={score} takes coverage= "
                            "or threshold=")
+
+
+def risk_threshold(record: dict | None, ckpt: Path, risk: float, method: str | None = None,
+                   kind: str | None = None) -> dict:
+    """Prediction's record for ``risk=alpha`` (``risk_kind``: dice by default): the calibrated threshold,
+    its guarantee, and every kind's realised value on the calibration cases."""
+    try:
+        kind_key = parse_kind(kind or "dice").key
+    except ValueError as e:
+        raise PredictError(f"risk_kind: {e}") from None
+    cals = (record or {}).get("calibrations") or {}
+    key = alpha_key(risk, kind_key)
+    found = {m: by[key] for m, by in cals.items() if key in by}
+    have = ", ".join(f"{m} {' alpha='.join(map(str, split_key(k)))}" for m, by in cals.items() for k in by) or "none"
+    # a run folder calibrates its best checkpoint; any other checkpoint is named as the file itself
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" and ckpt.name.startswith("best-") else ckpt
+    how = (f"uaseg calibrate {run} alpha={risk:g}" + (f" method={method}" if method else "")
+           + (f" risk={kind_key}" if kind_key != "dice" else ""))
+    if method is not None and method not in METHODS:
+        raise PredictError(f"risk_method={method}: choose from {list(METHODS)}")
+    if (method not in found) if method is not None else not found:
+        raise PredictError(f"{ckpt} has no {method or 'risk'} calibration for risk={risk:g} risk_kind={kind_key} "
+                           f"(calibrated: {have}); calibrate it on its run's validation cases with: {how}")
+    if method is None and len(found) > 1:
+        raise PredictError(f"{ckpt} is calibrated for risk={risk:g} with {' and '.join(found)}: choose one with "
+                           f"risk_method={'|'.join(found)}")
+    cal = Calibration.from_dict(found[method if method is not None else next(iter(found))])
+    out = {"threshold": cal.threshold, "threshold_source": "risk",
+           "threshold_rule": f"calibrated on the validation {cal.unit}s for {cal.kind} risk {cal.alpha:g} "
+                             f"({cal.method}); refer voxels with u > threshold",
+           "requested_coverage": None, "validation_coverage": cal.coverage,
+           "risk_control": {"risk": cal.kind, "method": cal.method, "pvalue": cal.pvalue, "alpha": cal.alpha,
+                            "delta": cal.delta, "unit": cal.unit, "n_calibration": cal.n_calibration,
+                            "feasible": cal.feasible, "calibration_risk": cal.risk, "threshold": cal.threshold,
+                            "expected_coverage": cal.expected_coverage, "calibration_values": cal.values,
+                            "components": cal.components, "guarantee": cal.statement,
+                            **({"warning": cal.warning} if cal.warning else {})}}
+    if cal.threshold == float("-inf"):
+        out["note"] = "threshold -inf: every voxel is referred (" + cal.statement + ")"
+    log.info("risk %.4g (%s %s) -> threshold %.6g: %s", risk, cal.kind, cal.method, cal.threshold, cal.statement)
+    return out
 
 
 def choose_threshold(model: LoadedModel, ckpt: Path, coverage: float | None, threshold: float | None,

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 #: keys of the ``eval`` config the module itself uses (the report writer reads the others)
 EVAL_KEYS = ("coverages", "quantize_bits", "case_aggregation", "bootstrap", "scores", "tta_flips", "mc_samples")
-#: checkpoint key of the calibrated referral thresholds (plain dicts: ``uaseg.inference.calibrate``)
+#: checkpoint key of the calibrated referral thresholds (plain dicts: ``uaseg.stages.risk_calibration``)
 RISK_CONTROL_KEY = "uaseg_risk_control"
 #: checkpoint key of the validation curves of the other one-pass scores (``predict.py score=margin coverage=...``)
 VAL_CURVES_KEY = "uaseg_val_curves"

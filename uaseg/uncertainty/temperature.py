@@ -3,7 +3,7 @@ validation cases by minimising the voxel negative log-likelihood. T leaves the p
 only re-ranks the uncertainty 1 - max softmax(z / T).
 
 The NLL is convex in 1/T, so a bounded scalar search over log(1/T) finds its minimum. Fitted on a
-run's validation cases by :func:`uaseg.inference.calibrate.fit_temperature_on_validation`.
+run's validation cases by :func:`uaseg.stages.temperature.fit_temperature_on_validation`.
 """
 
 from __future__ import annotations
