@@ -73,6 +73,21 @@ def _count_wrong_at_or_below(pos: Tensor, wrong: Tensor, sync_free: bool | None 
     return _sum_wrong_at_or_below(pos, wrong, None, sync_free)
 
 
+_BITS = {torch.float32: (torch.int32, 0x7FFFFFFF), torch.float64: (torch.int64, 0x7FFFFFFFFFFFFFFF)}
+
+
+def _sort(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.sort(x)`` (ties in any order) of a float32 / float64 vector, by its bit pattern read
+    as an integer with the negative floats' magnitude bits flipped, an order-preserving map: torch
+    sorts integers by radix on CPU, 5-10x faster than floats (NaN last, -0.0 just before 0.0)."""
+    if x.dtype not in _BITS:
+        return torch.sort(x)
+    itype, low = _BITS[x.dtype]
+    bits = x.view(itype)
+    perm = torch.sort(bits ^ ((bits >> (bits.element_size() * 8 - 1)) & low)).indices
+    return x[perm], perm
+
+
 def _prefix(x: Tensor) -> Tensor:
     """[0, x_0, x_0 + x_1, ...]: prefix[i] is the sum of the first i entries."""
     return torch.cat([x.new_zeros(1), torch.cumsum(x, 0)])
@@ -101,7 +116,7 @@ class _MaskedPairwiseRanking(torch.autograd.Function):
         ud = u.detach()
         n_c = correct.sum()
         # Sorting in the input dtype is cheaper; the cast to float64 is exact and monotone.
-        s, perm = torch.sort(torch.where(wrong | correct, ud, torch.inf))
+        s, perm = _sort(torch.where(wrong | correct, ud, torch.inf))
         is_w, is_c = wrong[perm], correct[perm]
         s = s.to(torch.float64)
         t = s - margin
