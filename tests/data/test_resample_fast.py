@@ -11,7 +11,7 @@ import torch
 from monai.data import MetaTensor
 from scipy import ndimage
 
-from uaseg.data.resample import ResampleToSpacingd, new_shape, resample_case, resize, resize_label, separate_axis
+from uaseg.data.plan.resample import ResampleToSpacingd, new_shape, resample_case, resize, resize_label, separate_axis
 
 
 # ----------------------------------------------------------------- the previous implementation, restated
