@@ -10,12 +10,12 @@ from uaseg.config.resolvers import dataset_plan
 from uaseg.errors import ConfigError
 from uaseg.runs.trust import check_targets, is_allowed
 
-OLD_DATASETS = ["uaseg.data.datasets.demo2d.Demo2DDataModule", "uaseg.data.datasets.demo3d.Demo3DDataModule",
-                "uaseg.data.datasets.demo3d_abdomen.Demo3DAbdomenDataModule", "uaseg.data.datasets.glas.GlaSDataModule",
-                "uaseg.data.datasets.mmwhs.MMWHSDataModule", "uaseg.data.formats.nnunet.NnUNetDataModule",
-                "uaseg.data.formats.decathlon.DecathlonDataModule"]
-OLD_RUN_CLASSES = ["uaseg.runs.hydra_callbacks.RunFolderGuard", "uaseg.runs.checkpoint_io.AtomicCheckpointIO",
-                   "uaseg.runs.loggers.CSVLogger"]
+OLD_DATASETS = ["uaseg.data.demo2d.Demo2DDataModule", "uaseg.data.demo3d.Demo3DDataModule",
+                "uaseg.data.demo3d_abdomen.Demo3DAbdomenDataModule", "uaseg.data.glas.GlaSDataModule",
+                "uaseg.data.mmwhs.MMWHSDataModule", "uaseg.data.nnunet.NnUNetDataModule",
+                "uaseg.data.decathlon.DecathlonDataModule"]
+OLD_RUN_CLASSES = ["uaseg.hydra_callbacks.RunFolderGuard", "uaseg.checkpoint_io.AtomicCheckpointIO",
+                   "uaseg.loggers.CSVLogger"]
 
 
 @pytest.mark.parametrize("old", OLD_DATASETS + OLD_RUN_CLASSES)
@@ -36,7 +36,7 @@ def test_only_moved_modules_are_renamed():
 
 
 def test_a_stored_tree_gets_every_target_renamed_and_nothing_else():
-    tree = {"dataset": {"_target_": OLD_DATASETS[0], "root": "uaseg.data.datasets.demo2d.Demo2DDataModule"},
+    tree = {"dataset": {"_target_": OLD_DATASETS[0], "root": "uaseg.data.demo2d.Demo2DDataModule"},
             "callbacks": [{"_target_": OLD_RUN_CLASSES[0]}]}
     new = current_targets(tree)
     assert new["dataset"]["_target_"] == current_target(OLD_DATASETS[0])
@@ -48,7 +48,7 @@ def test_a_stored_tree_gets_every_target_renamed_and_nothing_else():
 def test_a_checkpoint_dataset_config_with_an_old_name_builds(tmp_path):
     from uaseg.data import build_datamodule
 
-    dm = build_datamodule({"_target_": "uaseg.data.datasets.demo2d.Demo2DDataModule", "meta": {}, "num_cases": 6,
+    dm = build_datamodule({"_target_": "uaseg.data.demo2d.Demo2DDataModule", "meta": {}, "num_cases": 6,
                            "image_size": 32, "patch_size": [16, 16], "cache_dir": str(tmp_path), "num_folds": 3})
     assert type(dm).__module__ == "uaseg.data.datasets.demo2d"
 

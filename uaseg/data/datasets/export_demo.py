@@ -12,7 +12,7 @@ and their ground truth beside them in ``<folder>/labels/`` (palette PNG / uint8 
 indices), which ``predict.py`` does not read (it takes the files directly inside the folder).
 ``<folder>/export-demo.json`` records what was exported: a folder that holds anything else is
 refused (``force``), so two test sets are never mixed in one folder without a word.
-``--layout nnunet`` writes an nnU-Net raw dataset folder instead (:mod:`uaseg.data.monai_datasets.export_nnunet`).
+``--layout nnunet`` writes an nnU-Net raw dataset folder instead (:mod:`uaseg.data.datasets.export_nnunet`).
 """
 
 from __future__ import annotations
