@@ -93,11 +93,16 @@ def test_third_party_chatter_is_dropped_and_real_warnings_kept(caplog):
                                module="lightning.pytorch.utilities._pytree")
     assert [str(w.message) for w in caught] == [leaf, "something else"]
     lightning = logging.getLogger(RANK_ZERO_LOGGER)
-    with caplog.at_level(logging.INFO):
-        lightning.info("💡 Tip: For seamless cloud logging ... litlogger")
-        lightning.info("TPU available: False, using: 0 TPU cores")
-        lightning.info("GPU available: True (cuda), used: False")
-        lightning.warning("💡 Tip: a warning is never dropped")
+    propagate = lightning.propagate
+    lightning.propagate = True  # an earlier Trainer in this process may have set it off: caplog listens at the root
+    try:
+        with caplog.at_level(logging.INFO, logger=RANK_ZERO_LOGGER):
+            lightning.info("💡 Tip: For seamless cloud logging ... litlogger")
+            lightning.info("TPU available: False, using: 0 TPU cores")
+            lightning.info("GPU available: True (cuda), used: False")
+            lightning.warning("💡 Tip: a warning is never dropped")
+    finally:
+        lightning.propagate = propagate
     assert [r.getMessage() for r in caplog.records] == ["GPU available: True (cuda), used: False",
                                                         "💡 Tip: a warning is never dropped"]
 
