@@ -49,6 +49,11 @@ repeat the runner with parts of it switched off, to show where an overhead comes
     python scripts/bench_train.py --device cuda --precision bf16-mixed --steps 50 --rounds 3
     python scripts/bench_train.py --size 16 --model unet_small --threads 1 --steps 40 \
         --variants runner,no-progress-bar,no-logger,no-checkpoint,minimal   # the fixed per-step cost
+
+``--losses NAMES`` (``scripts/bench_train_losses.py``) answers another question: the cost of each loss
+preset in a bare training step, the arms interleaved step by step from the same weights:
+
+    python scripts/bench_train.py --losses baseline,uncertainty_aware,one_pass,multiclass --steps 10
 """
 
 from __future__ import annotations
@@ -223,8 +228,10 @@ def _compose(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def compose_cfg(args: argparse.Namespace, out: Path, cache: Path, extra: list[str] = ()) -> DictConfig:
-    """``conf/train.yaml`` with the benchmark's overrides, then ``--override``, then ``extra``."""
+def compose_cfg(args: argparse.Namespace, out: Path, cache: Path, extra: list[str] = (),
+                loss: str | None = None) -> DictConfig:
+    """``conf/train.yaml`` with the benchmark's overrides, then ``--override``, then ``extra``; with
+    ``loss`` that preset as it is (``--lambda`` / ``--sampling`` are for the runner comparison)."""
     dims = int(_compose([f"dataset={args.dataset}"]).dataset.meta.spatial_dims)
     overrides = [
         f"dataset={args.dataset}",
@@ -233,13 +240,12 @@ def compose_cfg(args: argparse.Namespace, out: Path, cache: Path, extra: list[st
         f"dataset.samples_per_image={args.samples_per_image or args.batch}",
         "dataset.num_workers=0",
         f"model={args.model}",
-        "loss=uncertainty_aware",
-        f"loss.lambda={args.lam}",
-        f"loss.sampling={args.sampling}",
+        *([f"loss={loss}"] if loss else
+          ["loss=uncertainty_aware", f"loss.lambda={args.lam}", f"loss.sampling={args.sampling}"]),
         f"trainer={'gpu' if args.device == 'cuda' else 'cpu'}",
         f"trainer.precision={args.precision}",
         f"++trainer.max_steps={args.warmup + args.steps}",
-        "trainer.max_epochs=-1",
+        *([] if loss else ["trainer.max_epochs=-1"]),  # a preset's warm-up is a fraction of max_epochs
         "trainer.limit_val_batches=0",
         "trainer.num_sanity_val_steps=0",
         "test=false",
@@ -342,6 +348,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--rusage", action="store_true",
                     help="also report user / system CPU time and minor page faults per step (getrusage)")
     ap.add_argument("--verbose", action="store_true", help="keep Lightning's info logs and warnings")
+    ap.add_argument("--losses", default=None,
+                    help="comma-separated conf/loss presets, e.g. baseline,uncertainty_aware,one_pass,multiclass: "
+                         "time a bare training step per loss instead (scripts/bench_train_losses.py; the first "
+                         "is the ratios' reference)")
+    ap.add_argument("--head-repeats", type=int, default=5, help="--losses: repeats of the loss head alone")
+    ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                    help="--losses: print this many operators of a torch.profiler table of each loss head")
     args = ap.parse_args(argv)
     if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
         ap.error("--warmup, --steps and --rounds must be >= 1 (a step is timed from the previous step's end)")
@@ -354,6 +367,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown --variants {unknown}; choose from {list(VARIANTS)}")
+    if args.losses is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_train_losses
+
+        try:
+            bench_train_losses.parse_names(args.losses)
+        except ValueError as err:
+            ap.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.verbose:
@@ -366,6 +387,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # as uaseg.train does on CUDA
+    if args.losses is not None:
+        return bench_train_losses.run(args)
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         cfgs = {v: compose_cfg(args, Path(tmp) / v, Path(args.cache_dir), VARIANTS[v]) for v in variants}

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .dynamics import logit_grad_norms, ramp, steered_uncertainty
+from .dynamics import head_inputs, measured_total, ramp, steered_uncertainty
 from .ranking import masked_pairwise_ranking_loss, random_mask_subset
 from .scores import get_score
 from .segmentation import CrossEntropy
@@ -90,20 +90,10 @@ class UncertaintyAwareLoss(nn.Module):
     def ranking_active(self, epoch: float | None) -> bool:
         return self.lambda_ != 0 and (epoch is None or epoch >= self.start_epoch)
 
-    def _rank_weight(self, epoch: float | None, seg: Tensor, rank: Tensor, logits: Tensor,
-                     measure: bool) -> tuple[Tensor | float, Tensor | None]:
-        """(weight of L_unc in the total, grad_ratio or None). Fixed: lambda * scale (times the
-        warm-up ramp); balanced: whatever makes the gradient ratio at the logits ``balance``."""
-        mult = ramp(epoch, self.start_epoch, self.warmup_epochs)
-        can_measure = logits.requires_grad and torch.is_grad_enabled()
-        if not can_measure or not (measure or self.balance is not None):
-            return self.lambda_ * self.scale * mult, None
-        g_seg, g_rank = logit_grad_norms(seg, rank, logits)
-        if self.balance is None:
-            weight = self.lambda_ * self.scale * mult
-        else:
-            weight = torch.where(g_rank > 0, self.balance * mult * g_seg / g_rank.clamp(min=1e-30), 0.0)
-        return weight, (weight * g_rank / g_seg.clamp(min=1e-30)).detach()
+    def _measures(self, logits: Tensor, epoch: float | None, measure: bool) -> bool:
+        """Whether this step needs the gradient ratio at the logits (logged, or what ``balance`` sets)."""
+        return (self.ranking_active(epoch) and (measure or self.balance is not None)
+                and logits.requires_grad and torch.is_grad_enabled())
 
     def needs_view(self, epoch: int | None) -> bool:
         """Whether ``forward`` wants a second view's logits this epoch (see ``second_view_logits``)."""
@@ -117,7 +107,9 @@ class UncertaintyAwareLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor, epoch: float | None = None,
                 view_logits: Tensor | None = None, measure: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        seg = self.seg_loss(logits, target)
+        split = self._measures(logits, epoch, measure)
+        x_seg, x = head_inputs(logits) if split else (logits, logits)  # one leaf per branch to measure
+        seg = self.seg_loss(x_seg, target)
         logs: dict[str, Tensor] = {"seg": seg.detach()}
         if not self.ranking_active(epoch):
             logs["rank"] = torch.zeros((), device=seg.device)
@@ -126,7 +118,7 @@ class UncertaintyAwareLoss(nn.Module):
         if target.ndim == logits.ndim:  # (B, 1, *spatial) -> (B, *spatial)
             target = target.squeeze(1)
         self._num_classes = logits.shape[1]
-        u, pred = self._score_fn(logits)
+        u, pred = self._score_fn(x)
         u, target_img, target = u.reshape(-1), target, target.reshape(-1)
         with torch.no_grad():  # which voxels are wrong is not differentiated
             hit = pred.reshape(-1) == target
@@ -139,21 +131,28 @@ class UncertaintyAwareLoss(nn.Module):
             weight = (dice_weights(pred, target_img, self._num_classes, valid)
                       if self.wrong_weight == "dice" else None)
         if self.steer:
-            u = steered_uncertainty(u, logits, target_img, wrong)
+            u = steered_uncertainty(u, x, target_img, wrong)
         # Masks, not u[wrong] / u[correct]: no host sync. Empty W or C gives a graph-connected 0.
         rank = self._rank(u, wrong, correct, pred, weight)
-        rank_weight, grad_ratio = self._rank_weight(epoch, seg, rank, logits, measure)
-        total = seg + rank_weight * rank
-        if grad_ratio is not None:
-            logs["grad_ratio"] = grad_ratio
+        cons = None
         if view_logits is not None and self.consistency != 0:
             with torch.no_grad():
                 disagree = (view_logits.argmax(dim=1) != pred).reshape(-1)
                 agree = ~disagree if valid is None else valid & ~disagree
                 disagree = disagree if valid is None else valid & disagree
             cons = self._rank(u, disagree, agree, pred, None)
-            total = total + (self.consistency * self.scale) * cons
             logs.update(consistency=cons.detach(), disagree_rate=disagree.float().mean().detach())
+        mult = ramp(epoch, self.start_epoch, self.warmup_epochs)
+        extra = None if cons is None else (self.consistency * self.scale) * cons
+        if split:  # the loss head's gradient, computed here once, carries the ratio
+            fixed = None if self.balance is not None else self.lambda_ * self.scale * mult
+            balance = None if self.balance is None else self.balance * mult
+            total, rank_weight, logs["grad_ratio"] = measured_total(logits, x_seg, x, seg, rank, fixed,
+                                                                    balance, extra)
+        else:
+            rank_weight = self.lambda_ * self.scale * mult
+            total = seg + rank_weight * rank
+            total = total if extra is None else total + extra
 
         rank_weight = torch.as_tensor(rank_weight, dtype=torch.float32, device=seg.device).detach()
         logs.update(
