@@ -56,9 +56,9 @@ for d in $datasets; do
     arm "$d" base loss.lambda=0
     arm "$d" paper loss.lambda=2
     arm "$d" warmup loss.lambda=2 loss.warmup_epochs=$warm
-    arm "$d" steer_balance loss.lambda=2 loss.steer=true loss.balance=1
+    arm "$d" steer_balance loss.lambda=1 loss.steer=true loss.balance=true
     if [ -n "${ARMS:-}" ]; then  # measured on one seed only (docs/multiclass_3d.md): ARMS="balance steer"
-        arm "$d" balance loss.lambda=2 loss.balance=0.5
+        arm "$d" balance loss.lambda=0.5 loss.balance=true
         arm "$d" steer loss.lambda=2 loss.steer=true
     fi
 done
