@@ -163,9 +163,10 @@ def rule_balance(get) -> str | None:
         return (f"loss.balance={show(balance)}: expected true or false; under balance loss.lambda is the "
                 f"gradient ratio{hint}")
     if isinstance(scale, (int, float)) and scale != PAPER_SCALE:
-        return (f"loss.scale={show(scale)}: no effect under loss.balance=true, where loss.lambda={show(lam)} is the "
-                f"gradient ratio (capped at the paper's lambda x {show(PAPER_SCALE)}); drop loss.scale or set "
-                "loss.balance=false")
+        lam = f"{lam:g}" if isinstance(lam, (int, float)) else show(lam)
+        return (f"loss.scale={show(scale)}: no effect under loss.balance=true, where loss.lambda={lam} is the "
+                f"gradient ratio (the weight is capped at the paper's lambda x {PAPER_SCALE:g}); drop loss.scale "
+                "or set loss.balance=false")
     return None
 
 
