@@ -137,4 +137,4 @@ def test_multiclass_study_runs_at_tiny_size(tmp_path):
     assert expected in out and (study / "report.md").is_file(), out[-4000:]
     assert {p.parent.name for p in study.glob("demo3d/*/.done")} == {"base", "steer_balance"}
     config = next((study / "demo3d" / "steer_balance").glob("*/.hydra/config.yaml")).read_text()
-    assert "steer: true" in config and "balance: 1\n" in config and "early_stopping" in config
+    assert "steer: true" in config and "balance: true\n" in config and "early_stopping" in config
