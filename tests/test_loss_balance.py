@@ -138,3 +138,17 @@ def test_a_key_without_effect_under_balance_is_refused(make_cfg, override, messa
     from uaseg.config.check import check_config
 
     check_config(train_ok)  # the paper's fixed weight: scale counts there
+
+
+def test_the_report_names_balance_arms_by_lambda_not_scale():
+    """A report tells balance arms apart by lambda (their scale has no effect and is not shown), and runs
+    from before issue 27 (balance null) read as the paper's fixed weight."""
+    from types import SimpleNamespace
+
+    from uaseg.report.grouping import describe_loss, loss_of
+
+    base = {"lambda": 3.0, "margin": 0.1, "scale": 1000.0, "sampling": "exact", "steer": True}
+    balanced = describe_loss(loss_of(SimpleNamespace(identity={**base, "balance": True})))
+    assert "λ=3" in balanced and "scale" not in balanced and "balance=True" in balanced
+    old = describe_loss(loss_of(SimpleNamespace(identity={**base, "balance": None})))
+    assert "scale=1000" in old and "balance" not in old
