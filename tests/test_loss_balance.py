@@ -152,3 +152,22 @@ def test_the_report_names_balance_arms_by_lambda_not_scale():
     assert "λ=3" in balanced and "scale" not in balanced and "balance=True" in balanced
     old = describe_loss(loss_of(SimpleNamespace(identity={**base, "balance": None})))
     assert "scale=1000" in old and "balance" not in old
+
+
+def test_a_lambda_sweep_with_scale_under_balance_is_refused_before_any_job(tmp_path):
+    """A multirun checks every job before the first starts: a loss.scale sweep under balance (whose arms
+    would be identical) exits 1 with the one line, and no job folder is made."""
+    import os
+    import subprocess
+    import sys
+
+    root, sweep = Path(__file__).resolve().parents[1], tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path}/cache",
+           "loss=multiclass", "loss.scale=1000,10", "trainer.max_epochs=1", "model=unet_small", "dataset.num_cases=10",
+           "dataset.image_size=48", "dataset.patch_size=[32,32]", "trainer.limit_train_batches=1",
+           "trainer.limit_val_batches=1", "test=false", "callbacks.progress_bar=null"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "loss.scale=10: no effect under loss.balance=true" in proc.stderr + proc.stdout
+    assert not sweep.exists() or not any(p.is_dir() for p in sweep.iterdir())
