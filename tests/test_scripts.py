@@ -89,7 +89,7 @@ SMOKE = {
     "multiclass_study.sh": (lambda t: [str(t / "mc"), "dataset.num_cases=10", "dataset.image_size=32",
                                        "dataset.patch_size=[16,16,16]", "trainer.max_epochs=1",
                                        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                                       "eval.bootstrap=20", "eval.figures=false", "trainer.accelerator=cpu"], "wrote "),
+                                       "eval.bootstrap=20", "eval.figures=false", "trainer.accelerator=cpu"], "Report: "),
 }
 
 
