@@ -92,15 +92,17 @@ def _log_norms(g: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def balanced_weight(g_seg: Tensor, g_unit: Tensor, rank: Tensor, ratio: float) -> tuple[Tensor, Tensor]:
-    """``(weight of L_unc, the gradient ratio it gives)`` under balance (detached 0-d tensors), from the gradients at the logits of
-    the segmentation term (``g_seg``) and of the unweighted ranking term (``g_unit``)::
+    """``(weight of L_unc, the gradient ratio it gives)`` under balance (detached 0-d tensors), from the
+    gradients at the logits of the segmentation term (``g_seg``) and of the unweighted ranking term
+    (``g_unit``)::
 
         w = min(ratio * ||g_seg|| / ||g_unit||,          # the gradient-norm ratio asked for
                 ratio * PEAK * max|g_seg| / max|g_unit|, # no logit pushed over PEAK x ratio x CE's largest
                 ratio * PAPER_SCALE)                     # the paper's weight at this lambda
             * min(1, L_unc / FADE_BELOW)                 # fade-out as the ranking is satisfied
 
-    computed in log space; 0 when the ranking term has no gradient (no violating pair) or ``ratio`` is 0.
+    computed in log space; 0 when the ranking term has no gradient (no violating pair), when the
+    segmentation term has none at all (nothing to balance against) or when ``ratio`` is 0.
     """
     if ratio <= 0:
         zero = torch.zeros((), dtype=g_unit.dtype, device=g_unit.device)
