@@ -127,8 +127,8 @@ def main():
         variants[f"exact, {label}"] = UncertaintyAwareLoss(**exact, **extra)
     # multi-class remedies (uaseg/losses/dynamics.py) and the cost of measuring the gradient ratio
     variants["exact, grad ratio measured"] = Measured(**exact)
-    for label, extra in (("steer", {"steer": True}), ("balance=1", {"balance": 1.0}),
-                         ("steer, balance=1", {"steer": True, "balance": 1.0})):
+    for label, extra in (("steer", {"steer": True}), ("balance", {"balance": True}),
+                         ("steer, balance", {"steer": True, "balance": True})):
         variants[f"exact, {label}"] = UncertaintyAwareLoss(**exact, **extra)
     names = list(variants)
     ref_name = names[3]

@@ -6,6 +6,8 @@
 #   bash scripts/multiclass_study.sh                       # all of it into outputs/study/multiclass
 #   bash scripts/multiclass_study.sh outputs/my_study trainer.max_epochs=120   # another folder, longer
 #   DATASETS=demo3d ARMS="base steer_balance" SEEDS=1 bash scripts/multiclass_study.sh
+#   DATASETS=demo3d_mri bash scripts/multiclass_study.sh outputs/study/mri   # issue 27: 250 epochs, 3 seeds x 2 folds
+#   DATASETS=demo3d_mri EPOCHS=80 SEEDS=1,2 FOLDS=0 bash scripts/multiclass_study.sh outputs/study/mri_pilot
 #
 # Protocol (CPU-sized; docs/multiclass_3d.md gives the wall times): 3D -- unet_small, 48^3 volumes
 # (demo3d_abdomen: 48x48x24 with thick slices), 32^3 / 32x32x16 patches, 4 patches per step, Adam lr 1e-3,
@@ -30,7 +32,11 @@ protocol() {  # protocol <dataset>: the overrides of that dataset's runs
                  "dataset.samples_per_image=4 dataset.batch_size=4 model.optimizer.lr=1e-3" \
                  "trainer.max_epochs=${EPOCHS:-60} trainer.check_val_every_n_epoch=2 callbacks=early_stop" \
                  "callbacks.early_stopping.patience=10" ;;
-        *) echo "multiclass_study: unknown dataset $1 (demo3d, demo3d_abdomen, demo2d)" >&2; exit 1 ;;
+        demo3d_mri)  # the issue-27 protocol: its yaml holds 8 cases in 2 folds (3 train, 1 val, 4 test), 32^3
+            # patches, 4 patches per step; lr 1e-3, validation every 5 epochs, EPOCHS (default 250) in full
+            echo "dataset=demo3d_mri model=unet_small model.optimizer.lr=1e-3 trainer.max_epochs=${EPOCHS:-250}" \
+                 "trainer.check_val_every_n_epoch=5 dataset.fold=${FOLDS:-0,1}" ;;
+        *) echo "multiclass_study: unknown dataset $1 (demo3d, demo3d_abdomen, demo3d_mri, demo2d)" >&2; exit 1 ;;
     esac
 }
 
@@ -52,13 +58,18 @@ arm() {  # arm <dataset> <name> <overrides...>: one multirun folder
 
 extra=("$@")
 for d in $datasets; do
+    if [ "$d" = demo3d_mri ]; then  # lambda = 0 against loss=multiclass with lambda (the gradient ratio) swept
+        arm "$d" base loss.lambda=0
+        for l in 1 3 10; do arm "$d" "multiclass_l$l" loss=multiclass loss.lambda=$l; done
+        continue
+    fi
     warm=20; [ "$d" = demo2d ] && warm=2   # a third of the run
     arm "$d" base loss.lambda=0
     arm "$d" paper loss.lambda=2
     arm "$d" warmup loss.lambda=2 loss.warmup_epochs=$warm
-    arm "$d" steer_balance loss.lambda=2 loss.steer=true loss.balance=1
+    arm "$d" steer_balance loss.lambda=1 loss.steer=true loss.balance=true
     if [ -n "${ARMS:-}" ]; then  # measured on one seed only (docs/multiclass_3d.md): ARMS="balance steer"
-        arm "$d" balance loss.lambda=2 loss.balance=0.5
+        arm "$d" balance loss.lambda=0.5 loss.balance=true
         arm "$d" steer loss.lambda=2 loss.steer=true
     fi
 done

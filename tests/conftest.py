@@ -32,6 +32,7 @@ TINY = {
     "demo2d": ["dataset.num_cases=10", "dataset.image_size=48", "dataset.patch_size=[32,32]"],
     "demo3d": ["dataset.num_cases=10", "dataset.image_size=32", "dataset.patch_size=[24,24,24]"],
     "demo3d_abdomen": ["dataset.num_cases=10", "dataset.image_size=32", "dataset.patch_size=[24,24,16]"],
+    "demo3d_mri": ["dataset.image_size=32", "dataset.patch_size=[24,24,24]"],
 }
 FAST = [
     "model=unet_small",

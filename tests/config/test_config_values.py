@@ -78,7 +78,7 @@ def test_every_numeric_key_of_every_config_has_a_domain():
     exempt = ("dataset.meta.*", "model.net.*", "trainer.devices", "trainer.num_nodes", "loss.seg_loss.ignore_index")
     patterns = list(DOMAINS) + list(exempt)
     unchecked = set()
-    for dataset in ("demo2d", "demo3d", "demo3d_abdomen", "mmwhs", "glas"):
+    for dataset in ("demo2d", "demo3d", "demo3d_abdomen", "demo3d_mri", "mmwhs", "glas"):
         for extra in ([], ["loss/seg_loss=dice_ce", "trainer=ddp"]):
             with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
                 cfg = compose("train", overrides=[f"dataset={dataset}", f"dataset.root={CONF}", "paths.output_dir=/o",

@@ -43,11 +43,11 @@ def test_warmup_scales_the_fixed_weight():
 
 def test_warmup_ramps_the_balanced_term_too():
     """balance with warmup_epochs: the warm-up still ramps the term -- the gradient ratio at the logits
-    is balance x the ramp (0 at start_epoch, a quarter a quarter of the way up, then balance)."""
+    is lambda x the ramp (0 at start_epoch, a quarter a quarter of the way up, then lambda)."""
     logits, target = _batch(6, seed=1)
     z = logits.clone().requires_grad_(True)
     g_seg = _grad(torch.nn.functional.cross_entropy(z, target), z)
-    loss = UncertaintyAwareLoss(lambda_=2.0, balance=0.8, warmup_epochs=4, start_epoch=1).double()
+    loss = UncertaintyAwareLoss(lambda_=0.8, balance=True, warmup_epochs=4, start_epoch=1).double()
     for epoch, mult in ((0.5, 0.0), (1.0, 0.0), (2.0, 0.25), (4.0, 0.75), (5.0, 1.0), (9.0, 1.0)):
         total, logs = loss(z, target, epoch=epoch)
         ratio = float((_grad(total, z) - g_seg).norm() / g_seg.norm())
@@ -72,11 +72,11 @@ def test_grad_ratio_is_the_ratio_of_gradient_norms_at_the_logits(k):
 
 
 @pytest.mark.parametrize("ratio", [0.3, 2.0])
-def test_balance_sets_the_gradient_ratio_whatever_lambda_and_scale(ratio):
+def test_balance_makes_lambda_the_gradient_ratio_whatever_scale(ratio):
     logits, target = _batch(6, seed=1)
     z = logits.clone().requires_grad_(True)
-    for lam, scale in ((2.0, 1000.0), (0.5, 1.0)):
-        loss = UncertaintyAwareLoss(lambda_=lam, scale=scale, balance=ratio).double()
+    for scale in (1000.0, 1.0):
+        loss = UncertaintyAwareLoss(lambda_=ratio, scale=scale, balance=True).double()
         total, logs = loss(z, target)
         g_seg = _grad(torch.nn.functional.cross_entropy(z, target), z)
         g_rank = _grad(total, z) - g_seg
@@ -88,7 +88,7 @@ def test_balance_sets_the_gradient_ratio_whatever_lambda_and_scale(ratio):
 def test_balance_with_no_pair_adds_nothing():
     logits, _ = _batch(3)
     z = logits.clone().requires_grad_(True)
-    total, logs = UncertaintyAwareLoss(balance=1.0).double()(z, logits.argmax(1))  # nothing wrong
+    total, logs = UncertaintyAwareLoss(balance=True).double()(z, logits.argmax(1))  # nothing wrong
     assert float(logs["rank_weight"]) == 0.0 and torch.isfinite(total)
 
 
@@ -125,7 +125,7 @@ def test_steer_keeps_the_value_and_sends_wrong_voxels_toward_their_label():
 
 
 @pytest.mark.parametrize("option,key,value", [("loss.steer=true", "steer", True),
-                                              ("loss.balance=0.5", "balance", 0.5),
+                                              ("loss.balance=true", "balance", True),
                                               ("loss.warmup_epochs=3", "warmup_epochs", 3)])
 def test_options_reach_the_training_loss_and_the_log(make_cfg, option, key, value):
     """Config -> the instantiated loss -> a train run that logs the gradient ratio and the weight."""
@@ -141,11 +141,11 @@ def test_options_reach_the_training_loss_and_the_log(make_cfg, option, key, valu
 
 
 @pytest.mark.parametrize("extra,column,expected", [([], "rank_weight", [0.0, 1000.0]),
-                                                    (["loss.balance=0.5"], "grad_ratio", [0.0, 0.25])])
+                                                    (["loss.balance=true"], "grad_ratio", [0.0, 1.0])])
 def test_warmup_rises_per_step_in_training(make_cfg, extra, column, expected):
     """The module hands the loss a fractional epoch: with 2 batches per epoch and a 1-epoch warm-up,
     the weight is 0 at the first step and half of lambda * scale at the second; under balance the
-    gradient ratio is 0 and then half of balance (the warm-up is kept)."""
+    gradient ratio is 0 and then half of lambda (the warm-up is kept)."""
     import csv
 
     from uaseg.train import train

@@ -110,7 +110,7 @@ def test_logging_step_gives_the_plain_gradient_bit_for_bit_with_one_head_backwar
     assert torch.equal(t0, t1) and torch.equal(g0, g1)
 
 
-@pytest.mark.parametrize("kw", [dict(balance=1.0, steer=True), dict(balance=0.5),
+@pytest.mark.parametrize("kw", [dict(balance=True, steer=True), dict(balance=True),
                                 dict(consistency=0.5), dict(ignore_index=3)], ids=str)
 def test_split_head_gives_the_graph_gradient(kw, rank_backwards):
     """Every variant through the measured path: the gradient at the logits is the one autograd gives

@@ -186,8 +186,8 @@ def test_every_option_trains_two_steps(make_cfg, dataset, option):
 
 
 @pytest.mark.parametrize("preset,expected", [
-    ("one_pass", {"warmup_epochs": 1 / 3, "steer": False, "balance": None}),  # lambda over a third of training
-    ("multiclass", {"warmup_epochs": 0, "steer": True, "balance": 1.0}),
+    ("one_pass", {"warmup_epochs": 1 / 3, "steer": False, "balance": False}),  # lambda over a third of training
+    ("multiclass", {"warmup_epochs": 0, "steer": True, "balance": True, "lambda": 1.0}),  # lambda: the ratio
 ])
 def test_recommended_presets_pin_the_measured_objective(make_cfg, preset, expected):
     """``loss=one_pass`` and ``loss=multiclass`` are what docs/multiclass_3d.md measured: every key written
@@ -202,7 +202,7 @@ def test_recommended_presets_pin_the_measured_objective(make_cfg, preset, expect
             "balance", "steer"} <= set(pinned)
     paper, ours = make_cfg("demo2d").loss, make_cfg("demo2d", f"loss={preset}").loss
     changed = {k for k in paper if paper[k] != ours[k]}
-    assert changed == {k for k, v in expected.items() if paper[k] != v} and ours["lambda"] == 2.0
+    assert changed == {k for k, v in expected.items() if paper[k] != v} and ours["lambda"] == expected.get("lambda", 2.0)
     cfg = make_cfg("demo2d", f"loss={preset}", "test=false", "trainer.limit_val_batches=1")
     train(cfg)
     ck = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

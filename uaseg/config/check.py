@@ -89,8 +89,6 @@ DOMAINS: dict[str, Any] = {
     "loss.consistency": Number(0, note="0 = off"),
     "loss.consistency_view": Choice(("flip", "noise")),
     "loss.warmup_epochs": Number(0, note="epochs of linear lambda warm-up; 0 = none"),
-    "loss.balance": Number(0, low_open=True, null=True,
-                           note="gradient-norm ratio at the logits; null = fixed lambda x scale"),
     "loss.steer": Flag(),
     "loss.seg_loss.weight": Numbers(Number(0), null=True, note="one weight per class"),
     "loss.seg_loss.label_smoothing": FRACTION,

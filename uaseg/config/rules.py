@@ -149,7 +149,28 @@ def rule_ignore_label(get) -> str | None:
     return None
 
 
+def rule_balance(get) -> str | None:
+    """``loss.balance`` is a switch (lambda is then the gradient ratio) and ``loss.scale`` has no
+    effect under it: a number for balance (its meaning before issue 27) or a scale other than the
+    paper's 1000 would silently give a run that is not the one asked for."""
+    from uaseg.losses.dynamics import PAPER_SCALE
+
+    balance, scale, lam = get("loss.balance"), get("loss.scale"), get("loss.lambda")
+    if balance is None or balance is False:
+        return None
+    if balance is not True:
+        hint = f" (loss.balance=true loss.lambda={show(balance)})" if isinstance(balance, (int, float)) else ""
+        return (f"loss.balance={show(balance)}: expected true or false; under balance loss.lambda is the "
+                f"gradient ratio{hint}")
+    if isinstance(scale, (int, float)) and scale != PAPER_SCALE:
+        lam = f"{lam:g}" if isinstance(lam, (int, float)) else show(lam)
+        return (f"loss.scale={show(scale)}: no effect under loss.balance=true, where loss.lambda={lam} is the "
+                f"gradient ratio (the weight is capped at the paper's lambda x {PAPER_SCALE:g}); drop loss.scale "
+                "or set loss.balance=false")
+    return None
+
+
 #: every rule, in the order they are checked
 RULES: tuple[Callable[[Callable[[str], Any]], str | None], ...] = (
     rule_fold, rule_batch, rule_patch_dims, rule_windows, rule_patch_stride, rule_start_epoch,
-    rule_dataset_root, rule_test_scores, rule_ignore_label, rule_risk_control, rule_demo_options)
+    rule_dataset_root, rule_test_scores, rule_ignore_label, rule_risk_control, rule_demo_options, rule_balance)

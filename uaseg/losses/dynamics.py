@@ -9,11 +9,17 @@ default (the paper's objective):
 * ``warmup_epochs``: lambda rises linearly from 0 over that many epochs after ``start_epoch``
   (per step; the paper's hard switch from 0 to lambda was harmful in its Appendix D).
 * ``balance``: the ranking term's weight is set every step so that its gradient norm at the logits
-  is ``balance`` times the segmentation term's (the weight is a detached number: it scales, it is not
-  trained); lambda * scale is then unused except lambda > 0 switching the term on.
+  is lambda times the segmentation term's (lambda IS the target ratio; ``scale`` is unused). The
+  weight is a detached number (it scales, it is not trained) and is bounded (:func:`balanced_weight`):
+  never above the paper's lambda * 1000, no logit's ranking gradient above PEAK (4) x lambda x the
+  largest logit gradient of the segmentation term, and it fades linearly once L_unc falls below
+  :data:`FADE_BELOW`. It is computed from logs of the norms, so it neither underflows to 0 nor
+  overflows in float32.
 * ``steer``: a wrong voxel's uncertainty keeps its value (so which pairs violate the margin is
-  unchanged) but its gradient is that of log p_true: raising it moves mass to the voxel's true class
-  (known in training) rather than to every class. Test-time u stays 1 - max p.
+  unchanged) but its gradient is that of log p_true. Descending the ranking term then raises the
+  true class's probability on wrong voxels that violate the margin (cross-entropy re-weighted by
+  ranking violations), while correct voxels are made more confident as in the paper. Nothing asks a
+  wrong voxel to become more uncertain. Test-time u stays 1 - max p.
 
 :func:`measured_total` also gives the logged ``grad_ratio``: the ranking term's gradient norm at the
 logits over the segmentation term's, so a user sees when the term dominates. Where the ratio is
@@ -22,6 +28,8 @@ training backward reuses that gradient instead of running the head's backward ag
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -65,6 +73,51 @@ class _PrecomputedGrad(torch.autograd.Function):
         return (grad * grad_out.to(grad.dtype)).to(ctx.dtype), None, None
 
 
+#: the paper's multiplier of L_unc (Appendix C): under balance the weight never exceeds lambda * this
+PAPER_SCALE = 1000.0
+#: under balance the weight is multiplied by min(1, L_unc / FADE_BELOW): as the ranking is satisfied
+#: the term fades out instead of putting the whole gradient budget on the last few violating voxels
+FADE_BELOW = 1e-3
+#: under balance no logit's ranking gradient exceeds PEAK x lambda x the largest logit gradient of the
+#: segmentation term (a near-satisfied ranking would otherwise put the whole budget on a few voxels)
+PEAK = 4.0
+
+
+def _log_norms(g: Tensor) -> tuple[Tensor, Tensor]:
+    """``(log ||g||, log max |g|)`` without float32 underflow: the norm is taken of ``g / max |g|``
+    (squares of values below ~1e-19 are 0 in float32). ``-inf`` for an all-zero ``g``."""
+    top = g.abs().amax()
+    unit = torch.linalg.vector_norm(g / top.clamp(min=torch.finfo(g.dtype).tiny))
+    return top.log() + unit.log(), top.log()
+
+
+def balanced_weight(g_seg: Tensor, g_unit: Tensor, rank: Tensor, ratio: float) -> tuple[Tensor, Tensor]:
+    """``(weight of L_unc, the gradient ratio it gives)`` under balance (detached 0-d tensors), from the
+    gradients at the logits of the segmentation term (``g_seg``) and of the unweighted ranking term
+    (``g_unit``)::
+
+        w = min(ratio * ||g_seg|| / ||g_unit||,          # the gradient-norm ratio asked for
+                ratio * PEAK * max|g_seg| / max|g_unit|, # no logit pushed over PEAK x ratio x CE's largest
+                ratio * PAPER_SCALE)                     # the paper's weight at this lambda
+            * min(1, L_unc / FADE_BELOW)                 # fade-out as the ranking is satisfied
+
+    computed in log space; 0 when the ranking term has no gradient (no violating pair), when the
+    segmentation term has none at all (nothing to balance against) or when ``ratio`` is 0.
+    """
+    if ratio <= 0:
+        zero = torch.zeros((), dtype=g_unit.dtype, device=g_unit.device)
+        return zero, zero
+    n_seg, top_seg = _log_norms(g_seg.detach())
+    n_rank, top_rank = _log_norms(g_unit.detach())
+    log_w = torch.minimum(n_seg - n_rank, top_seg - top_rank + math.log(PEAK))
+    log_w = log_w.clamp(max=math.log(PAPER_SCALE)) + math.log(ratio)
+    fade = (rank.detach() / FADE_BELOW).clamp(max=1.0)
+    ok = torch.isfinite(n_rank) & torch.isfinite(log_w)
+    weight = torch.where(ok, torch.exp(log_w) * fade, 0.0).to(g_unit.dtype)
+    got = torch.where(ok, torch.exp(log_w + n_rank - n_seg) * fade, 0.0)
+    return weight, got
+
+
 def _grad(term: Tensor, leaf: Tensor, retain: bool = False) -> Tensor:
     g = torch.autograd.grad(term, leaf, retain_graph=retain, allow_unused=True)[0]
     return torch.zeros_like(leaf) if g is None else g
@@ -79,21 +132,20 @@ def measured_total(logits: Tensor, x_seg: Tensor, x_rank: Tensor, seg: Tensor, r
     as is, e.g. the weighted consistency term) from ``x_rank`` (see :func:`head_inputs`). Each
     branch of the loss head is differentiated once, here; ``total`` carries the sum of the
     gradients into the network. ``weight`` is the fixed weight of ``rank`` (lambda * scale * ramp);
-    when it is None, the weight makes the gradient ratio ``balance`` (balance * ramp). With a fixed weight
+    when it is None, the weight is :func:`balanced_weight` at ratio ``balance`` (lambda * ramp). With a fixed weight
     the gradient at the logits is the one a plain backward of ``seg + weight * rank`` gives, bit for
     bit (each branch sees the same upstream gradient; the two meet in one addition).
     """
     g_seg = _grad(seg, x_seg)
-    n_seg = g_seg.detach().float().norm()
     if weight is not None:
         g_rank = _grad(weight * rank, x_rank, retain=extra is not None)
-        ratio = g_rank.float().norm() / n_seg.clamp(min=1e-30)
+        n_seg, _ = _log_norms(g_seg.detach().float())
+        n_rank, _ = _log_norms(g_rank.detach().float())
+        ratio = torch.exp(n_rank - n_seg).nan_to_num(nan=0.0)  # 0/0 (nothing on either side) reads 0
     else:
         g_unit = _grad(rank, x_rank, retain=extra is not None)
-        n_rank = g_unit.float().norm()
-        weight = torch.where(n_rank > 0, balance * n_seg / n_rank.clamp(min=1e-30), 0.0)
-        g_rank = weight.to(g_unit.dtype) * g_unit
-        ratio = weight * n_rank / n_seg.clamp(min=1e-30)
+        weight, ratio = balanced_weight(g_seg, g_unit, rank, balance)
+        g_rank = weight * g_unit
     grad = g_seg + g_rank
     value = seg.detach() + weight * rank.detach()
     if extra is not None:

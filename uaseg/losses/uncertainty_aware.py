@@ -29,6 +29,7 @@ class UncertaintyAwareLoss(nn.Module):
     Variants beyond the paper (``pairing``, ``hinge_power``, ``wrong_weight``, ``consistency``) are
     described in :mod:`uaseg.losses.variants`, the multi-class remedies (``warmup_epochs``,
     ``balance``, ``steer``) in :mod:`uaseg.losses.dynamics`; their defaults give the paper's objective.
+    Under ``balance`` lambda is the target gradient ratio and ``scale`` is unused.
 
     ``forward(logits, target, epoch=None, view_logits=None, measure=False) -> (total, logs)``; logs
     hold detached scalars ``seg`` and ``rank`` (unscaled L_unc, 0 when off) and, only when the term is
@@ -58,7 +59,7 @@ class UncertaintyAwareLoss(nn.Module):
         consistency: float = 0.0,
         consistency_view: str = "flip",
         warmup_epochs: float = 0.0,
-        balance: float | None = None,
+        balance: bool = False,
         steer: bool = False,
     ):
         super().__init__()
@@ -80,11 +81,12 @@ class UncertaintyAwareLoss(nn.Module):
         self._score_fn = get_score(score)
         self.pairing, self.hinge_power, self.wrong_weight = pairing, int(hinge_power), wrong_weight
         self.consistency, self.consistency_view = float(consistency), consistency_view
-        if warmup_epochs < 0 or (balance is not None and not balance > 0):
-            raise ValueError(f"loss.warmup_epochs must be >= 0 and loss.balance null or > 0, got "
-                             f"{warmup_epochs}, {balance}")
+        balance = False if balance is None else balance  # null: the paper's fixed weight
+        if warmup_epochs < 0 or not isinstance(balance, bool):
+            raise ValueError(f"loss.warmup_epochs must be >= 0 and loss.balance true or false (the ratio is "
+                             f"loss.lambda), got {warmup_epochs}, {balance!r}")
         self.warmup_epochs = float(warmup_epochs)
-        self.balance = None if balance is None else float(balance)
+        self.balance = balance
         self.steer = bool(steer)
 
     def ranking_active(self, epoch: float | None) -> bool:
@@ -92,7 +94,7 @@ class UncertaintyAwareLoss(nn.Module):
 
     def _measures(self, logits: Tensor, epoch: float | None, measure: bool) -> bool:
         """Whether this step needs the gradient ratio at the logits (logged, or what ``balance`` sets)."""
-        return (self.ranking_active(epoch) and (measure or self.balance is not None)
+        return (self.ranking_active(epoch) and (measure or self.balance)
                 and logits.requires_grad and torch.is_grad_enabled())
 
     def needs_view(self, epoch: int | None) -> bool:
@@ -145,10 +147,9 @@ class UncertaintyAwareLoss(nn.Module):
         mult = ramp(epoch, self.start_epoch, self.warmup_epochs)
         extra = None if cons is None else (self.consistency * self.scale) * cons
         if split:  # the loss head's gradient, computed here once, carries the ratio
-            fixed = None if self.balance is not None else self.lambda_ * self.scale * mult
-            balance = None if self.balance is None else self.balance * mult
+            fixed = None if self.balance else self.lambda_ * self.scale * mult
             total, rank_weight, logs["grad_ratio"] = measured_total(logits, x_seg, x, seg, rank, fixed,
-                                                                    balance, extra)
+                                                                    self.lambda_ * mult, extra)
         else:
             rank_weight = self.lambda_ * self.scale * mult
             total = seg + rank_weight * rank

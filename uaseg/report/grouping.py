@@ -64,13 +64,17 @@ def loss_of(run: Run) -> tuple:
             v = None
         if k == "consistency_view" and not s.get("consistency"):
             v = None
+        if k == "balance" and v is None:  # runs from before issue 27: null was "off"
+            v = False
+        if k == "scale" and s.get("balance") is True:  # no effect under balance (lambda is the ratio)
+            v = None
         out.append((k, v))
     return tuple(out)
 
 
 #: the paper's choices for the loss variants: a run that departs from one names it in its setting
 PAPER_OBJECTIVE = {"score": "max_softmax", "pairing": "batch", "hinge_power": 1, "wrong_weight": "uniform",
-                   "consistency": 0.0, "warmup_epochs": 0, "balance": None, "steer": False}
+                   "consistency": 0.0, "warmup_epochs": 0, "balance": False, "steer": False}
 
 
 @dataclass
@@ -125,8 +129,9 @@ def describe_loss(loss: tuple) -> str:
     d = dict(loss)
     if not d:
         return "baseline only"
-    s = [f"λ={_fmt(d['lambda'])}", f"margin={_fmt(d['margin'])}", f"scale={_fmt(d['scale'])}",
-         f"sampling={d['sampling']}"]
+    s = [f"λ={_fmt(d['lambda'])}", f"margin={_fmt(d['margin'])}"]
+    s += [f"scale={_fmt(d['scale'])}"] if d.get("scale") is not None else []
+    s.append(f"sampling={d['sampling']}")
     if d.get("n_wrong") is not None:
         s.append(f"sample={d['n_wrong']}×{d['n_correct']}")
     if d.get("start_epoch"):

@@ -112,7 +112,25 @@ def heart_volume(seed: int, index: int, size: int = 96) -> tuple[np.ndarray, np.
     each other, so the valve planes between atria and ventricles are low-contrast.
     """
     rng = _rng(seed, index)
+    label, body = heart_labels(rng, size)
+    # intensities (HU): lungs outside the mediastinum, soft tissue, bright blood pools
+    image = np.where(body, 40.0, -850.0) + 30 * _smooth_noise(rng, (size,) * 3, 4)
+    base = rng.uniform(260, 340)
+    hu = {1: base + rng.normal(20, 10), 2: base - rng.normal(20, 10), 3: base + rng.normal(0, 15),
+          4: base - rng.normal(30, 10), 5: rng.uniform(80, 130), 6: base + rng.normal(30, 10),
+          7: base - rng.normal(10, 10)}
+    for cls, value in hu.items():
+        image[label == cls] = value + 10 * _smooth_noise(rng, (size,) * 3, 3)[label == cls]
+    image = ndi.gaussian_filter(image, rng.uniform(0.8, 1.4))  # partial-volume blur
+    image += rng.normal(0, rng.uniform(20, 40), image.shape)
+    return np.clip(image, -1024, 3071).astype(np.int16), label
+
+
+def heart_labels(rng: np.random.Generator, size: int, zoom: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The heart's geometry: ``label`` uint8 ``(size,)*3`` in MM-WHS class order and the ``body``
+    mask; random pose, elastic displacement and per-structure jitter drawn from ``rng``."""
     grid = (np.mgrid[0:size, 0:size, 0:size].astype(np.float32) / (size - 1)) * 2 - 1  # (3, s, s, s)
+    grid *= zoom  # > 1: the heart fills less of the volume (smaller structures)
 
     # random pose: small rotation + anisotropic scaling, plus a smooth elastic displacement
     angles = rng.normal(0, 0.15, 3)
@@ -143,18 +161,8 @@ def heart_volume(seed: int, index: int, size: int = 96) -> tuple[np.ndarray, np.
     label[_tube(x, y, z, start=jitter([0.05, -0.05, 0.1]), bend=rng.normal(0, 0.15, 2), r=rng.uniform(0.08, 0.11))] = 6
     label[_tube(x, y, z, start=jitter([-0.25, -0.25, 0.05]), bend=rng.normal(0, 0.15, 2), r=rng.uniform(0.07, 0.1))] = 7
 
-    # intensities (HU): lungs outside the mediastinum, soft tissue, bright blood pools
     body = ellipsoid([0, 0, 0], [0.95, 0.8, 1.2]) < 1
-    image = np.where(body, 40.0, -850.0) + 30 * _smooth_noise(rng, (size,) * 3, 4)
-    base = rng.uniform(260, 340)
-    hu = {1: base + rng.normal(20, 10), 2: base - rng.normal(20, 10), 3: base + rng.normal(0, 15),
-          4: base - rng.normal(30, 10), 5: rng.uniform(80, 130), 6: base + rng.normal(30, 10),
-          7: base - rng.normal(10, 10)}
-    for cls, value in hu.items():
-        image[label == cls] = value + 10 * _smooth_noise(rng, (size,) * 3, 3)[label == cls]
-    image = ndi.gaussian_filter(image, rng.uniform(0.8, 1.4))  # partial-volume blur
-    image += rng.normal(0, rng.uniform(20, 40), image.shape)
-    return np.clip(image, -1024, 3071).astype(np.int16), label
+    return label, body
 
 
 def _rotation(a: float, b: float, c: float) -> np.ndarray:
