@@ -63,6 +63,9 @@ class UncertaintyAwareLoss(nn.Module):
         steer: bool = False,
     ):
         super().__init__()
+        if isinstance(balance, (int, float)) and not isinstance(balance, bool) and lambda_ > 0:
+            # a checkpoint made while balance was the ratio (and lambda only switched the term on)
+            lambda_, balance = float(balance), True
         for key, value, allowed in (("sampling", sampling, SAMPLINGS), ("pairing", pairing, PAIRINGS),
                                     ("wrong_weight", wrong_weight, WRONG_WEIGHTS),
                                     ("consistency_view", consistency_view, VIEWS), ("hinge_power", hinge_power, (1, 2))):

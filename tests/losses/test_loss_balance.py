@@ -161,7 +161,7 @@ def test_a_lambda_sweep_with_scale_under_balance_is_refused_before_any_job(tmp_p
     import subprocess
     import sys
 
-    root, sweep = Path(__file__).resolve().parents[1], tmp_path / "sweep"
+    root, sweep = Path(__file__).resolve().parents[2], tmp_path / "sweep"
     cmd = [sys.executable, "train.py", "-m", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path}/cache",
            "loss=multiclass", "loss.scale=1000,10", "trainer.max_epochs=1", "model=unet_small", "dataset.num_cases=10",
            "dataset.image_size=48", "dataset.patch_size=[32,32]", "trainer.limit_train_batches=1",
@@ -171,3 +171,13 @@ def test_a_lambda_sweep_with_scale_under_balance_is_refused_before_any_job(tmp_p
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "loss.scale=10: no effect under loss.balance=true" in proc.stderr + proc.stdout
     assert not sweep.exists() or not any(p.is_dir() for p in sweep.iterdir())
+
+
+def test_a_checkpoint_made_while_balance_was_the_ratio_still_builds_with_that_ratio():
+    """Before balance became a switch, ``balance: 1.0`` was the ratio and ``lambda: 2`` only switched the
+    term on; such stored hyper-parameters build the loss they meant (λ = the old ratio)."""
+    from uaseg.losses import uncertainty_aware_loss
+
+    old = uncertainty_aware_loss(**{"lambda": 2.0, "balance": 0.5, "steer": True})
+    assert old.balance is True and old.lambda_ == 0.5
+    assert uncertainty_aware_loss(**{"lambda": 2.0, "balance": True}).lambda_ == 2.0
