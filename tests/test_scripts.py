@@ -85,7 +85,7 @@ SMOKE = {
     "check_risk_control.py": (lambda t: [str(_risk_arrays(t / "arrays")), "--splits", "20", "--alpha", "0.1"],
                               "## run_a: 12 cases"),
     "report.py": (lambda t: [str(_report_runs(t / "multirun")), "--no-figures"], "Report: "),
-    "one_pass_study.sh": (lambda t: ["demo2d", str(t / "study"), *TINY_TRAIN], "wrote "),
+    "one_pass_study.sh": (lambda t: ["demo2d", str(t / "study"), *TINY_TRAIN], "Report: "),
     "multiclass_study.sh": (lambda t: [str(t / "mc"), "dataset.num_cases=10", "dataset.image_size=32",
                                        "dataset.patch_size=[16,16,16]", "trainer.max_epochs=1",
                                        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
