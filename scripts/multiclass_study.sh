@@ -35,7 +35,7 @@ protocol() {  # protocol <dataset>: the overrides of that dataset's runs
         demo3d_mri)  # the issue-27 protocol: its yaml holds 8 cases in 2 folds (3 train, 1 val, 4 test), 32^3
             # patches, 4 patches per step; lr 1e-3, validation every 5 epochs, EPOCHS (default 250) in full
             echo "dataset=demo3d_mri model=unet_small model.optimizer.lr=1e-3 trainer.max_epochs=${EPOCHS:-250}" \
-                 "trainer.check_val_every_n_epoch=5 dataset.fold=${FOLDS:-0,1}" ;;
+                 "trainer.check_val_every_n_epoch=5 dataset.fold=${FOLDS:-0,1} eval.scores=[max_softmax,margin]" ;;
         *) echo "multiclass_study: unknown dataset $1 (demo3d, demo3d_abdomen, demo3d_mri, demo2d)" >&2; exit 1 ;;
     esac
 }
@@ -61,6 +61,9 @@ for d in $datasets; do
     if [ "$d" = demo3d_mri ]; then  # lambda = 0 against loss=multiclass with lambda (the gradient ratio) swept
         arm "$d" base loss.lambda=0
         for l in 1 3 10; do arm "$d" "multiclass_l$l" loss=multiclass loss.lambda=$l; done
+        # ranking on the top-2 gap (u = 1 - (p_max - p_second)): the mass a wrong voxel gives up goes to the
+        # runner-up class, not to all K - 1 others; without steer, so the term itself makes wrong voxels unsure
+        arm "$d" multiclass_margin loss=multiclass loss.steer=false loss.score=margin
         continue
     fi
     warm=20; [ "$d" = demo2d ] && warm=2   # a third of the run

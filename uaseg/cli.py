@@ -158,6 +158,9 @@ def add_export_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="the demo cache (default: $UASEG_CACHE, else ./.cache as train.py)")
     p.add_argument("--force", action="store_true", help="write into a folder that holds other files (default: refused "
                                                         "unless it holds an earlier export of the same cases)")
+    p.add_argument("--shift", default=None, metavar="KIND:SEVERITY",
+                   help="write the cases corrupted as the shift testbed corrupts them, e.g. noise:3 (docs/shift.md)")
+    p.add_argument("--shift-seed", type=int, default=0, help="eval.shift.seed of the run to match (default 0)")
 
 
 def run_export_demo(args) -> int:
@@ -170,7 +173,8 @@ def run_export_demo(args) -> int:
         if args.layout == "nnunet":
             return _export_nnunet(args)
         args.split = args.split or "test"
-        files = export_demo(args.folder, args.dataset, args.split, args.overrides, args.cache_dir, force=args.force)
+        files = export_demo(args.folder, args.dataset, args.split, args.overrides, args.cache_dir, force=args.force,
+                            shift=args.shift, shift_seed=args.shift_seed)
     except (UserError, WriteError) as e:
         print(f"uaseg export-demo: error: {e}", file=sys.stderr)
         return 2
@@ -184,6 +188,9 @@ def _export_nnunet(args) -> int:
     from .data.datasets.export_nnunet import export_nnunet
     from .errors import ConfigError
 
+    if args.shift is not None:
+        raise ConfigError("export-demo --shift writes corrupted test inputs for predict (--layout files); an nnU-Net "
+                          "layout is for training, where the testbed corrupts the test split itself (eval.shift)")
     if args.split is not None:
         raise ConfigError("export-demo --layout nnunet writes every split (train and val to imagesTr, test to "
                           "imagesTs); leave out --split")

@@ -21,7 +21,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from uaseg.inference.files import file_kind, output_paths, write_segmentation
+from uaseg.io import write_text
 from uaseg.runs.loggers import log_test_report
+from uaseg.shift.report import console_text, format_shift, plot_shift
 from uaseg.report.curves import run_figure
 from uaseg.uncertainty import SCORES
 from uaseg.selective import (
@@ -131,6 +133,9 @@ class SelectiveReportWriter(Callback):
             extra["temperature"] = pl_module.temperature
         if getattr(trainer, "ckpt_path", None):
             extra["checkpoint"] = str(trainer.ckpt_path)
+        shift = getattr(pl_module, "shift_report", None)
+        if shift is not None:  # the shift testbed (eval.shift): its block, table and figure
+            extra["shift"] = shift
         write_score_outputs(pl_module.test_results, out, pl_module.run_identity, pl_module.test_costs,
                             {n: SCORES[n].prediction for n in pl_module.test_results}, extra)
         figures = {}
@@ -149,9 +154,15 @@ class SelectiveReportWriter(Callback):
             curves = run_figure(out, fig_dir / "learning_curves.png", pl_module.run_identity)
             if curves is not None:
                 figures["learning_curves"] = curves
+        if shift is not None:
+            write_text(out / "shift.md", format_shift(shift) + "\n")
+            if self.figures and (fig := plot_shift(shift, out / "figures" / "shift.png")) is not None:
+                figures["shift"] = fig
         log_test_report(trainer.loggers, result, figures, step=pl_module.global_step)
         print(format_table(result))
         if result.risk_control:
             print(format_risk_control(result.risk_control))
+        if shift is not None:
+            print(console_text(shift, out / "shift.md"))
         log.info("selective test report written to %s", out)
         self._panels = {}

@@ -156,6 +156,16 @@ DOMAINS: dict[str, Any] = {
     "eval.risk_control.risk": RiskKinds(),
     "eval.risk_control.pvalue": Choice(("hb", "wsr", "binom")),
     "eval.risk_control.unit": Choice(("patient", "case")),
+    # the shift testbed (uaseg/shift; eval.shift.kinds and the rest as a whole: uaseg.config.rules.rule_shift)
+    "eval.shift.severities": Numbers(Number(1, 5, integer=True), note="severities 1..5"),
+    "eval.shift.seed": Number(0, 2**32 - 1, integer=True),
+    "eval.shift.groups": Flag(),
+    "eval.shift.fail_dice": Number(0, 1, low_open=True, note="a case below this Dice fails"),
+    "eval.shift.recalibrate": Flag(),
+    "eval.shift.case_referral.alpha": Number(0, 1, low_open=True, high_open=True, null=True,
+                                             note="fraction of cases accepted and failing; null = off"),
+    "eval.shift.case_referral.method": Choice(("crc", "ltt")),
+    "eval.shift.case_referral.delta": Number(0, 1, low_open=True, high_open=True),
 }
 
 

@@ -27,6 +27,20 @@ def rule_risk_control(get: Callable[[str], Any]) -> str | None:
     return None
 
 
+def rule_shift(get: Callable[[str], Any]) -> str | None:
+    """``eval.shift`` as a whole (kinds, severities, the case referral), against the dataset's images
+    (``stain`` and ``jpeg`` are for 2-D RGB images)."""
+    from uaseg.shift.settings import ShiftSettings
+
+    dims, channels = get("dataset.meta.spatial_dims"), get("dataset.meta.in_channels")
+    try:
+        ShiftSettings.from_config(get("eval.shift"), dims if isinstance(dims, int) else None,
+                                  channels if isinstance(channels, int) else None)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
 def rule_demo_options(get: Callable[[str], Any]) -> str | None:
     """The demo data's size options on a dataset read from files (``debug=fast dataset=nnunet``),
     which its datamodule would refuse only once the dataset is planned."""
@@ -173,4 +187,5 @@ def rule_balance(get) -> str | None:
 #: every rule, in the order they are checked
 RULES: tuple[Callable[[Callable[[str], Any]], str | None], ...] = (
     rule_fold, rule_batch, rule_patch_dims, rule_windows, rule_patch_stride, rule_start_epoch,
-    rule_dataset_root, rule_test_scores, rule_ignore_label, rule_risk_control, rule_demo_options, rule_balance)
+    rule_dataset_root, rule_test_scores, rule_ignore_label, rule_risk_control, rule_shift, rule_demo_options,
+    rule_balance)

@@ -209,6 +209,26 @@ def predict_files(
     return records
 
 
+def drift_of(module, u: np.ndarray, path: Path) -> dict:
+    """``{"drift": ...}``: this input's case score against the validation cases' range stored in the
+    checkpoint (:func:`uaseg.shift.referral.drift_check`), with a warning when it lies outside; empty
+    for a checkpoint without that record."""
+    from uaseg.selective.case_level import aggregate_case_uncertainty
+    from uaseg.shift.referral import drift_check
+
+    record = getattr(module, "case_scores", None)
+    if not record:
+        return {}
+    d = drift_check(record, aggregate_case_uncertainty(record["aggregation"], u))
+    if d["outside"]:
+        lo, hi = d["validation_range"]
+        log.warning("%s: drift warning: its case uncertainty (%s of u) %.4g lies outside the range of the %d validation "
+                    "cases [%.4g, %.4g] (p = %.3g; a clean case does this with probability %.3g): its referral threshold and "
+                    "any guarantee were calibrated on cases unlike it; have the whole case checked", path.name,
+                    d["aggregation"], d["case_score"], d["n_validation"], lo, hi, d["p_value"], d["false_alarm_rate"])
+    return {"drift": d}
+
+
 def _predict_one(model: LoadedModel, files: list[Path], out: dict[str, Path], device: torch.device, ckpt_path: Path,
                  chosen: dict, score: str = "max_softmax") -> dict:
     seg, u = segment_file(model, files, device, score)
@@ -235,6 +255,7 @@ def _predict_one(model: LoadedModel, files: list[Path], out: dict[str, Path], de
         "voxel_counts": {names[i]: int(c) for i, c in enumerate(counts)},
         "voxel_counts_covered": {names[i]: int(c) for i, c in enumerate(counts_covered)},
         "uncertainty": {"mean": float(u.mean()), "max": float(u.max())},
+        **(drift_of(model.module, u, path) if score == "max_softmax" else {}),
         "outputs": {k: str(p) for k, p in out.items() if k != "json"},
     }
     write_json(out["json"], record)

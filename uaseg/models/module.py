@@ -26,6 +26,8 @@ from uaseg.losses.schedule import DominanceWarning, logs_this_step, training_pro
 from uaseg.losses.variants import second_view_logits
 from uaseg.models.testing import TestScoring
 from uaseg.selective import SelectiveResult, SelectiveSegmentationMetric, ThresholdGrid
+from uaseg.shift.evaluate import shift_evaluation
+from uaseg.shift.referral import drift_record
 from uaseg.uncertainty import check_scores, deterministic_scores
 from uaseg.uncertainty.confidnet import HEAD_KEY, ConfidenceHead, WithConfidence
 from uaseg.uncertainty.tta import flip_sets
@@ -38,6 +40,8 @@ EVAL_KEYS = ("coverages", "quantize_bits", "case_aggregation", "bootstrap", "sco
 RISK_CONTROL_KEY = "uaseg_risk_control"
 #: checkpoint key of the validation curves of the other one-pass scores (``predict.py score=margin coverage=...``)
 VAL_CURVES_KEY = "uaseg_val_curves"
+#: checkpoint key of the validation cases' case scores, the drift range of prediction (``uaseg.shift.referral``)
+CASE_SCORES_KEY = "uaseg_case_scores"
 #: the one-pass scores prediction can refer by (tcp: with a ConfidNet head)
 PREDICT_SCORES = ("max_softmax", "entropy", "margin", "doctor", "max_logit", "energy", "tcp")
 
@@ -125,6 +129,10 @@ class SelectiveSegModule(TestScoring, L.LightningModule):
         self.confidence: dict | None = None
         #: score -> validation ThresholdGrid of the one-pass scores other than max_softmax and tcp
         self.val_curves: dict[str, ThresholdGrid] = {}
+        #: the shift testbed (``eval.shift``; None: off), its last report, and the last validation's case scores
+        self.shift = shift_evaluation(evaluation, net, self.num_classes, self.ignore_label)
+        self.shift_report: dict | None = None
+        self.case_scores: dict | None = None
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, trust_checkpoint: bool = False, **kwargs):
@@ -228,6 +236,8 @@ class SelectiveSegModule(TestScoring, L.LightningModule):
             prog_bar=True,
         )
         self.val_curve = result.threshold_grid
+        agg = self.val_metric._acc.case_aggregation
+        self.case_scores = drift_record([c.uncertainty[agg] for c in result.cases or ()], agg)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # plain Python types only, so prediction loads checkpoints with torch.load(weights_only=True)
@@ -241,6 +251,8 @@ class SelectiveSegModule(TestScoring, L.LightningModule):
             checkpoint[HEAD_KEY] = self.confidence_record()
         if self.val_curves:
             checkpoint[VAL_CURVES_KEY] = {k: g.to_dict() for k, g in self.val_curves.items()}
+        if self.case_scores:
+            checkpoint[CASE_SCORES_KEY] = self.case_scores
 
     def confidence_record(self) -> dict:
         c = self.confidence or {}
@@ -252,6 +264,7 @@ class SelectiveSegModule(TestScoring, L.LightningModule):
         if "uaseg_temperature" in checkpoint:  # else keep one fitted in memory (a test-only run)
             self.temperature = float(checkpoint["uaseg_temperature"])
         self.risk_calibration = checkpoint.get(RISK_CONTROL_KEY)
+        self.case_scores = checkpoint.get(CASE_SCORES_KEY)
         curves = checkpoint.get(VAL_CURVES_KEY)
         if curves:
             self.val_curves = {k: ThresholdGrid.from_dict(g) for k, g in curves.items()}

@@ -97,6 +97,8 @@ class TestScoring:
 
     def on_test_epoch_start(self) -> None:
         self._family_time, self._test_cases = {}, 0
+        if self.shift is not None:  # the shift testbed (uaseg.shift): validation cases first
+            self.shift.start(self, self._datamodule())
         if "tcp" in self.scores and not self.confidence:
             raise ConfigError("eval.scores asks for 'tcp' but this model has no ConfidNet head: train with "
                               "confidence_head=tcp (or test a checkpoint that holds one)")
@@ -112,6 +114,9 @@ class TestScoring:
                 self.test_metrics[name].update(u, pred, case.label, case_id=case.case_id, group=case.group)
             out.append(case)
         self._test_cases += len(out)
+        if self.shift is not None:
+            self.shift.add_batch(self, as_tensor(batch["image"]), label, [c.case_id for c in out],
+                                 [c.group for c in out], maps.get("max_softmax"))
         return out
 
     def on_test_epoch_end(self) -> None:
@@ -124,6 +129,10 @@ class TestScoring:
             self.test_results[name] = result
             self._log_test_scalars(result, "test/" if i == 0 else f"test/{name}/")
         self.test_result = self.test_results[self.scores[0]]
+        if self.shift is not None:
+            dm = self._datamodule()
+            units = {s: dm.case_units(s) if hasattr(dm, "case_units") else None for s in ("test", "val")}
+            self.shift_report = self.shift.compute(self.risk_calibration, units["test"], units["val"], self._class_names(dm))
         cases = max(self._test_cases, 1)
         self.test_costs = {
             name: {"passes": self.family_passes(SCORES[name].family),
@@ -161,8 +170,13 @@ class TestScoring:
         if self.hparams.evaluation.get("quantize_bits") is not None:
             log.warning("the checkpoint's risk-control calibrations are not evaluated: eval.quantize_bits is set")
             return None
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = self._datamodule()
         units = dm.case_units("test") if hasattr(dm, "case_units") else None   # patients, when named
+        return evaluate_all(self.risk_calibration, metric.gathered_case_stats(), units, self._class_names(dm))
+
+    def _datamodule(self):
+        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+
+    def _class_names(self, dm) -> list[str] | None:
         names = list(getattr(dm, "class_names", ()) or ())
-        names = ["background", *names] if len(names) == self.num_classes - 1 else None
-        return evaluate_all(self.risk_calibration, metric.gathered_case_stats(), units, names)
+        return ["background", *names] if len(names) == self.num_classes - 1 else None

@@ -19,6 +19,7 @@ from .collect import collect
 from .grouping import compare, describe_context, describe_loss
 from .methods import method_rows, methods_figure, render_methods
 from .risk import risk_section
+from .shift import shift_section
 from .sweep import expand, find_multirun_files
 from .table import write_csv_rows
 
@@ -136,6 +137,7 @@ def build_report(root, out_dir=None, force: bool = False, make_figures: bool = T
         methods_md, method_tidy = render_methods(method_groups)
         md += ["## Methods: training settings × uncertainty scores", "", METHODS_NOTE, "", methods_md]
         md += risk_section(comparisons)
+        md += shift_section(comparisons)[0]
     md += _status_sections(root, runs, problems) if root.is_dir() else []
     report = Report(len(runs), "", rows=rows, n_problems=len(problems))
     if not runs:  # nothing to compare: print what we found, write nothing
@@ -175,4 +177,5 @@ def _figures(comparisons, fig_dir: Path) -> list[Path]:
             paths.append(figs.fig2(c, table.coverage_keys(c), fig_dir / f"fig2_{i:02d}.png"))
         paths.append(figs.fig3(c, fig_dir / f"fig3_{i:02d}.png"))
     paths += figs.sweep_figures(comparisons, fig_dir, table.part_getter("all", "aurc_dice", None))
+    paths += shift_section(comparisons, fig_dir)[1]
     return [p for p in paths if p is not None]

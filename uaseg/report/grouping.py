@@ -28,7 +28,7 @@ IGNORED_OVERRIDES = {"dataset", "model", "tag", "seed", "loss", "ckpt_path", "tr
                      "eval.figures", "eval.bootstrap", "eval.save_arrays",
                      "eval.panel_coverage", "callbacks.progress_bar",
                      *(f"loss.{k}" for k in LOSS_KEYS)}
-IGNORED_PREFIXES = ("hydra.", "paths.", "logger", "callbacks.progress_bar", "eval.risk_control")
+IGNORED_PREFIXES = ("hydra.", "paths.", "logger", "callbacks.progress_bar", "eval.risk_control", "eval.shift")
 
 
 def _key(override: str) -> str:

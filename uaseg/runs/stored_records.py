@@ -15,6 +15,7 @@ from uaseg.errors import CheckpointError
 #: file imports neither
 VAL_CURVE, VAL_CURVES, TEMPERATURE = "uaseg_val_curve", "uaseg_val_curves", "uaseg_temperature"
 HEAD, RISK_CONTROL = "uaseg_confidence_head", "uaseg_risk_control"
+CASE_SCORES = "uaseg_case_scores"
 #: paths Lightning's ModelCheckpoint restores from a checkpoint (and may delete or rewrite later)
 CALLBACK_PATHS = ("dirpath", "best_model_path", "kth_best_model_path", "last_model_path")
 
@@ -67,6 +68,12 @@ def _problems(ckpt: Mapping):
             yield HEAD, str(e)
         if isinstance(head, Mapping) and head.get("val_curve") is not None:
             yield from grid(f"{HEAD}.val_curve", head["val_curve"])
+    if ckpt.get(CASE_SCORES) is not None:
+        from uaseg.shift.referral import drift_problem
+
+        problem = drift_problem(ckpt[CASE_SCORES])
+        if problem:
+            yield CASE_SCORES, problem
     callbacks = ckpt.get("callbacks")
     for name, state in callbacks.items() if isinstance(callbacks, Mapping) else ():
         if not isinstance(state, Mapping):

@@ -8,7 +8,10 @@ cases of one split (by default the test split a default run tests: same ``data_s
 * ``demo2d``: 8-bit RGB PNG ``<case>.png`` (the tile scaled by 255, as ``predict.py`` scales it back);
 * ``demo3d``: NIfTI ``<case>.nii.gz`` in HU (int16), 1 mm voxels, identity affine;
 
-and their ground truth beside them in ``<folder>/labels/`` (palette PNG / uint8 NIfTI, values = class
+``shift="KIND:SEVERITY"`` (``--shift noise:3``) writes them corrupted exactly as the shift testbed
+corrupts those test cases (:mod:`uaseg.shift.corruptions`, same ``shift_seed`` as ``eval.shift.seed``),
+on the image the network sees (demo3d: after the HU window), up to the files' 8-bit / integer-HU
+rounding; and their ground truth beside them in ``<folder>/labels/`` (palette PNG / uint8 NIfTI, values = class
 indices), which ``predict.py`` does not read (it takes the files directly inside the folder).
 ``<folder>/export-demo.json`` records what was exported: a folder that holds anything else is
 refused (``force``), so two test sets are never mixed in one folder without a word.
@@ -55,16 +58,23 @@ def demo_datamodule(dataset: str = "demo2d", overrides: Sequence[str] = (), cach
 
 
 def export_demo(folder: str | Path, dataset: str = "demo2d", split: str = "test", overrides: Sequence[str] = (),
-                cache_dir: str | Path | None = None, force: bool = False) -> list[Path]:
-    """Write the cases of ``split`` into ``folder`` (labels into ``folder/labels``); returns the image
-    files. ``folder`` must be new, empty or an earlier export of the same cases, unless ``force``."""
+                cache_dir: str | Path | None = None, force: bool = False, shift: str | None = None,
+                shift_seed: int = 0) -> list[Path]:
+    """Write the cases of ``split`` into ``folder`` (labels into ``folder/labels``), corrupted by ``shift``
+    (``"KIND:SEVERITY"``) if given; returns the image files. ``folder`` must be new, empty or an earlier
+    export of the same cases, unless ``force``."""
     from uaseg.io import write_json
+    from uaseg.shift.corruptions import parse_condition
 
     if split not in SPLITS:
         raise ConfigError(f"export-demo: split {split!r}: choose from {list(SPLITS)}")
+    condition = parse_condition(shift, "export-demo --shift") if shift else None
+    if isinstance(shift_seed, bool) or not isinstance(shift_seed, int) or shift_seed < 0:
+        raise ConfigError(f"export-demo --shift-seed={shift_seed!r}: expected an integer >= 0")
     folder = Path(folder)
     what = {"dataset": dataset, "split": split,
-            "overrides": sorted(o[len("dataset."):] if o.startswith("dataset.") else o for o in overrides)}
+            "overrides": sorted(o[len("dataset."):] if o.startswith("dataset.") else o for o in overrides),
+            **({"shift": f"{condition[0]}:{condition[1]}", "shift_seed": shift_seed} if condition else {})}
     check_target(folder, what, force)
     dm = demo_datamodule(dataset, overrides, cache_dir)
     dm.setup()
@@ -72,10 +82,25 @@ def export_demo(folder: str | Path, dataset: str = "demo2d", split: str = "test"
     ext = ".png" if dm.spatial_dims == 2 else ".nii.gz"
     written, labels = [], []
     for case in cases:
+        if condition is not None:
+            case = {**case, "image": _corrupted(dm, np.asarray(case["image"]), condition, shift_seed, case["case_id"])}
         labels.append(folder / "labels" / f"{case['case_id']}{ext}")
         written.append(write_case(case, dm.spatial_dims, folder / f"{case['case_id']}{ext}", labels[-1]))
     write_json(folder / RECORD, {**what, "files": sorted(str(f.relative_to(folder)) for f in written + labels)})
     return written
+
+
+def _corrupted(dm, image: np.ndarray, condition: tuple[str, int], seed: int, case_id: str) -> np.ndarray:
+    """The case as the testbed corrupts it: on the network's input (demo3d: HU windowed to [0, 1]),
+    then back to the file's units."""
+    from uaseg.shift.corruptions import check_kind, corrupt
+
+    check_kind(*condition, dm.spatial_dims, dm.in_channels, where="export-demo --shift")
+    if dm.spatial_dims == 2:
+        return corrupt(image.astype(np.float32), *condition, seed, case_id, 2)
+    lo, hi = dm.hu_window
+    x = np.clip((image.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    return np.round(corrupt(x, *condition, seed, case_id, 3) * (hi - lo) + lo)
 
 
 def check_target(folder: Path, what: dict, force: bool) -> None:

@@ -46,6 +46,7 @@ from uaseg.data.plan.resample import ResampleToSpacingd, nonzero
 from uaseg.data.formats.dataset_json import DatasetInfo
 from uaseg.data.formats.layout_transforms import AnnotatedIndicesd, NormalizeChannelsd
 from uaseg.errors import ConfigError, DatasetError
+from uaseg.shift.groups import GROUPS_FILE, read_groups, split_by_groups
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,17 @@ class StandardLayoutDataModule(FileSegDataModule):
 
     # ------------------------------------------------------------------ the datamodule
     def __init__(self, plan: Mapping[str, Any], spacing: Any, orientation: str, max_patch_size_2d: Sequence[int],
-                 max_patch_size_3d: Sequence[int], patch_size: Sequence[int] | None = None, **kwargs: Any) -> None:
+                 max_patch_size_3d: Sequence[int], patch_size: Sequence[int] | None = None,
+                 train_groups: Sequence[str] | None = None, test_groups: Sequence[str] | None = None,
+                 **kwargs: Any) -> None:
         self.plan = dict(plan)
+        #: natural shift (uaseg.shift.groups): train on these groups of <root>/groups.csv, test on those
+        for key, names in (("train_groups", train_groups), ("test_groups", test_groups)):
+            if names is not None and (isinstance(names, str) or not all(isinstance(g, (str, int)) and str(g) for g in names)
+                                      or not len(names)):
+                raise ConfigError(f"dataset.{key}={names!r}: expected null or a non-empty list of group names of groups.csv")
+        self.train_groups = None if train_groups is None else [str(g) for g in train_groups]
+        self.test_groups = None if test_groups is None else [str(g) for g in test_groups]
         settings = {"spacing": spacing, "orientation": str(orientation),
                     "max_patch_size_2d": list(max_patch_size_2d), "max_patch_size_3d": list(max_patch_size_3d)}
         if self.plan.get("settings") != settings:
@@ -140,7 +150,28 @@ class StandardLayoutDataModule(FileSegDataModule):
         if info.meta() != self.plan["meta"]:
             raise DatasetError(f"{info.json_path} no longer matches the plan of this run ({info.meta()} vs "
                                f"{self.plan['meta']}); its fingerprint must be recomputed")
-        return self.discover(self.root, info)
+        cases = self.discover(self.root, info)
+        path = self.root / GROUPS_FILE
+        if path.is_file():   # each case's group: reported per group, and train/test by group
+            groups = read_groups(path, [c["case_id"] for c in cases])
+            cases = [{**c, "group": groups[c["case_id"]]} for c in cases]
+        elif self.train_groups is not None or self.test_groups is not None:
+            raise DatasetError(f"dataset.train_groups / dataset.test_groups need {path} (a header 'case,group', then "
+                               "one line per case; docs/shift.md)")
+        return cases
+
+    def split_cases(self, cases: list[dict]) -> dict[str, list[dict]]:
+        """The persisted k-fold split, or with ``train_groups`` / ``test_groups`` the groups' cases (the
+        validation cases carved from the training groups; ``fold`` and ``num_folds`` unused)."""
+        if self.train_groups is None and self.test_groups is None:
+            return super().split_cases(cases)
+        from uaseg.data.splits import carve_validation
+
+        by_id = {c["case_id"]: c for c in cases}
+        pool, test = split_by_groups({c["case_id"]: c["group"] for c in cases}, self.train_groups, self.test_groups,
+                                     self.root / GROUPS_FILE)
+        train, val = carve_validation(pool, self.val_fraction, self.seed)
+        return {"train": [by_id[i] for i in train], "val": [by_id[i] for i in val], "test": [by_id[i] for i in test]}
 
     def check_case_headers(self, case: dict) -> None:
         self.check_headers(case, self.spatial_dims, self.in_channels)
