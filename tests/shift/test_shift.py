@@ -17,7 +17,7 @@ from uaseg.selective.risk_control import calibrate
 from uaseg.selective.risk_evaluate import evaluate
 from uaseg.shift.corruptions import KINDS, RGB_ONLY, SEVERITIES, case_seed, corrupt, parameters, parse_condition
 from uaseg.shift.referral import (
-    calibrate_case_referral, drift_check, drift_problem, drift_record, failure_auroc, referred_whole,
+    accepted_counts, calibrate_case_referral, referral_outcome, drift_check, drift_problem, drift_record, failure_auroc, referred_whole,
 )
 from uaseg.shift.settings import CaseReferralSettings, ShiftSettings
 
@@ -104,6 +104,8 @@ def test_parse_condition():
     ({"kinds": ["noise"], "case_referral": {"alpha": 0.1, "method": "x"}}, "case_referral.method='x'"),
     ({"kinds": ["jpeg"]}, "jpeg is for 2-D RGB images"),
     ({"kinds": "noise", "groups": "yes"}, "groups='yes'"),
+    ({"kinds": ["noise"], "case_referral": {"alpha": 0.1, "among": "accepted"}}, "among=accepted needs method=ltt"),
+    ({"kinds": ["noise"], "case_referral": {"alpha": 0.1, "among": "some"}}, "case_referral.among='some'"),
 ])
 def test_settings_refusals(cfg, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -116,6 +118,8 @@ def test_settings_conditions():
     assert s.conditions == [("clean", 0), ("noise", 1), ("noise", 3), ("blur", 1), ("blur", 3)]
     assert s.case_referral == CaseReferralSettings(0.2) and s.too_few(3) and not s.too_few(4)
     assert ShiftSettings.from_config({"kinds": [], "groups": True}).conditions == [("clean", 0)]
+    acc = ShiftSettings.from_config({"kinds": ["noise"], "case_referral": {"alpha": 0.1, "method": "ltt", "among": "accepted"}})
+    assert acc.case_referral.among == "accepted" and acc.too_few(22) and not acc.too_few(23)
 
 
 def _brute_force_threshold(s, f, method, alpha, delta):
@@ -145,6 +149,73 @@ def test_case_referral_matches_brute_force(method):
         else:
             assert ref.feasible and ref.threshold == want, (trial, n, alpha)
         assert ref.calibration_silent == pytest.approx(np.mean((s <= ref.threshold) & f))
+
+
+def _brute_force_accepted(s, f, alpha, delta):
+    """From scratch: every count m of accepted_counts, largest first; the m-th smallest score, the
+    binomial test of the cases strictly below it at delta / |M|."""
+    from scipy.stats import binom
+
+    counts = accepted_counts(s.size, alpha, delta)
+    for m in counts:
+        t = sorted(s.tolist())[m - 1]
+        below = s < t
+        if below.any() and binom.cdf(int(np.sum(below & f)), int(below.sum()), alpha) <= delta / len(counts):
+            return t
+    return -np.inf
+
+
+def test_accepted_counts_are_fixed_by_n_alpha_delta_and_can_reject():
+    assert accepted_counts(22, 0.1, 0.1) == [] and accepted_counts(23, 0.1, 0.1) == [23]
+    for n in (46, 100, 1000):
+        m = accepted_counts(n, 0.1, 0.1)
+        assert m[0] == n and m == sorted(m, reverse=True)
+        assert all(0.9 ** (k - 1) <= 0.1 / len(m) for k in m)
+    assert CaseReferralSettings(0.1, "ltt", 0.1, "accepted").min_cases() == 23
+
+
+def test_case_referral_among_accepted_matches_brute_force():
+    rng = np.random.default_rng(3)
+    feasible = 0
+    for trial in range(300):
+        n = int(rng.integers(20, 200))
+        s = np.round(rng.random(n), 2 if trial % 3 == 0 else 6)
+        f = rng.random(n) < rng.uniform(0, 0.3) * (0.2 + s)
+        alpha = float(rng.choice([0.05, 0.1, 0.2, 0.3]))
+        ref = calibrate_case_referral(s, f, CaseReferralSettings(alpha, "ltt", 0.1, "accepted"))
+        want = _brute_force_accepted(s, f, alpha, 0.1)
+        assert ref.threshold == want and ref.feasible == (want > -np.inf), (trial, n, alpha)
+        feasible += ref.feasible
+        assert "fraction of the accepted cases that fail" in ref.statement
+    assert 30 < feasible < 270      # both outcomes exercised
+
+
+def test_case_referral_among_accepted_guarantee_holds_with_probability():
+    """LTT's promise on the accepted cases, by simulation with a known truth: s ~ U(0, 1) and a case fails
+    with probability 0.05 + 0.5 s^2, so P(fail | s <= t) = 0.05 + t^2 / 6 <= 0.1 exactly for t <= sqrt(0.3).
+    The threshold exceeds that in at most delta of the draws; the joint (among all) threshold, which bounds
+    another quantity, exceeds it in most draws."""
+    rng = np.random.default_rng(4)
+    alpha, delta, n, limit = 0.1, 0.1, 300, np.sqrt(0.3)
+    over_accepted = over_all = feasible = 0
+    for _ in range(400):
+        s = rng.random(n)
+        f = rng.random(n) < 0.05 + 0.5 * s ** 2
+        ref = calibrate_case_referral(s, f, CaseReferralSettings(alpha, "ltt", delta, "accepted"))
+        over_accepted += ref.threshold > limit
+        feasible += ref.feasible
+        over_all += calibrate_case_referral(s, f, CaseReferralSettings(alpha, "crc")).threshold > limit
+    assert over_accepted / 400 <= delta + 0.03 and over_all / 400 > 0.5
+    assert feasible > 40            # it does accept cases (about 18 % of draws here), not only refer all
+
+
+def test_referral_outcome_checks_what_alpha_bounds():
+    s, f = np.array([0.1, 0.2, 0.3, 0.9]), np.array([False, True, False, True])
+    joint = referral_outcome(s, f, 0.3, 0.3)
+    cond = referral_outcome(s, f, 0.3, 0.3, "accepted")
+    assert joint["risk"] == 0.25 and joint["holds"]                         # 1 of 4 cases accepted and failing
+    assert cond["risk"] == pytest.approx(1 / 3) and not cond["holds"]      # 1 of 3 accepted cases fails
+    assert referral_outcome(s, f, -np.inf, 0.1, "accepted")["risk"] == 0.0
 
 
 def test_case_referral_crc_guarantee_holds_on_average():

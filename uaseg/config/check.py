@@ -166,6 +166,7 @@ DOMAINS: dict[str, Any] = {
                                              note="fraction of cases accepted and failing; null = off"),
     "eval.shift.case_referral.method": Choice(("crc", "ltt")),
     "eval.shift.case_referral.delta": Number(0, 1, low_open=True, high_open=True),
+    "eval.shift.case_referral.among": Choice(("all", "accepted")),
 }
 
 

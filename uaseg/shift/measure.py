@@ -84,7 +84,7 @@ def _row(settings: ShiftSettings, condition: tuple[str, int], group: str, stats:
         row["drift_flagged"] = float(outside.mean())
     refer = np.zeros(len(stats), dtype=bool)
     if referral is not None:
-        row["case_referral"] = referral_outcome(scores, fails, referral.threshold, referral.alpha)
+        row["case_referral"] = referral_outcome(scores, fails, referral.threshold, referral.alpha, referral.among)
         refer = scores > referral.threshold
     row["risk"] = []
     for method, key, cal in calibrations:

@@ -9,9 +9,18 @@ applies exactly: CRC gives ``E[L_new(t)] <= alpha``, LTT with the exact binomial
 losses are 0/1) gives ``P(R(t) <= alpha) >= 1 - delta``, ``R(t)`` the probability that a new case is
 accepted and fails, for new cases exchangeable with the calibration cases. Like the voxel threshold
 (:mod:`uaseg.selective.risk_control`) the answer is the largest calibration score below the first
-breakpoint where the condition fails; no calibration case failing, it is the largest score. The
-fraction of *accepted* cases that fail is ``R(t) / P(accepted)``: bounded through ``R`` only, since
-it is not monotone in ``t`` (reported, not guaranteed).
+breakpoint where the condition fails; no calibration case failing, it is the largest score.
+
+**Among the accepted cases** (``among="accepted"``, LTT only). The fraction of *accepted* cases that
+fail, ``R_acc(t) = P(fail | s <= t)``, is not monotone in ``t``, so CRC does not apply. Candidate
+thresholds are order statistics: ``t_m`` the ``m``-th smallest calibration score, for a set ``M`` of
+counts ``m`` fixed from ``n, alpha, delta`` alone (:func:`accepted_counts`). Given ``t_m``, the ``m - 1``
+cases below it are i.i.d. accepted cases (scores continuous), so their failures are
+``Bin(m - 1, R_acc(t_m))`` and ``P(Bin(m - 1, alpha) <= k)`` is a valid p-value of ``R_acc(t_m) > alpha``.
+Bonferroni over ``M`` (each at ``delta / |M|``) and the largest rejected ``m``:
+``P(R_acc(t) <= alpha) >= 1 - delta`` (the selection-with-guaranteed-risk argument of Geifman and
+El-Yaniv, 2017). The price: with no failure at all it needs ``n >= 1 + log(delta) / log(1 - alpha)``
+calibration cases (23 at alpha = delta = 0.1), and more to accept all but a few.
 
 **Drift range** (:func:`drift_record`, :func:`drift_check`): the validation cases' scores, stored in
 the checkpoint as plain numbers. A new input whose score lies outside their range gets a warning;
@@ -60,11 +69,13 @@ class CaseReferral:
     n_calibration: int
     calibration_silent: float     # fraction of calibration cases accepted and failing
     calibration_referred: float   # fraction of calibration cases referred
+    among: str = "all"            # what alpha bounds: failing cases among all cases or among accepted ones
 
     @property
     def statement(self) -> str:
         n, a = self.n_calibration, self.alpha
-        what = f"the fraction of cases accepted that fail (silent failures) is at most {a:g}"
+        what = (f"the fraction of cases accepted that fail (silent failures) is at most {a:g}" if self.among == "all"
+                else f"the fraction of the accepted cases that fail is at most {a:g}")
         if not self.feasible:
             return f"{n} calibration cases cannot certify that {what} with {self.method}: every case is referred."
         how = ("in expectation" if self.method == "crc"
@@ -91,7 +102,9 @@ def calibrate_case_referral(scores, fails, settings: CaseReferralSettings) -> Ca
     def ok(k) -> np.ndarray:
         return condition_holds(method, np.asarray(k, dtype=np.float64), n, alpha, delta, pvalue)
 
-    if not ok(0.0):
+    if settings.among == "accepted":
+        t, feasible = _accepted_threshold(s, f, alpha, settings.delta)
+    elif not ok(0.0):
         t, feasible = NEG_INF, False
     else:
         breaks = np.unique(s[f])                          # the loss jumps at failing cases' scores
@@ -104,17 +117,49 @@ def calibrate_case_referral(scores, fails, settings: CaseReferralSettings) -> Ca
             below = s[s < breaks[bad[0]]]
             t = float(below.max()) if below.size else NEG_INF
     accepted = s <= t
-    return CaseReferral(t, feasible, method, alpha, delta, n, float(np.mean(accepted & f)), float(np.mean(~accepted)))
+    return CaseReferral(t, feasible, method, alpha, delta, n, float(np.mean(accepted & f)), float(np.mean(~accepted)),
+                        settings.among)
 
 
-def referral_outcome(scores, fails, threshold: float, alpha: float) -> dict:
-    """The realised case referral on held-out cases."""
+def accepted_counts(n: int, alpha: float, delta: float) -> list[int]:
+    """The accepted-case counts ``M`` tried (module docstring), from ``n, alpha, delta`` only: the longest
+    run ``n, 0.8 n, 0.64 n, ...`` (down to 2) whose every count could reject at ``delta / |M|`` even
+    with no failure."""
+    grid, m = [], n
+    while m >= 2:
+        grid.append(m)
+        m = min(m - 1, int(m * 0.8))
+    usable = [k for k in range(1, len(grid) + 1) if (1 - alpha) ** (grid[k - 1] - 1) <= delta / k]
+    return grid[:usable[-1]] if usable else []
+
+
+def _accepted_threshold(s: np.ndarray, f: np.ndarray, alpha: float, delta: float) -> tuple[float, bool]:
+    """The largest order statistic ``t_m``, ``m`` in :func:`accepted_counts`, whose binomial test of
+    ``P(fail | accepted) > alpha`` on the cases below it rejects at ``delta / |M|``."""
+    from scipy.stats import binom
+
+    counts = accepted_counts(s.size, alpha, delta)
+    order = np.argsort(s, kind="stable")
+    fails_below = np.concatenate([[0], np.cumsum(f[order])])     # failures among the j smallest scores
+    for m in counts:                                              # largest first
+        t = float(s[order[m - 1]])
+        below = int(np.searchsorted(s[order], t, side="left"))    # cases strictly below t (ties: fewer)
+        if below and binom.cdf(int(fails_below[below]), below, alpha) <= delta / len(counts):
+            return t, True
+    return NEG_INF, False
+
+
+def referral_outcome(scores, fails, threshold: float, alpha: float, among: str = "all") -> dict:
+    """The realised case referral on held-out cases; ``risk`` is what alpha bounds (``among``), and
+    with nothing accepted the fraction among accepted cases is 0 (no case let through)."""
     s, f = np.asarray(scores, dtype=np.float64), np.asarray(fails, dtype=bool)
     acc = s <= threshold
     silent = float(np.mean(acc & f)) if s.size else math.nan
+    accepted_failing = float(np.mean(f[acc])) if acc.any() else None
+    risk = silent if among == "all" else (accepted_failing or 0.0)
     return {"referred": float(np.mean(~acc)) if s.size else math.nan, "silent_failures": silent,
-            "accepted_failing": float(np.mean(f[acc])) if acc.any() else None,
-            "holds": bool(silent <= alpha) if s.size else None}
+            "accepted_failing": accepted_failing, "among": among, "risk": risk,
+            "holds": bool(risk <= alpha) if s.size else None}
 
 
 def failure_auroc(scores, fails) -> float | None:

@@ -33,7 +33,7 @@ def markdown_table(block: dict) -> str:
     remedies = [r for r in REMEDIES if any(r in e for row in block["rows"] for e in row["risk"])]
     cov = sorted({k for row in block["rows"] for k in row["dice_at"]}, reverse=True)
     head = (["condition", "group", "n", "Dice", "AURC"] + [f"Dice@{k}" for k in cov]
-            + ["fail %", "fail AUROC", "drift %", "cases referred %", "silent fail"]
+            + ["fail %", "fail AUROC", "drift %", "cases referred %", "case-referral risk"]
             + (["calibrated threshold"] if remedies else []) + [f"risk: {REMEDY_LABELS[r]}" for r in remedies])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in block["rows"]:
@@ -42,7 +42,7 @@ def markdown_table(block: dict) -> str:
         base += [_pct(row["dice_at"].get(k), 2) for k in cov]
         base += [_pct(row["failure_rate"]), "–" if row["failure_auroc"] is None else f"{row['failure_auroc']:.3f}",
                  _pct(row.get("drift_flagged")), _pct(ref.get("referred")),
-                 "–" if not ref else f"{ref['silent_failures']:.3f} {'✓' if ref['holds'] else '✗'}"]
+                 "–" if not ref else f"{ref.get('risk', ref['silent_failures']):.3f} {'✓' if ref['holds'] else '✗'}"]
         for e in row["risk"] or [None]:
             if e is None:
                 lines.append("| " + " | ".join(base + (["–"] * (len(remedies) + 1) if remedies else [])) + " |")
@@ -59,7 +59,7 @@ def summary_lines(block: dict) -> list[str]:
     out = []
     ref = block.get("case_referral")
     if ref:
-        out.append(f"case referral (silent failures = accepted cases with Dice < {block['settings']['fail_dice']:g}): "
+        out.append(f"case referral (a case fails below Dice {block['settings']['fail_dice']:g}): "
                    + ref["statement"])
     if block.get("case_referral_note"):
         out.append(block["case_referral_note"])

@@ -12,6 +12,8 @@ from uaseg.selective.risk_bounds import METHODS, min_calibration_cases
 from .corruptions import KINDS, RGB_ONLY, SEVERITY_LEVELS, check_kind
 
 WHERE = "eval.shift"
+#: what the case referral's alpha bounds: cases accepted and failing among all cases, or among the accepted
+AMONG = ("all", "accepted")
 
 
 def _as_list(x: Any, key: str) -> list:
@@ -27,13 +29,19 @@ def _as_list(x: Any, key: str) -> list:
 @dataclass(frozen=True)
 class CaseReferralSettings:
     """Refer a whole case when its case score exceeds a threshold calibrated on the clean validation
-    cases, so that the fraction of cases accepted *and* failing is at most ``alpha``."""
+    cases, so that the fraction of cases accepted *and* failing (``among="all"``) or the fraction of the
+    *accepted* cases that fail (``among="accepted"``, LTT only) is at most ``alpha``."""
 
     alpha: float
     method: str = "crc"
     delta: float = 0.1
+    among: str = "all"
 
     def min_cases(self) -> int:
+        if self.among == "accepted":
+            from .referral import accepted_counts
+
+            return next(n for n in range(2, 100_000) if accepted_counts(n, self.alpha, self.delta))
         return min_calibration_cases(self.alpha, self.method, self.delta if self.method == "ltt" else None,
                                      "binom" if self.method == "ltt" else "hb")
 
@@ -113,10 +121,16 @@ def _referral(cfg: Any) -> CaseReferralSettings | None:
     if not cfg or cfg.get("alpha") is None:
         return None
     alpha, method, delta = cfg.get("alpha"), cfg.get("method", "crc"), cfg.get("delta", 0.1)
+    among = cfg.get("among", "all")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise ConfigError(f"{where}.alpha={alpha!r}: expected a fraction of cases in (0, 1) (null: off)")
     if method not in METHODS:
         raise ConfigError(f"{where}.method={method!r}: choose from {list(METHODS)}")
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
         raise ConfigError(f"{where}.delta={delta!r}: expected a number in (0, 1)")
-    return CaseReferralSettings(float(alpha), str(method), float(delta))
+    if among not in AMONG:
+        raise ConfigError(f"{where}.among={among!r}: choose from {list(AMONG)}")
+    if among == "accepted" and method != "ltt":
+        raise ConfigError(f"{where}.among=accepted needs method=ltt: the fraction of accepted cases that fail "
+                          "is not monotone in the threshold, which CRC needs")
+    return CaseReferralSettings(float(alpha), str(method), float(delta), str(among))
