@@ -17,9 +17,9 @@ from uaseg.selective.risk_control import calibrate
 from uaseg.selective.risk_evaluate import evaluate
 from uaseg.shift.corruptions import KINDS, RGB_ONLY, SEVERITIES, case_seed, corrupt, parameters, parse_condition
 from uaseg.shift.referral import (
-    accepted_counts, calibrate_case_referral, referral_outcome, drift_check, drift_problem, drift_record, failure_auroc, referred_whole,
+    calibrate_case_referral, referral_outcome, drift_check, drift_problem, drift_record, failure_auroc, referred_whole,
 )
-from uaseg.shift.settings import CaseReferralSettings, ShiftSettings
+from uaseg.shift.settings import CaseReferralSettings, ShiftSettings, accepted_counts
 
 
 def _image(dims: int, seed: int = 0) -> np.ndarray:

@@ -41,7 +41,7 @@ from uaseg.selective.coverage import SortedIndex
 from uaseg.selective.dice_curve import case_dice
 from uaseg.selective.risk_bounds import condition_holds
 
-from .settings import CaseReferralSettings
+from .settings import CaseReferralSettings, accepted_counts
 
 NEG_INF = -math.inf
 #: the case score of a case referred whole: above every threshold, so every voxel of it is referred
@@ -119,18 +119,6 @@ def calibrate_case_referral(scores, fails, settings: CaseReferralSettings) -> Ca
     accepted = s <= t
     return CaseReferral(t, feasible, method, alpha, delta, n, float(np.mean(accepted & f)), float(np.mean(~accepted)),
                         settings.among)
-
-
-def accepted_counts(n: int, alpha: float, delta: float) -> list[int]:
-    """The accepted-case counts ``M`` tried (module docstring), from ``n, alpha, delta`` only: the longest
-    run ``n, 0.8 n, 0.64 n, ...`` (down to 2) whose every count could reject at ``delta / |M|`` even
-    with no failure."""
-    grid, m = [], n
-    while m >= 2:
-        grid.append(m)
-        m = min(m - 1, int(m * 0.8))
-    usable = [k for k in range(1, len(grid) + 1) if (1 - alpha) ** (grid[k - 1] - 1) <= delta / k]
-    return grid[:usable[-1]] if usable else []
 
 
 def _accepted_threshold(s: np.ndarray, f: np.ndarray, alpha: float, delta: float) -> tuple[float, bool]:

@@ -26,6 +26,18 @@ def _as_list(x: Any, key: str) -> list:
     raise ConfigError(f"{WHERE}.{key}={x!r}: expected a list")
 
 
+def accepted_counts(n: int, alpha: float, delta: float) -> list[int]:
+    """The accepted-case counts ``M`` tried (uaseg/shift/referral.py's docstring), from ``n, alpha, delta`` only: the longest
+    run ``n, 0.8 n, 0.64 n, ...`` (down to 2) whose every count could reject at ``delta / |M|`` even
+    with no failure."""
+    grid, m = [], n
+    while m >= 2:
+        grid.append(m)
+        m = min(m - 1, int(m * 0.8))
+    usable = [k for k in range(1, len(grid) + 1) if (1 - alpha) ** (grid[k - 1] - 1) <= delta / k]
+    return grid[:usable[-1]] if usable else []
+
+
 @dataclass(frozen=True)
 class CaseReferralSettings:
     """Refer a whole case when its case score exceeds a threshold calibrated on the clean validation
@@ -39,8 +51,6 @@ class CaseReferralSettings:
 
     def min_cases(self) -> int:
         if self.among == "accepted":
-            from .referral import accepted_counts
-
             return next(n for n in range(2, 100_000) if accepted_counts(n, self.alpha, self.delta))
         return min_calibration_cases(self.alpha, self.method, self.delta if self.method == "ltt" else None,
                                      "binom" if self.method == "ltt" else "hb")
