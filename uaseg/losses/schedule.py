@@ -40,5 +40,5 @@ class DominanceWarning:
             return
         self.warned = True
         log.warning("the ranking term's gradient at the logits is %.0fx the segmentation term's (epoch %d): "
-                    "with %d classes it can slow segmentation; see loss.steer=true / loss.balance "
+                    "with %d classes it can slow segmentation; see loss=multiclass "
                     "(docs/multiclass_3d.md)", float(ratio), epoch, self.num_classes)
