@@ -3,6 +3,7 @@ check runs :meth:`ShiftSettings.from_config` before a run folder is made (:mod:`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +28,9 @@ def _as_list(x: Any, key: str) -> list:
 
 
 def accepted_counts(n: int, alpha: float, delta: float) -> list[int]:
-    """The accepted-case counts ``M`` tried (uaseg/shift/referral.py's docstring), from ``n, alpha, delta`` only: the longest
-    run ``n, 0.8 n, 0.64 n, ...`` (down to 2) whose every count could reject at ``delta / |M|`` even
-    with no failure."""
+    """The accepted-case counts ``M`` tried (see uaseg/shift/referral.py), from ``n, alpha, delta`` only:
+    the longest run ``n, 0.8 n, 0.64 n, ...`` (down to 2) whose every count could reject at
+    ``delta / |M|`` even with no failure."""
     grid, m = [], n
     while m >= 2:
         grid.append(m)
@@ -51,7 +52,11 @@ class CaseReferralSettings:
 
     def min_cases(self) -> int:
         if self.among == "accepted":
-            return next(n for n in range(2, 100_000) if accepted_counts(n, self.alpha, self.delta))
+            # the first count alone must reject with no failure: (1 - alpha)^(n - 1) <= delta
+            n = max(2, 1 + math.ceil(math.log(self.delta) / math.log(1 - self.alpha) - 1e-9))
+            while not accepted_counts(n, self.alpha, self.delta):
+                n += 1
+            return n
         return min_calibration_cases(self.alpha, self.method, self.delta if self.method == "ltt" else None,
                                      "binom" if self.method == "ltt" else "hb")
 
