@@ -128,10 +128,11 @@ def _accepted_threshold(s: np.ndarray, f: np.ndarray, alpha: float, delta: float
 
     counts = accepted_counts(s.size, alpha, delta)
     order = np.argsort(s, kind="stable")
+    ranked = s[order]
     fails_below = np.concatenate([[0], np.cumsum(f[order])])     # failures among the j smallest scores
     for m in counts:                                              # largest first
-        t = float(s[order[m - 1]])
-        below = int(np.searchsorted(s[order], t, side="left"))    # cases strictly below t (ties: fewer)
+        t = float(ranked[m - 1])
+        below = int(np.searchsorted(ranked, t, side="left"))      # cases strictly below t (ties: fewer)
         if below and binom.cdf(int(fails_below[below]), below, alpha) <= delta / len(counts):
             return t, True
     return NEG_INF, False
