@@ -106,6 +106,7 @@ def test_parse_condition():
     ({"kinds": "noise", "groups": "yes"}, "groups='yes'"),
     ({"kinds": ["noise"], "case_referral": {"alpha": 0.1, "among": "accepted"}}, "among=accepted needs method=ltt"),
     ({"kinds": ["noise"], "case_referral": {"alpha": 0.1, "among": "some"}}, "case_referral.among='some'"),
+    ({"kinds": ["noise"], "case_referral": {"alpha": None, "among": "accepted"}}, "has no effect with the case referral off"),
 ])
 def test_settings_refusals(cfg, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -134,6 +134,9 @@ class ShiftSettings:
 def _referral(cfg: Any) -> CaseReferralSettings | None:
     where = f"{WHERE}.case_referral"
     if not cfg or cfg.get("alpha") is None:
+        if cfg and cfg.get("among", "all") != "all":
+            raise ConfigError(f"{where}.among={cfg.get('among')!r} has no effect with the case referral off "
+                              f"({where}.alpha=null); set an alpha or drop it")
         return None
     alpha, method, delta = cfg.get("alpha"), cfg.get("method", "crc"), cfg.get("delta", 0.1)
     among = cfg.get("among", "all")
