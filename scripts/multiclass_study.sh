@@ -35,7 +35,7 @@ protocol() {  # protocol <dataset>: the overrides of that dataset's runs
         demo3d_mri)  # the issue-27 protocol: its yaml holds 8 cases in 2 folds (3 train, 1 val, 4 test), 32^3
             # patches, 4 patches per step; lr 1e-3, validation every 5 epochs, EPOCHS (default 250) in full
             echo "dataset=demo3d_mri model=unet_small model.optimizer.lr=1e-3 trainer.max_epochs=${EPOCHS:-250}" \
-                 "trainer.check_val_every_n_epoch=5 dataset.fold=${FOLDS:-0,1} eval.scores=[max_softmax,margin]" ;;
+                 "trainer.check_val_every_n_epoch=5 dataset.fold=${FOLDS:-0,1} eval.scores=[max_softmax,margin,logit_margin]" ;;
         *) echo "multiclass_study: unknown dataset $1 (demo3d, demo3d_abdomen, demo3d_mri, demo2d)" >&2; exit 1 ;;
     esac
 }
@@ -58,12 +58,17 @@ arm() {  # arm <dataset> <name> <overrides...>: one multirun folder
 
 extra=("$@")
 for d in $datasets; do
-    if [ "$d" = demo3d_mri ]; then  # lambda = 0 against loss=multiclass with lambda (the gradient ratio) swept
+    if [ "$d" = demo3d_mri ]; then  # lambda = 0 against loss=multiclass and the candidates of issue 27
         arm "$d" base loss.lambda=0
-        for l in 1 3 10; do arm "$d" "multiclass_l$l" loss=multiclass loss.lambda=$l; done
-        # ranking on the top-2 gap (u = 1 - (p_max - p_second)): the mass a wrong voxel gives up goes to the
-        # runner-up class, not to all K - 1 others; without steer, so the term itself makes wrong voxels unsure
-        arm "$d" multiclass_margin loss=multiclass loss.steer=false loss.score=margin
+        arm "$d" multiclass loss=multiclass        # margin + balance, lambda = 1 (the pin)
+        # the pin before the study: steer + balance on u = 1 - max p
+        arm "$d" steer_balance loss=multiclass loss.score=max_softmax loss.steer=true
+        for l in 3 10; do arm "$d" "multiclass_l$l" loss=multiclass loss.lambda=$l; done  # lambda = the ratio
+        arm "$d" multiclass_case loss=multiclass loss.pairing=case     # pairs within each image
+        arm "$d" multiclass_class loss=multiclass loss.pairing=class   # pairs within each predicted class
+        arm "$d" multiclass_dice_ce loss=multiclass loss/seg_loss=dice_ce
+        arm "$d" multiclass_temperature loss=multiclass loss.score_temperature=4   # the margin of softmax(z / 4)
+        arm "$d" multiclass_logit loss=multiclass loss.score=logit_margin loss.margin=1   # a margin of 1 logit
         continue
     fi
     warm=20; [ "$d" = demo2d ] && warm=2   # a third of the run

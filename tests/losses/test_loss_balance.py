@@ -152,6 +152,11 @@ def test_the_report_names_balance_arms_by_lambda_not_scale():
     assert "λ=3" in balanced and "scale" not in balanced and "balance=True" in balanced
     old = describe_loss(loss_of(SimpleNamespace(identity={**base, "balance": None})))
     assert "scale=1000" in old and "balance" not in old
+    # runs from before loss.score_temperature join the arm of the same runs made with it at 1
+    new = loss_of(SimpleNamespace(identity={**base, "balance": True, "score_temperature": 1.0}))
+    assert loss_of(SimpleNamespace(identity={**base, "balance": True})) == new
+    hot = describe_loss(loss_of(SimpleNamespace(identity={**base, "balance": True, "score_temperature": 4})))
+    assert "score_temperature=4" in hot and "score_temperature" not in describe_loss(new)
 
 
 def test_a_lambda_sweep_with_scale_under_balance_is_refused_before_any_job(tmp_path):

@@ -1,5 +1,6 @@
 """Loss variants beyond the paper (uaseg/losses/variants.py): grouped pairing, Dice weights, the
-second-view consistency term, each against a brute-force reference; every option trains 2 steps."""
+second-view consistency term, the score's temperature, each against a brute-force reference; every
+option trains 2 steps."""
 
 from __future__ import annotations
 
@@ -168,9 +169,41 @@ def test_training_step_gives_the_loss_the_flipped_back_view(make_cfg, monkeypatc
     assert not torch.allclose(torch.flip(seen["logits"], [2, 3]), seen["logits"])
 
 
+@pytest.mark.parametrize("score", ["margin", "logit_margin"])
+def test_score_temperature_ranks_the_score_of_softened_logits(score):
+    """loss.score_temperature=T: the ranking term is the brute-force term over u(z / T), wrong and correct
+    still decided by argmax z; the gradient reaches the logits through u(z / T)."""
+    g = torch.Generator().manual_seed(7)
+    z = (torch.randn(2, 4, 6, 5, generator=g, dtype=F64) * 4).requires_grad_(True)
+    target = torch.randint(0, 4, (2, 6, 5), generator=g)
+    loss = UncertaintyAwareLoss(lambda_=1.0, scale=1.0, score=score, score_temperature=4.0)
+    total, logs = loss(z, target)
+    from uaseg.losses.scores import get_score
+
+    u = get_score(score)(z / 4.0)[0].reshape(-1)
+    hit = (z.argmax(1) == target).reshape(-1)
+    want = brute_force_ranking_loss(u[~hit], u[hit], 0.1)
+    torch.testing.assert_close(logs["rank"], want.detach())
+    g_ours = torch.autograd.grad(total - loss.seg_loss(z, target), z)[0]
+    torch.testing.assert_close(g_ours, torch.autograd.grad(want, z)[0])
+    plain = UncertaintyAwareLoss(lambda_=1.0, scale=1.0, score=score)(z, target)[1]["rank"]
+    assert abs(float(plain) - float(want.detach())) > 1e-3  # T changes the term
+
+
+def test_score_temperature_without_a_ranking_term_is_refused(make_cfg):
+    from uaseg.config.check import check_config
+    from uaseg.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        check_config(make_cfg("demo2d", "loss.lambda=0", "loss.score_temperature=4"))
+    assert str(err.value).startswith("loss.score_temperature=4: no effect with loss.lambda=0") and "\n" not in str(err.value)
+    check_config(make_cfg("demo2d", "loss.lambda=2", "loss.score_temperature=4"))
+
+
 @pytest.mark.parametrize("dataset", ["demo2d", "demo3d"])
 @pytest.mark.parametrize("option", ["loss.pairing=case", "loss.pairing=class", "loss.hinge_power=2",
-                                    "loss.wrong_weight=dice", "loss.consistency=1", "loss.score=entropy"])
+                                    "loss.wrong_weight=dice", "loss.consistency=1", "loss.score=entropy",
+                                    "loss.score=logit_margin", "loss.score_temperature=4"])
 def test_every_option_trains_two_steps(make_cfg, dataset, option):
     from uaseg.train import train
 
@@ -198,7 +231,7 @@ def test_recommended_presets_pin_the_measured_objective(make_cfg, preset, expect
     from uaseg.train import train
 
     pinned = yaml.safe_load((Path(__file__).resolve().parents[2] / "conf" / "loss" / f"{preset}.yaml").read_text())
-    assert {"lambda", "score", "pairing", "hinge_power", "wrong_weight", "consistency", "warmup_epochs",
+    assert {"lambda", "score", "score_temperature", "pairing", "hinge_power", "wrong_weight", "consistency", "warmup_epochs",
             "balance", "steer"} <= set(pinned)
     paper, ours = make_cfg("demo2d").loss, make_cfg("demo2d", f"loss={preset}").loss
     changed = {k for k in paper if paper[k] != ours[k]}

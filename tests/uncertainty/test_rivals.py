@@ -27,7 +27,7 @@ from uaseg.uncertainty.confidnet import (
     true_class_probability,
 )
 
-FREE = ("margin", "doctor", "max_logit", "energy")
+FREE = ("margin", "logit_margin", "doctor", "max_logit", "energy")
 
 
 def _brute(z: np.ndarray) -> dict[str, float]:
@@ -37,7 +37,8 @@ def _brute(z: np.ndarray) -> dict[str, float]:
     top = sorted(p, reverse=True)
     k = len(z)
     sig = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
-    return {"margin": 1.0 - (top[0] - top[1]), "doctor": (1.0 - float((p ** 2).sum())) / (1.0 - 1.0 / k),
+    zt = sorted(z, reverse=True)
+    return {"margin": 1.0 - (top[0] - top[1]), "logit_margin": sig(-float(zt[0] - zt[1])), "doctor": (1.0 - float((p ** 2).sum())) / (1.0 - 1.0 / k),
             "max_logit": sig(-float(z.max())), "energy": sig(-math.log(float(np.exp(z).sum())))}
 
 
@@ -62,6 +63,7 @@ def test_binary_margin_and_doctor_rank_like_max_softmax_and_logit_scores_do_not(
     out = deterministic_scores(z, temperature=None)
     u = out["max_softmax"][0]
     torch.testing.assert_close(out["margin"][0], 2 * u, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["logit_margin"][0], u, atol=1e-6, rtol=0)
     p = 1.0 - u
     torch.testing.assert_close(out["doctor"][0], 4 * p * (1 - p), atol=1e-6, rtol=0)
     order = torch.argsort(u.flatten())
@@ -95,6 +97,27 @@ def test_training_score_margin_matches_brute_force_and_is_differentiable():
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
     z2 = torch.randn(1, 2, 7, dtype=torch.float64)
     torch.testing.assert_close(get_score("margin")(z2)[0], 2 * get_score("max_softmax")(z2)[0])
+
+
+def test_training_score_logit_margin_is_the_top_two_logit_gap_with_a_gradient_that_never_vanishes():
+    """u = z2 - z1 per voxel (brute force), ranks like the test-time logit_margin, and a confidently
+    wrong voxel (p_max ~ 1) still gets gradient -1 / +1 on its top two logits (max softmax's is ~0)."""
+    z = (torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 2).requires_grad_(True)
+    u, pred = get_score("logit_margin")(z)
+    zn = z.detach().numpy()
+    for b in range(2):
+        for i in range(5):
+            top = sorted(zn[b, :, i], reverse=True)
+            assert float(u[b, i].detach()) == pytest.approx(top[1] - top[0], rel=1e-12)
+    assert torch.equal(pred, z.argmax(dim=1))
+    test_u = deterministic_scores(z.detach(), temperature=None)["logit_margin"][0]
+    assert torch.equal(torch.argsort(u.detach().flatten()), torch.argsort(test_u.flatten()))
+    sure = torch.tensor([[[30.0], [0.0], [-2.0]]], dtype=torch.float64, requires_grad=True)  # (B, K=3, 1)
+    get_score("logit_margin")(sure)[0].sum().backward()
+    assert sure.grad[0, :, 0].tolist() == [-1.0, 1.0, 0.0]
+    flat = sure.detach().clone().requires_grad_(True)
+    get_score("max_softmax")(flat)[0].sum().backward()
+    assert flat.grad.abs().max() < 1e-10
 
 
 # ---------------------------------------------------------------------------------------- ConfidNet

@@ -59,7 +59,7 @@ DOMAINS: dict[str, Any] = {
     "risk": Number(0, 1, low_open=True, high_open=True, null=True, note="the Dice risk alpha to control"),
     "risk_method": Choice(("crc", "ltt"), null=True),
     "risk_kind": RiskKinds(many=False, null=True),
-    "score": Choice(("max_softmax", "entropy", "margin", "doctor", "max_logit", "energy", "tcp")),
+    "score": Choice(("max_softmax", "entropy", "margin", "logit_margin", "doctor", "max_logit", "energy", "tcp")),
     "overwrite": Flag(),
     "trust_checkpoint": Flag(),
     # trainer (Lightning checks its other arguments); first, as loss=one_pass computes loss.warmup_epochs from it
@@ -75,7 +75,7 @@ DOMAINS: dict[str, Any] = {
     "trainer.num_sanity_val_steps": Number(-1, integer=True, note="-1 = all"),
     # loss
     "loss.lambda": Number(0, note="0 = the baseline"),
-    "loss.margin": Number(0, 1, note="uncertainties u = 1 - max softmax lie in [0, 1]"),
+    "loss.margin": Number(0, 1, note="in units of u: the probability scores lie in [0, 1]; logits for logit_margin"),
     "loss.scale": Number(0, low_open=True),
     "loss.sampling": Choice(("exact", "subsample")),
     "loss.n_wrong": POSITIVE_INT,
@@ -83,6 +83,7 @@ DOMAINS: dict[str, Any] = {
     "loss.start_epoch": NONNEG_INT,
     "loss.ignore_index": Number(integer=True, null=True),
     "loss.score": Choice(_scores),
+    "loss.score_temperature": Number(0, low_open=True, note="1 = the paper"),
     "loss.pairing": Choice(("batch", "case", "class")),
     "loss.hinge_power": Choice((1, 2)),
     "loss.wrong_weight": Choice(("uniform", "dice")),

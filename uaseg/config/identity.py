@@ -25,6 +25,7 @@ IDENTITY_SOURCES: dict[str, str] = {
     "n_correct": "loss.n_correct",
     "start_epoch": "loss.start_epoch",
     "score": "loss.score",
+    "score_temperature": "loss.score_temperature",
     "pairing": "loss.pairing",
     "hinge_power": "loss.hinge_power",
     "wrong_weight": "loss.wrong_weight",

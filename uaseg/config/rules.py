@@ -184,8 +184,17 @@ def rule_balance(get) -> str | None:
     return None
 
 
+def rule_score_temperature(get) -> str | None:
+    """``loss.score_temperature`` shapes the ranking term only: with lambda = 0 there is none."""
+    temp, lam = get("loss.score_temperature"), get("loss.lambda")
+    if isinstance(temp, (int, float)) and temp != 1 and lam == 0:
+        return (f"loss.score_temperature={show(temp)}: no effect with loss.lambda=0 (the baseline has no ranking "
+                "term); drop it, or score the test with eval.scores=[temperature]")
+    return None
+
+
 #: every rule, in the order they are checked
 RULES: tuple[Callable[[Callable[[str], Any]], str | None], ...] = (
     rule_fold, rule_batch, rule_patch_dims, rule_windows, rule_patch_stride, rule_start_epoch,
     rule_dataset_root, rule_test_scores, rule_ignore_label, rule_risk_control, rule_shift, rule_demo_options,
-    rule_balance)
+    rule_balance, rule_score_temperature)

@@ -70,3 +70,16 @@ def margin_uncertainty(logits: Tensor) -> tuple[Tensor, Tensor]:
         return 1.0 - conf, pred
     top, idx = p.topk(2, dim=1)
     return 1.0 - (top[:, 0] - top[:, 1]), idx[:, 0]
+
+
+@register_score("logit_margin")
+def logit_margin_uncertainty(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """u = z2 - z1, minus the gap between the two largest logits (in logits, <= 0; ``loss.margin`` is then
+    a margin in logits), and pred = argmax_k. Its gradient is -1 on the top logit and +1 on the runner-up
+    whatever the probabilities: unlike the softmax scores it does not vanish on a confidently wrong voxel.
+    At test ``eval.scores=[logit_margin]`` ranks by the same gap (as sigmoid(z2 - z1), in (0, 1/2])."""
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    if x.shape[1] < 2:
+        return torch.zeros_like(x[:, 0]), torch.zeros_like(x[:, 0], dtype=torch.long)
+    top, idx = x.topk(2, dim=1)
+    return top[:, 1] - top[:, 0], idx[:, 0]

@@ -26,6 +26,9 @@ class UncertaintyAwareLoss(nn.Module):
     With ``lambda_ == 0`` or before ``start_epoch`` the ranking term is skipped entirely (no
     uncertainty, no argmax), so the baseline costs exactly the segmentation loss.
 
+    ``score_temperature`` T ranks the score of softmax(z / T) (1: the paper): T > 1 softens the
+    probabilities, so the ranking gradient does not vanish on confident voxels.
+
     Variants beyond the paper (``pairing``, ``hinge_power``, ``wrong_weight``, ``consistency``) are
     described in :mod:`uaseg.losses.variants`, the multi-class remedies (``warmup_epochs``,
     ``balance``, ``steer``) in :mod:`uaseg.losses.dynamics`; their defaults give the paper's objective.
@@ -53,6 +56,7 @@ class UncertaintyAwareLoss(nn.Module):
         start_epoch: int = 0,
         ignore_index: int | None = None,
         score: str = "max_softmax",
+        score_temperature: float = 1.0,
         pairing: str = "batch",
         hinge_power: int = 1,
         wrong_weight: str = "uniform",
@@ -82,6 +86,9 @@ class UncertaintyAwareLoss(nn.Module):
         self.ignore_index = ignore_index
         self.score = score
         self._score_fn = get_score(score)
+        if not score_temperature > 0:
+            raise ValueError(f"loss.score_temperature must be > 0, got {score_temperature!r}")
+        self.score_temperature = float(score_temperature)
         self.pairing, self.hinge_power, self.wrong_weight = pairing, int(hinge_power), wrong_weight
         self.consistency, self.consistency_view = float(consistency), consistency_view
         balance = False if balance is None else balance  # null: the paper's fixed weight
@@ -123,7 +130,7 @@ class UncertaintyAwareLoss(nn.Module):
         if target.ndim == logits.ndim:  # (B, 1, *spatial) -> (B, *spatial)
             target = target.squeeze(1)
         self._num_classes = logits.shape[1]
-        u, pred = self._score_fn(x)
+        u, pred = self._score_fn(x if self.score_temperature == 1 else x / self.score_temperature)
         u, target_img, target = u.reshape(-1), target, target.reshape(-1)
         with torch.no_grad():  # which voxels are wrong is not differentiated
             hit = pred.reshape(-1) == target
@@ -172,7 +179,8 @@ class UncertaintyAwareLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"lambda_={self.lambda_}, margin={self.margin}, scale={self.scale}, sampling={self.sampling!r}, "
                 f"n_wrong={self.n_wrong}, n_correct={self.n_correct}, start_epoch={self.start_epoch}, "
-                f"ignore_index={self.ignore_index}, score={self.score!r}, pairing={self.pairing!r}, "
+                f"ignore_index={self.ignore_index}, score={self.score!r}, "
+                f"score_temperature={self.score_temperature}, pairing={self.pairing!r}, "
                 f"hinge_power={self.hinge_power}, wrong_weight={self.wrong_weight!r}, "
                 f"consistency={self.consistency}, consistency_view={self.consistency_view!r}, "
                 f"warmup_epochs={self.warmup_epochs}, balance={self.balance}, steer={self.steer}")

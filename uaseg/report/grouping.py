@@ -66,6 +66,8 @@ def loss_of(run: Run) -> tuple:
             v = None
         if k == "balance" and v is None:  # runs from before issue 27: null was "off"
             v = False
+        if k == "score_temperature" and v is None:  # runs from before the key: the plain score
+            v = 1.0
         if k == "scale" and s.get("balance") is True:  # no effect under balance (lambda is the ratio)
             v = None
         out.append((k, v))
@@ -73,7 +75,7 @@ def loss_of(run: Run) -> tuple:
 
 
 #: the paper's choices for the loss variants: a run that departs from one names it in its setting
-PAPER_OBJECTIVE = {"score": "max_softmax", "pairing": "batch", "hinge_power": 1, "wrong_weight": "uniform",
+PAPER_OBJECTIVE = {"score": "max_softmax", "score_temperature": 1.0, "pairing": "batch", "hinge_power": 1, "wrong_weight": "uniform",
                    "consistency": 0.0, "warmup_epochs": 0, "balance": False, "steer": False}
 
 

@@ -7,7 +7,7 @@ passes, so asking for ``tta`` and ``tta_entropy`` costs the passes once:
 family         probabilities                                   scores
 =============  =============================================  ==========================================
 deterministic  one pass: softmax(z) (and softmax(z / T))        max_softmax, entropy, temperature, margin,
-                                                                 doctor, max_logit, energy
+                                                                 logit_margin, doctor, max_logit, energy
 confidnet      one pass with a learned head on the features    tcp (:mod:`uaseg.uncertainty.confidnet`)
 tta            mean softmax over flips, mapped back exactly     tta, tta_entropy
 mc             mean softmax over passes with dropout active     mc_dropout, mc_entropy, mc_mutual_information
@@ -20,6 +20,8 @@ others, because the checkpoint's thresholds, ``eval.quantize_bits`` (range [0, 1
 risk-control grids assume it:
 
 * ``margin`` = 1 - (p1 - p2), the gap between the two largest probabilities;
+* ``logit_margin`` = sigmoid(z2 - z1), the gap between the two largest logits, mapped into (0, 1/2]
+  (the test-time twin of ``loss.score=logit_margin``; with two classes it equals 1 - p_max);
 * ``doctor`` = (1 - sum_k p_k^2) / (1 - 1/K), DOCTOR's Gini score (Granese et al., NeurIPS 2021);
 * ``max_logit`` = sigmoid(-max_k z_k) and ``energy`` = sigmoid(-logsumexp_k z_k) (Hendrycks et al.
   2022; Liu et al., NeurIPS 2020): the sigmoid maps the unbounded -max logit / free energy into
@@ -56,6 +58,7 @@ SCORES: dict[str, Score] = {
     "entropy": Score("deterministic", "argmax of one pass"),
     "temperature": Score("deterministic", "argmax of one pass"),
     "margin": Score("deterministic", "argmax of one pass"),
+    "logit_margin": Score("deterministic", "argmax of one pass"),
     "doctor": Score("deterministic", "argmax of one pass"),
     "max_logit": Score("deterministic", "argmax of one pass"),
     "energy": Score("deterministic", "argmax of one pass"),
@@ -138,9 +141,12 @@ def deterministic_scores(logits: Tensor, temperature: float | None) -> dict[str,
     k = prob.shape[1]
     top = prob.topk(min(2, k), dim=1).values
     gap = top[:, 0] - top[:, 1] if k > 1 else top[:, 0]
+    logit_top = z.topk(min(2, k), dim=1).values
+    logit_gap = logit_top[:, 0] - logit_top[:, 1] if k > 1 else torch.full_like(z[:, 0], torch.inf)
     gini = 1.0 - (prob * prob).sum(dim=1)
     out = {"max_softmax": (u, pred), "entropy": (entropy(prob), pred),
            "margin": (1.0 - gap, pred),
+           "logit_margin": (torch.sigmoid(-logit_gap), pred),
            "doctor": ((gini / (1.0 - 1.0 / k)).clamp(0.0, 1.0) if k > 1 else gini, pred),
            "max_logit": (torch.sigmoid(-z.max(dim=1).values), pred),
            "energy": (torch.sigmoid(-torch.logsumexp(z, dim=1)), pred)}
