@@ -63,6 +63,22 @@ def _report_runs(folder: Path) -> Path:
     return folder
 
 
+def _paired_runs(folder: Path, dice_loss: float = 0.0) -> Path:
+    """A study of arms ``base`` and ``half`` (AURC halved in every run, Dice lower by ``dice_loss``
+    points), 3 seeds x 2 folds, as summary.json files alone."""
+    rng = np.random.default_rng(2)
+    for seed in (1, 2, 3):
+        for fold in (0, 1):
+            aurc, dice = float(rng.uniform(1, 8)), float(rng.uniform(0.5, 0.6))
+            for arm, a, d in (("base", aurc, dice), ("half", aurc / 2, dice - dice_loss / 100)):
+                run = folder / "demo3d_mri" / arm / f"{seed}{fold}_job"
+                run.mkdir(parents=True)
+                (run / "summary.json").write_text(json.dumps({
+                    "seed": seed, "fold": fold, "dice_full": {"mean": d},
+                    "scores": {"max_softmax": {"aurc_dice": a}, "margin": {"aurc_dice": 0.9 * a}}}))
+    return folder
+
+
 TINY_TRAIN = ["dataset.num_cases=10", "dataset.image_size=48", "dataset.patch_size=[32,32]", "model=unet_small",
               "dataset.batch_size=2", "dataset.samples_per_image=1", "trainer.max_epochs=1",
               "trainer.limit_train_batches=2", "eval.bootstrap=20", "eval.figures=false", "trainer.accelerator=cpu"]
@@ -84,6 +100,8 @@ SMOKE = {
                          "OK: no problems found"),
     "check_risk_control.py": (lambda t: [str(_risk_arrays(t / "arrays")), "--splits", "20", "--alpha", "0.1"],
                               "## run_a: 12 cases"),
+    "paired_study.py": (lambda t: [str(_paired_runs(t / "study")), "--scores", "max_softmax,margin"],
+                        "| half | 6 |"),
     "report.py": (lambda t: [str(_report_runs(t / "multirun")), "--no-figures"], "Report: "),
     "one_pass_study.sh": (lambda t: ["demo2d", str(t / "study"), *TINY_TRAIN], "Report: "),
     "multiclass_study.sh": (lambda t: [str(t / "mc"), "dataset.num_cases=10", "dataset.image_size=32",
@@ -138,3 +156,28 @@ def test_multiclass_study_runs_at_tiny_size(tmp_path):
     assert {p.parent.name for p in study.glob("demo3d/*/.done")} == {"base", "steer_balance"}
     config = next((study / "demo3d" / "steer_balance").glob("*/.hydra/config.yaml")).read_text()
     assert "steer: true" in config and "balance: true\n" in config and "early_stopping" in config
+
+
+def _paired(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPTS / "paired_study.py"), *args], cwd=tmp_path,
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("dice_loss,meets", [(0.0, "yes"), (2.0, "no")])
+def test_paired_study_pairs_runs_by_seed_and_fold(tmp_path, dice_loss, meets):
+    """AURC halved in each of 6 runs: -50 % in the mean and paired, 6/6 better, exact one-sided Wilcoxon
+    p = 1/64; the target is met only while Dice stays within 1 point."""
+    proc = _paired(tmp_path, str(_paired_runs(tmp_path / "study", dice_loss)))
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| half |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4:10] == ["-50.0 %", "-50.0 ± 0.0 %", "6/6", f"{1 / 64:.3f}", f"{0 - dice_loss:+.1f} ± 0.0", meets]
+
+
+def test_paired_study_refuses_a_run_twice(tmp_path):
+    study = _paired_runs(tmp_path / "a")
+    again = tmp_path / "b" / "half" / "x"
+    again.mkdir(parents=True)
+    (again / "summary.json").write_text((study / "demo3d_mri" / "half" / "10_job" / "summary.json").read_text())
+    proc = _paired(tmp_path, str(study), str(tmp_path / "b"))
+    assert proc.returncode == 1 and "seed 1 fold 0 of arm half twice" in proc.stderr, proc.stderr
