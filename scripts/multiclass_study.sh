@@ -15,6 +15,11 @@
 # of validation Dice; 2D -- demo2d at its defaults (6 epochs). Extra arguments are Hydra overrides for
 # every run and win over the protocol. JOBS (default 2) runs that many jobs at once, one thread each.
 # A finished arm (.done) is skipped; an unfinished one is an error (never average fewer seeds silently).
+# RETEST=<data seed> trains nothing: it tests every finished run's best checkpoint again on RETEST_CASES
+# (default 48) fresh cases of that data seed (the run's fold of them: 24 test cases on demo3d_mri) into
+# <out>_retest<seed>/, and prints the paired table (scripts/paired_study.py): more test cases per run than
+# the 4 of a demo3d_mri fold, without retraining.
+#   RETEST=1 DATASETS=demo3d_mri ARMS="base multiclass" bash scripts/multiclass_study.sh outputs/study/mri250
 set -euo pipefail
 set -f  # no globbing: the protocol's [32,32,32] must reach Hydra as written
 out=${1:-outputs/study/multiclass}
@@ -40,10 +45,48 @@ protocol() {  # protocol <dataset>: the overrides of that dataset's runs
     esac
 }
 
-arm() {  # arm <dataset> <name> <overrides...>: one multirun folder
+tested() {  # tested <run folder>: "<seed> <fold> <checkpoint file name>" of its summary.json (the name only:
+    # it is looked up in the run's own checkpoints/; last.ckpt where the test used the final weights)
+    python -c 'import json, sys, pathlib; d = json.load(open(sys.argv[1]))
+print(int(d["seed"]), int(d["fold"]), pathlib.PurePath(str(d.get("checkpoint") or "last.ckpt")).name)' "$1/summary.json"
+}
+
+retest() {  # retest <dataset> <name> <overrides...>: each finished run's best checkpoint on fresh cases
+    local dataset=$1 name=$2 job seed fold ckpt dest n=0 jobs=()
+    shift 2
+    set +f
+    for job in "$out/$dataset/$name"/*/; do [ -f "$job/summary.json" ] && jobs+=("$job"); done
+    set -f
+    [ "${#jobs[@]}" -gt 0 ] || { echo "multiclass_study: no finished run under $out/$dataset/$name" >&2; exit 1; }
+    mkdir -p "$retest_out/$dataset/$name"
+    for job in "${jobs[@]}"; do
+        seed='' fold='' ckpt=''
+        read -r seed fold ckpt < <(tested "$job") || true
+        [ -n "$ckpt" ] || { echo "multiclass_study: $job/summary.json names no seed, fold and checkpoint" >&2; exit 1; }
+        ckpt="${job}checkpoints/$ckpt"
+        [ -f "$ckpt" ] || { echo "multiclass_study: $ckpt (the checkpoint its test used) is missing" >&2; exit 1; }
+        dest="$retest_out/$dataset/$name/s${seed}f${fold}"
+        [ -f "$dest/summary.json" ] && continue
+        if (( n++ >= ${JOBS:-2} )); then wait -n || true; fi
+        # shellcheck disable=SC2046
+        python train.py train=false "ckpt_path='$ckpt'" seed="$seed" hydra.run.dir="$dest" \
+            callbacks.progress_bar=null $(FOLDS=$fold protocol "$dataset") "$@" "${extra[@]}" \
+            dataset.data_seed="$RETEST" dataset.num_cases="${RETEST_CASES:-48}" > "$dest.log" 2>&1 &
+        if (( n == 1 )); then wait || true; fi  # the first job alone: it writes the fresh cases' cache
+    done
+    wait
+    for job in "${jobs[@]}"; do  # every run retested, or the log that says why not
+        read -r seed fold ckpt < <(tested "$job") || true
+        dest="$retest_out/$dataset/$name/s${seed}f${fold}"
+        [ -f "$dest/summary.json" ] || { echo "multiclass_study: the retest of $job failed: $dest.log" >&2; exit 1; }
+    done
+}
+
+arm() {  # arm <dataset> <name> <overrides...>: one multirun folder (RETEST: test its runs on fresh cases)
     local dataset=$1 name=$2
     shift 2
     [ -z "${ARMS:-}" ] || [[ " $ARMS " == *" $name "* ]] || return 0
+    if [ -n "${RETEST:-}" ]; then retest "$dataset" "$name" "$@"; return; fi
     local dir="$out/$dataset/$name"
     if [ -e "$dir/.done" ]; then echo "skip $dataset/$name (done)"; return; fi
     if [ -e "$dir" ]; then
@@ -57,6 +100,7 @@ arm() {  # arm <dataset> <name> <overrides...>: one multirun folder
 }
 
 extra=("$@")
+retest_out="${out%/}_retest${RETEST:-}"
 for d in $datasets; do
     if [ "$d" = demo3d_mri ]; then  # lambda = 0 against loss=multiclass and the candidates of issue 27
         arm "$d" base loss.lambda=0
@@ -81,4 +125,8 @@ for d in $datasets; do
         arm "$d" steer loss.lambda=2 loss.steer=true
     fi
 done
-uaseg report "$out" --force
+if [ -n "${RETEST:-}" ]; then  # the paired table of the fresh test cases (each run against base)
+    python scripts/paired_study.py "$retest_out" --scores max_softmax,margin
+else
+    uaseg report "$out" --force
+fi

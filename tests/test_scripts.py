@@ -156,6 +156,17 @@ def test_multiclass_study_runs_at_tiny_size(tmp_path):
     assert {p.parent.name for p in study.glob("demo3d/*/.done")} == {"base", "steer_balance"}
     config = next((study / "demo3d" / "steer_balance").glob("*/.hydra/config.yaml")).read_text()
     assert "steer: true" in config and "balance: true\n" in config and "early_stopping" in config
+    # RETEST: each run's best checkpoint tested again on fresh cases, then the paired table
+    proc = subprocess.run(["bash", str(SCRIPTS / "multiclass_study.sh"), *args(tmp_path)], cwd=ROOT,
+                          env={**env, "RETEST": "3", "RETEST_CASES": "12"}, capture_output=True, text=True, timeout=1800)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "| steer_balance | 1 |" in out, out[-4000:]
+    retested = tmp_path / "mc_retest3" / "demo3d" / "steer_balance" / "s1f0"
+    summary = json.loads((retested / "summary.json").read_text())
+    config = (retested / ".hydra" / "config.yaml").read_text()
+    assert "data_seed: 3" in config and "num_cases: 12" in config and "train: false" in config
+    assert summary["seed"] == 1 and summary["fold"] == 0 and summary["steer"] is True
 
 
 def _paired(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
