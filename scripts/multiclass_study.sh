@@ -126,7 +126,13 @@ for d in $datasets; do
     fi
 done
 if [ -n "${RETEST:-}" ]; then  # the paired table of the fresh test cases (each run against base)
-    python scripts/paired_study.py "$retest_out" --scores max_softmax,margin
+    for d in $datasets; do
+        if [ -d "$retest_out/$d/base" ]; then
+            python scripts/paired_study.py "$retest_out/$d" --scores max_softmax,margin,logit_margin
+        elif [ -d "$retest_out/$d" ]; then
+            echo "no base arm in $retest_out/$d: pair it with another folder's, scripts/paired_study.py <folders>"
+        fi
+    done
 else
     uaseg report "$out" --force
 fi

@@ -171,7 +171,7 @@ def test_multiclass_study_runs_at_tiny_size(tmp_path):
 
 def _paired(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPTS / "paired_study.py"), *args], cwd=tmp_path,
-                          env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=1800)
 
 
 @pytest.mark.parametrize("dice_loss,meets", [(0.0, "yes"), (2.0, "no")])

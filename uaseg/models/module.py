@@ -43,7 +43,7 @@ VAL_CURVES_KEY = "uaseg_val_curves"
 #: checkpoint key of the validation cases' case scores, the drift range of prediction (``uaseg.shift.referral``)
 CASE_SCORES_KEY = "uaseg_case_scores"
 #: the one-pass scores prediction can refer by (tcp: with a ConfidNet head)
-PREDICT_SCORES = ("max_softmax", "entropy", "margin", "doctor", "max_logit", "energy", "tcp")
+PREDICT_SCORES = ("max_softmax", "entropy", "margin", "logit_margin", "doctor", "max_logit", "energy", "tcp")
 
 
 def plain_config(cfg: Any) -> Any:
