@@ -11,7 +11,8 @@ roots are merged. Columns (AURC and Dice in %): runs; AURC mean +- sd; Delta AUR
 mean to the baseline's over the runs they share; paired Delta, mean +- sd of each run's own ratio; how many
 runs are better; p, the one-sided Wilcoxon signed-rank test that the arm's AURC is lower; Dice at coverage 1
 and its paired difference; and whether the arm meets a target (default issue 27's: Delta AURC <= -15 %,
-Dice within 1 point, p < 0.05). One such column per score in ``--scores``.
+Dice within 1 point, p < 0.05). One such column per score in ``--scores``; with several scores a second
+table compares the baseline arm's scores with the first, run by run.
 """
 
 from __future__ import annotations
@@ -59,13 +60,16 @@ def _sd(x: np.ndarray) -> float:
     return float(x.std(ddof=1)) if len(x) > 1 else 0.0
 
 
-def compare(arm: dict, base: dict, score: str, target: float, dice_tol: float, alpha: float) -> dict:
-    """The paired numbers of one arm against the baseline on one score."""
+def compare(arm: dict, base: dict, score: str, target: float, dice_tol: float, alpha: float,
+            base_score: str | None = None) -> dict:
+    """The paired numbers of one arm against the baseline on one score (the baseline's on ``base_score``)."""
     from scipy.stats import wilcoxon
 
-    keys = sorted(k for k in arm if k in base and math.isfinite(aurc(arm[k], score)) and math.isfinite(aurc(base[k], score)))
+    base_score = base_score or score
+    keys = sorted(k for k in arm if k in base and math.isfinite(aurc(arm[k], score))
+                  and math.isfinite(aurc(base[k], base_score)))
     a = np.array([aurc(arm[k], score) for k in keys])
-    b = np.array([aurc(base[k], score) for k in keys])
+    b = np.array([aurc(base[k], base_score) for k in keys])
     dd = np.array([dice(arm[k]) - dice(base[k]) for k in keys])
     if len(keys) == 0:
         return {"n": 0}
@@ -112,6 +116,19 @@ def main(argv: list[str] | None = None) -> None:
                     f"{c['better']}/{c['n']}", f"{c['p']:.3f}", f"{c['dice'].mean():+.1f} ± {_sd(c['dice']):.1f}",
                     "yes" if c["meets"] else "no"]
         print("| " + " | ".join(row) + " |")
+    if len(scores) > 1:  # the baseline's own scores, each against the first, run by run
+        print()
+        print(f"Arm {args.base}, each score against {scores[0]} in the same runs (the same prediction, only the order differs):")
+        print()
+        print("| score | AURC (%) | Δ AURC | paired Δ | runs better | p |")
+        print("|---|---|---|---|---|---|")
+        for sc in scores:
+            a = np.array([aurc(s, sc) for s in base.values()])
+            c = compare(base, base, sc, args.target, args.dice_tol, args.alpha, base_score=scores[0])
+            same = sc == scores[0] or c["n"] == 0
+            print(f"| {sc} | {np.nanmean(a):.3f} ± {_sd(a[np.isfinite(a)]):.3f} | " + (" | ".join(["reference", "", "", ""])
+                  if same else f"{c['delta']:+.1f} % | {c['ratio'].mean():+.1f} ± {_sd(c['ratio']):.1f} % | "
+                  f"{c['better']}/{c['n']} | {c['p']:.3f}") + " |")
     print()
     print(f"Per run (seed s, fold f): AURC {' / '.join(scores)} (%), Dice@1.00 (%)")
     for name in order:

@@ -178,11 +178,14 @@ def _paired(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 def test_paired_study_pairs_runs_by_seed_and_fold(tmp_path, dice_loss, meets):
     """AURC halved in each of 6 runs: -50 % in the mean and paired, 6/6 better, exact one-sided Wilcoxon
     p = 1/64; the target is met only while Dice stays within 1 point."""
-    proc = _paired(tmp_path, str(_paired_runs(tmp_path / "study", dice_loss)))
+    proc = _paired(tmp_path, str(_paired_runs(tmp_path / "study", dice_loss)), "--scores", "max_softmax,margin")
     assert proc.returncode == 0, proc.stderr
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| half |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4:10] == ["-50.0 %", "-50.0 ± 0.0 %", "6/6", f"{1 / 64:.3f}", f"{0 - dice_loss:+.1f} ± 0.0", meets]
+    # the baseline's margin score (0.9 x its max softmax AURC in every run) against its max softmax
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| margin |"))
+    assert [c.strip() for c in row.strip("|").split("|")][2:] == ["-10.0 %", "-10.0 ± 0.0 %", "6/6", f"{1 / 64:.3f}"]
 
 
 def test_paired_study_refuses_a_run_twice(tmp_path):
