@@ -108,6 +108,7 @@ for d in $datasets; do
         # the pin before the study: steer + balance on u = 1 - max p
         arm "$d" steer_balance loss=multiclass loss.score=max_softmax loss.steer=true
         for l in 3 10; do arm "$d" "multiclass_l$l" loss=multiclass loss.lambda=$l; done  # lambda = the ratio
+        arm "$d" multiclass_l3_warmup loss=multiclass loss.lambda=3 loss.warmup_epochs=83   # lambda 0 -> 3 over a third
         arm "$d" multiclass_case loss=multiclass loss.pairing=case     # pairs within each image
         arm "$d" multiclass_class loss=multiclass loss.pairing=class   # pairs within each predicted class
         arm "$d" multiclass_dice_ce loss=multiclass loss/seg_loss=dice_ce
