@@ -54,6 +54,7 @@ print(int(d["seed"]), int(d["fold"]), pathlib.PurePath(str(d.get("checkpoint") o
 retest() {  # retest <dataset> <name> <overrides...>: each finished run's best checkpoint on fresh cases
     local dataset=$1 name=$2 job seed fold ckpt dest n=0 jobs=()
     shift 2
+    [ -d "$out/$dataset/$name" ] || return 0  # an arm this study did not run
     set +f
     for job in "$out/$dataset/$name"/*/; do [ -f "$job/summary.json" ] && jobs+=("$job"); done
     set -f
