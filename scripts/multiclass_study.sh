@@ -104,17 +104,18 @@ extra=("$@")
 retest_out="${out%/}_retest${RETEST:-}"
 for d in $datasets; do
     if [ "$d" = demo3d_mri ]; then  # lambda = 0 against loss=multiclass and the candidates of issue 27
+        l1=(loss=multiclass loss.lambda=1 loss.warmup_epochs=0)   # the pin before issue 27's second study
         arm "$d" base loss.lambda=0
-        arm "$d" multiclass loss=multiclass        # margin + balance, lambda = 1 (the pin)
-        # the pin before the study: steer + balance on u = 1 - max p
-        arm "$d" steer_balance loss=multiclass loss.score=max_softmax loss.steer=true
-        for l in 3 10; do arm "$d" "multiclass_l$l" loss=multiclass loss.lambda=$l; done  # lambda = the ratio
-        arm "$d" multiclass_l3_warmup loss=multiclass loss.lambda=3 loss.warmup_epochs=83   # lambda 0 -> 3 over a third
-        arm "$d" multiclass_case loss=multiclass loss.pairing=case     # pairs within each image
-        arm "$d" multiclass_class loss=multiclass loss.pairing=class   # pairs within each predicted class
-        arm "$d" multiclass_dice_ce loss=multiclass loss/seg_loss=dice_ce
-        arm "$d" multiclass_temperature loss=multiclass loss.score_temperature=4   # the margin of softmax(z / 4)
-        arm "$d" multiclass_logit loss=multiclass loss.score=logit_margin loss.margin=1   # a margin of 1 logit
+        arm "$d" multiclass loss=multiclass                       # the pin: margin + balance, lambda 0 -> 3
+        arm "$d" multiclass_l1 "${l1[@]}"                          # margin + balance, lambda = 1 (the ratio)
+        arm "$d" steer_balance "${l1[@]}" loss.score=max_softmax loss.steer=true   # the pin before that
+        for l in 3 10; do arm "$d" "multiclass_l$l" loss=multiclass loss.lambda=$l loss.warmup_epochs=0; done
+        arm "$d" multiclass_l3_warmup loss=multiclass loss.lambda=3 loss.warmup_epochs=83  # = the pin at 250 epochs
+        arm "$d" multiclass_case "${l1[@]}" loss.pairing=case     # pairs within each image
+        arm "$d" multiclass_class "${l1[@]}" loss.pairing=class   # pairs within each predicted class
+        arm "$d" multiclass_dice_ce "${l1[@]}" loss/seg_loss=dice_ce
+        arm "$d" multiclass_temperature "${l1[@]}" loss.score_temperature=4   # the margin of softmax(z / 4)
+        arm "$d" multiclass_logit "${l1[@]}" loss.score=logit_margin loss.margin=1   # a margin of 1 logit
         continue
     fi
     warm=20; [ "$d" = demo2d ] && warm=2   # a third of the run

@@ -102,13 +102,15 @@ def test_a_nearly_satisfied_ranking_fades_and_pushes_no_logit_harder_than_peak_t
 
 
 def _multiclass(tmp_path: Path, *extra: str):
+    import uaseg.config.resolvers  # noqa: F401  (${uaseg.divide:...}: the preset's warm-up)
+
     cfg = compose_cfg(["dataset=demo3d", "loss=multiclass", *extra], tmp_path / "run", tmp_path / "cache")
     return instantiate(cfg.loss)
 
 
 def test_lambda_is_the_strength_under_loss_multiclass(tmp_path):
     """Two lambdas under loss=multiclass give different weights and ratios (before issue 27 they were
-    identical to the last digit); the default lambda keeps the ratio 1 it had (lambda 2, balance 1)."""
+    identical to the last digit); the preset's lambda 3 is a ratio of 3 (the warm-up is per epoch, off here)."""
     g = torch.Generator().manual_seed(3)
     z = (torch.randn(2, 8, 4, 4, 4, generator=g) * 2).requires_grad_(True)
     target = torch.randint(0, 8, (2, 4, 4, 4), generator=g)
@@ -117,12 +119,12 @@ def test_lambda_is_the_strength_under_loss_multiclass(tmp_path):
     assert float(logs[0.5]["grad_ratio"]) == pytest.approx(0.5, rel=1e-4)
     assert float(logs[2]["grad_ratio"]) == pytest.approx(2.0, rel=1e-4)
     default = _multiclass(tmp_path)
-    assert default.balance is True and default.lambda_ == 1.0
-    assert float(default(z, target)[1]["grad_ratio"]) == pytest.approx(1.0, rel=1e-4)
+    assert default.balance is True and default.lambda_ == 3.0
+    assert float(default(z, target)[1]["grad_ratio"]) == pytest.approx(3.0, rel=1e-4)
 
 
 @pytest.mark.parametrize("override,message", [
-    ("loss.scale=10", "loss.scale=10: no effect under loss.balance=true, where loss.lambda=1 is the gradient ratio"),
+    ("loss.scale=10", "loss.scale=10: no effect under loss.balance=true, where loss.lambda=3 is the gradient ratio"),
     ("loss.balance=0.5", "loss.balance=0.5: expected true or false; under balance loss.lambda is the gradient ratio "
                          "(loss.balance=true loss.lambda=0.5)"),
 ])

@@ -220,7 +220,7 @@ def test_every_option_trains_two_steps(make_cfg, dataset, option):
 
 @pytest.mark.parametrize("preset,expected", [
     ("one_pass", {"warmup_epochs": 1 / 3, "steer": False, "balance": False}),  # lambda over a third of training
-    ("multiclass", {"warmup_epochs": 0, "score": "margin", "balance": True, "lambda": 1.0}),  # lambda: the ratio
+    ("multiclass", {"warmup_epochs": 1 / 3, "score": "margin", "balance": True, "lambda": 3.0}),  # lambda: the ratio
 ])
 def test_recommended_presets_pin_the_measured_objective(make_cfg, preset, expected):
     """``loss=one_pass`` and ``loss=multiclass`` are what docs/multiclass_3d.md measured: every key written
