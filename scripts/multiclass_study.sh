@@ -52,7 +52,7 @@ print(int(d["seed"]), int(d["fold"]), pathlib.PurePath(str(d.get("checkpoint") o
 }
 
 retest() {  # retest <dataset> <name> <overrides...>: each finished run's best checkpoint on fresh cases
-    local dataset=$1 name=$2 job seed fold ckpt dest n=0 jobs=()
+    local dataset=$1 name=$2 job seed fold ckpt dest n=0 jobs=() dests=()
     shift 2
     [ -d "$out/$dataset/$name" ] || return 0  # an arm this study did not run
     set +f
@@ -65,8 +65,12 @@ retest() {  # retest <dataset> <name> <overrides...>: each finished run's best c
         read -r seed fold ckpt < <(tested "$job") || true
         [ -n "$ckpt" ] || { echo "multiclass_study: $job/summary.json names no seed, fold and checkpoint" >&2; exit 1; }
         ckpt="${job}checkpoints/$ckpt"
+        case $ckpt in *[\$\'\\]*)  # read from a run folder: Hydra would resolve a ${...} in it
+            echo "multiclass_study: $ckpt: a checkpoint path with \$, ' or \\ is not retested" >&2; exit 1 ;;
+        esac
         [ -f "$ckpt" ] || { echo "multiclass_study: $ckpt (the checkpoint its test used) is missing" >&2; exit 1; }
         dest="$retest_out/$dataset/$name/s${seed}f${fold}"
+        dests+=("$dest")
         [ -f "$dest/summary.json" ] && continue
         if (( n++ >= ${JOBS:-2} )); then wait -n || true; fi
         # shellcheck disable=SC2046
@@ -76,10 +80,8 @@ retest() {  # retest <dataset> <name> <overrides...>: each finished run's best c
         if (( n == 1 )); then wait || true; fi  # the first job alone: it writes the fresh cases' cache
     done
     wait
-    for job in "${jobs[@]}"; do  # every run retested, or the log that says why not
-        read -r seed fold ckpt < <(tested "$job") || true
-        dest="$retest_out/$dataset/$name/s${seed}f${fold}"
-        [ -f "$dest/summary.json" ] || { echo "multiclass_study: the retest of $job failed: $dest.log" >&2; exit 1; }
+    for dest in "${dests[@]}"; do  # every run retested, or the log that says why not
+        [ -f "$dest/summary.json" ] || { echo "multiclass_study: the retest into $dest failed: $dest.log" >&2; exit 1; }
     done
 }
 

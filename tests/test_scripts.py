@@ -167,6 +167,14 @@ def test_multiclass_study_runs_at_tiny_size(tmp_path):
     config = (retested / ".hydra" / "config.yaml").read_text()
     assert "data_seed: 3" in config and "num_cases: 12" in config and "train: false" in config
     assert summary["seed"] == 1 and summary["fold"] == 0 and summary["steer"] is True
+    # a checkpoint name read from a run's summary.json is data: one Hydra would resolve is refused
+    run = next((study / "demo3d" / "base").glob("*/summary.json")).parent
+    stored = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**stored, "checkpoint": "${oc.env:HOME}.ckpt"}))
+    (run / "checkpoints" / "${oc.env:HOME}.ckpt").write_bytes(b"")
+    proc = subprocess.run(["bash", str(SCRIPTS / "multiclass_study.sh"), *args(tmp_path)], cwd=ROOT,
+                          env={**env, "RETEST": "3", "RETEST_CASES": "12"}, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 1 and "is not retested" in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
 def _paired(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
