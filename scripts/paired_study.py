@@ -124,11 +124,14 @@ def main(argv: list[str] | None = None) -> None:
         print("|---|---|---|---|---|---|")
         for sc in scores:
             a = np.array([aurc(s, sc) for s in base.values()])
+            a = a[np.isfinite(a)]
             c = compare(base, base, sc, args.target, args.dice_tol, args.alpha, base_score=scores[0])
-            same = sc == scores[0] or c["n"] == 0
-            print(f"| {sc} | {np.nanmean(a):.3f} ± {_sd(a[np.isfinite(a)]):.3f} | " + (" | ".join(["reference", "", "", ""])
-                  if same else f"{c['delta']:+.1f} % | {c['ratio'].mean():+.1f} ± {_sd(c['ratio']):.1f} % | "
-                  f"{c['better']}/{c['n']} | {c['p']:.3f}") + " |")
+            if not len(a):
+                print(f"| {sc} | – | not scored in these runs |  |  |  |")
+                continue
+            print(f"| {sc} | {a.mean():.3f} ± {_sd(a):.3f} | " + (" | ".join(["reference", "", "", ""])
+                  if sc == scores[0] or c["n"] == 0 else f"{c['delta']:+.1f} % | {c['ratio'].mean():+.1f} ± "
+                  f"{_sd(c['ratio']):.1f} % | {c['better']}/{c['n']} | {c['p']:.3f}") + " |")
     print()
     print(f"Per run (seed s, fold f): AURC {' / '.join(scores)} (%), Dice@1.00 (%)")
     for name in order:
